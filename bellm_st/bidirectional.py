@@ -1,0 +1,240 @@
+"""Per-layer bi-directional attention for decoder-only transformers (the heart of BeLLM).
+
+A decoder builds one causal mask per forward pass and hands it to every layer. To make chosen
+layers bi-directional we intercept the mask *at those layers only*: a forward pre-hook reads
+which key positions are real tokens from the mask the model built, asks transformers'
+``masking_utils`` for the bi-directional mask of the same attention implementation (sdpa,
+eager, flash), and marks the layer's attention module ``is_causal = False`` so that SDPA/flash
+kernels never fall back to their built-in causal path when no mask is needed (a batch without
+padding). Layers below the patched ones run untouched.
+
+Why derive the padding from the incoming mask instead of remembering the model's 2-D
+``attention_mask``: gradient checkpointing re-runs layers during backward, after other
+forward passes may have happened (a contrastive loss embeds anchors, positives and negatives
+separately), so any state kept between the model call and the layer call would be stale. The
+mask handed to the layer is always the right one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import masking_utils
+
+FULL_ATTENTION = "full_attention"
+SLIDING_ATTENTION = "sliding_attention"
+
+BidirectionalLayers = int | Sequence[int]
+
+
+def text_config(model: PreTrainedModel) -> Any:
+    """The config that describes the decoder stack (multimodal models nest it)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """Locate the list of decoder layers without knowing the architecture's attribute names."""
+    config = text_config(model)
+    num_layers = getattr(config, "num_hidden_layers", None)
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] == "layers" and len(module) == num_layers
+    ]
+    if not candidates:
+        raise ValueError(
+            f"could not find the {num_layers} decoder layers of {type(model).__name__}; "
+            "bellm-st needs a transformers decoder whose layers live in a ModuleList named `layers`"
+        )
+    return min(candidates, key=lambda item: item[0].count("."))[1]
+
+
+def resolve_layer_indices(num_layers: int, bidirectional_layers: BidirectionalLayers) -> tuple[int, ...]:
+    """Turn ``k`` (the last k layers) or an explicit list of indices into sorted layer indices."""
+    if isinstance(bidirectional_layers, bool) or not isinstance(bidirectional_layers, (int, Sequence)):
+        raise TypeError(
+            f"bidirectional_layers must be an int (the last k layers) or a list of layer indices, "
+            f"got {type(bidirectional_layers).__name__}"
+        )
+    if isinstance(bidirectional_layers, int):
+        if not 0 <= bidirectional_layers <= num_layers:
+            raise ValueError(
+                f"bidirectional_layers={bidirectional_layers} but the model has {num_layers} layers; "
+                f"use 0..{num_layers}"
+            )
+        return tuple(range(num_layers - bidirectional_layers, num_layers))
+    indices = []
+    for index in bidirectional_layers:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"layer indices must be ints, got {index!r}")
+        if not -num_layers <= index < num_layers:
+            raise ValueError(
+                f"layer index {index} is out of range for a model with {num_layers} layers; "
+                f"use 0..{num_layers - 1} (or negative indices from the end)"
+            )
+        indices.append(index % num_layers)
+    return tuple(sorted(set(indices)))
+
+
+def layer_attention_type(config: Any, layer_index: int) -> str:
+    """Whether a layer uses full or sliding-window attention, as the model itself decides."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return layer_types[layer_index]
+    return SLIDING_ATTENTION if getattr(config, "sliding_window", None) else FULL_ATTENTION
+
+
+def attention_modules(layer: nn.Module) -> list[nn.Module]:
+    """The modules of a layer that carry an ``is_causal`` flag read by attention kernels."""
+    return [module for module in layer.modules() if hasattr(module, "is_causal")]
+
+
+def key_padding_mask(incoming_mask: Any, batch_size: int, key_length: int) -> torch.Tensor | None:
+    """Which key positions hold real tokens, read from the mask the model built for this layer.
+
+    A causal mask always lets a real token see itself, so a key is real exactly when at least
+    one query may attend to it. ``None`` means the model saw no padding at all.
+    """
+    if incoming_mask is None:
+        return None
+    if not isinstance(incoming_mask, torch.Tensor):
+        raise NotImplementedError(
+            f"bi-directional layers do not support attention masks of type {type(incoming_mask).__name__} "
+            "(flex attention); load the model with attn_implementation='sdpa' or 'eager'"
+        )
+    if incoming_mask.ndim == 2:  # flash attention receives the 2-D padding mask itself
+        return incoming_mask.bool()
+    if incoming_mask.ndim != 4:
+        raise ValueError(f"unexpected attention mask of shape {tuple(incoming_mask.shape)}")
+    allowed = incoming_mask if incoming_mask.dtype == torch.bool else incoming_mask == 0
+    keys = allowed.any(dim=-2).any(dim=1)  # (batch, keys)
+    return keys.expand(batch_size, key_length) if keys.shape[0] == 1 else keys
+
+
+@dataclass
+class _MaskMemo:
+    """Remembers the last mask built per attention type, so one forward builds each mask once."""
+
+    incoming: dict[str, Any] = field(default_factory=dict)
+    outgoing: dict[str, Any] = field(default_factory=dict)
+
+    def lookup(self, attention_type: str, incoming_mask: Any) -> tuple[bool, Any]:
+        if attention_type in self.incoming and self.incoming[attention_type] is incoming_mask:
+            return True, self.outgoing[attention_type]
+        return False, None
+
+    def store(self, attention_type: str, incoming_mask: Any, outgoing_mask: Any) -> None:
+        self.incoming[attention_type] = incoming_mask
+        self.outgoing[attention_type] = outgoing_mask
+
+
+class BidirectionalPatch:
+    """Handle on the bi-directional layers of one model; ``remove()`` restores the causal model."""
+
+    def __init__(self, model: PreTrainedModel, layer_indices: tuple[int, ...]):
+        self.model = model
+        self.layer_indices = layer_indices
+        self._config = text_config(model)
+        self._memo = _MaskMemo()
+        self._hook_handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._saved_is_causal: list[tuple[nn.Module, bool]] = []
+        layers = find_decoder_layers(model)
+        for layer_index in layer_indices:
+            layer = layers[layer_index]
+            for module in attention_modules(layer):
+                self._saved_is_causal.append((module, module.is_causal))
+                module.is_causal = False
+            hook = self._make_layer_hook(layer_index, layer_attention_type(self._config, layer_index))
+            self._hook_handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def _make_layer_hook(self, layer_index: int, attention_type: str):
+        def make_layer_bidirectional(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if "attention_mask" not in kwargs:
+                raise RuntimeError(
+                    f"layer {layer_index} of {type(self.model).__name__} was called without an `attention_mask` "
+                    "keyword, so bellm-st cannot make it bi-directional; please report this architecture"
+                )
+            cache = kwargs.get("past_key_values")
+            if cache is not None and cache.get_seq_length(layer_index) > 0:
+                raise RuntimeError(
+                    f"layer {layer_index} is bi-directional, so decoding with a KV cache would give wrong results; "
+                    "generate with the causal model (bidirectional_layers=0) or call patch.remove() first"
+                )
+            hidden_states = args[0] if args else kwargs["hidden_states"]
+            incoming = kwargs["attention_mask"]
+            found, outgoing = self._memo.lookup(attention_type, incoming)
+            if not found:
+                outgoing = self._bidirectional_mask(attention_type, hidden_states, incoming)
+                self._memo.store(attention_type, incoming, outgoing)
+            kwargs["attention_mask"] = outgoing
+            return args, kwargs
+
+        return make_layer_bidirectional
+
+    def _bidirectional_mask(self, attention_type: str, hidden_states: torch.Tensor, incoming: Any) -> Any:
+        batch_size, length = hidden_states.shape[:2]
+        padding = key_padding_mask(incoming, batch_size, length)
+        if attention_type == SLIDING_ATTENTION:
+            return masking_utils.create_bidirectional_sliding_window_mask(
+                config=self._config, inputs_embeds=hidden_states, attention_mask=padding
+            )
+        return masking_utils.create_bidirectional_mask(
+            config=self._config, inputs_embeds=hidden_states, attention_mask=padding
+        )
+
+    def remove(self) -> None:
+        """Make the patched layers causal again."""
+        for handle in self._hook_handles:
+            handle.remove()
+        for module, was_causal in self._saved_is_causal:
+            module.is_causal = was_causal
+        self._hook_handles.clear()
+        self._saved_is_causal.clear()
+        self._memo = _MaskMemo()
+        if getattr(self.model, "_bellm_patch", None) is self:
+            del self.model._bellm_patch
+
+
+def check_is_decoder(model: PreTrainedModel) -> None:
+    """Refuse encoders and encoder-decoders: they are bi-directional already, or not BeLLM's subject."""
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"{type(model).__name__} is an encoder-decoder model; bellm-st turns decoder-only LLMs into encoders"
+        )
+    layers = find_decoder_layers(model)
+    if not any(module.is_causal for layer in layers for module in attention_modules(layer)):
+        raise ValueError(
+            f"{type(model).__name__} has no causal attention layers (is it an encoder such as BERT?); "
+            "its attention is bi-directional already, so use it with plain sentence-transformers"
+        )
+
+
+def make_bidirectional(model: PreTrainedModel, bidirectional_layers: BidirectionalLayers) -> BidirectionalPatch:
+    """Make the last ``k`` layers (or the listed layers) of a decoder attend in both directions.
+
+    Padding stays masked. ``bidirectional_layers=0`` leaves the causal model as it is (the
+    ablation). Calling it again replaces the previous choice. Returns a handle whose
+    ``remove()`` restores the causal model.
+    """
+    check_is_decoder(model)
+    previous = getattr(model, "_bellm_patch", None)
+    if previous is not None:
+        previous.remove()
+    num_layers = len(find_decoder_layers(model))
+    patch = BidirectionalPatch(model, resolve_layer_indices(num_layers, bidirectional_layers))
+    model._bellm_patch = patch
+    return patch
+
+
+def bidirectional_layer_indices(model: nn.Module) -> tuple[int, ...]:
+    """The layers of ``model`` that are currently bi-directional (empty for the causal model)."""
+    patch = getattr(model, "_bellm_patch", None)
+    return patch.layer_indices if patch is not None else ()
+

@@ -1,0 +1,46 @@
+"""Validation of the texts users hand to an encoder.
+
+Every entry point (the module, the CLI, the integrations, the server) calls
+:func:`validate_texts`, so a bad item always gets the same clear message instead of a stack
+trace from deep inside a tokenizer or torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+MAX_REPR = 60
+
+
+def _preview(item: Any) -> str:
+    text = repr(item)
+    return text if len(text) <= MAX_REPR else text[: MAX_REPR - 3] + "..."
+
+
+def validate_texts(texts: Any, *, where: str = "input") -> list[str]:
+    """Check that ``texts`` is a non-empty list of non-blank strings and return it as a list.
+
+    Raises ``TypeError`` for a wrong container or item type and ``ValueError`` for an empty list
+    or a blank item, naming the item's index and the fix. Mixed scripts, emoji and control
+    characters are valid text and pass through unchanged.
+    """
+    if isinstance(texts, (str, bytes)) or texts is None or not isinstance(texts, Sequence):
+        raise TypeError(
+            f"{where} must be a list of strings, got {type(texts).__name__}; "
+            "wrap a single text in a list: ['my sentence']"
+        )
+    if len(texts) == 0:
+        raise ValueError(f"{where} is an empty list; pass at least one non-empty string")
+    for index, item in enumerate(texts):
+        if not isinstance(item, str):
+            raise TypeError(
+                f"{where}[{index}] is {type(item).__name__} ({_preview(item)}), not a string; "
+                "convert it with str() or drop it before encoding"
+            )
+        if not item.strip():
+            raise ValueError(
+                f"{where}[{index}] is {'empty' if not item else 'only whitespace'} ({_preview(item)}); "
+                "remove blank texts before encoding: they carry no meaning to embed"
+            )
+    return list(texts)

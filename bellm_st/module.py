@@ -1,0 +1,202 @@
+"""The sentence-transformers module that makes a decoder a BeLLM sentence encoder.
+
+One module holds everything BeLLM adds to a backbone — which layers are bi-directional, the
+prompt template, the pooling and the EOS policy — and saves it next to the backbone's weights,
+so ``model.save(dir)`` followed by ``SentenceTransformer(dir, trust_remote_code=True)`` gives
+the same embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from sentence_transformers.base.modules.input_module import InputModule
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from bellm_st.bidirectional import BidirectionalLayers, find_decoder_layers, make_bidirectional
+from bellm_st.inputs import validate_texts
+from bellm_st.pooling import PoolingMode, check_pooling, pool
+from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
+from bellm_st.tokenization import tokenize_with_template
+
+CONFIG_FILE = "bellm_config.json"
+ADAPTER_FOLDER = "adapter"
+DEFAULT_MAX_SEQ_LENGTH = 512
+
+
+class IdentityConfigurationWarning(UserWarning):
+    """Only the last layer is bi-directional and pooling is last-token: the causal model's vector."""
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> PreTrainedTokenizerBase:
+    """Give GGUF-converted tokenizers what encoding needs: a pad token and a length limit."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.model_max_length or tokenizer.model_max_length > 10**8:
+        tokenizer.model_max_length = max_seq_length
+    return tokenizer
+
+
+class BeLLMEncoder(InputModule):
+    """A decoder-only LLM with its last layers made bi-directional, read out through a template.
+
+    Args:
+        model_name_or_path: a local checkpoint folder or a hub id of a decoder-only model.
+        bidirectional_layers: ``k`` (the last k layers) or explicit layer indices; 0 is the causal model.
+        template: a prompt template with one ``{text}`` slot.
+        pooling: ``last``, ``mean`` or ``mean_text`` (see :mod:`bellm_st.pooling`).
+        append_eos: append the tokenizer's EOS token after the template.
+        normalize: L2-normalise the sentence embedding inside the model.
+        max_seq_length: token budget; longer texts are truncated, the template never.
+        model_kwargs: passed to ``AutoModel.from_pretrained`` (``dtype``, ``attn_implementation``...).
+        backbone, tokenizer: already-loaded objects to use instead of loading from the path.
+    """
+
+    config_file_name = CONFIG_FILE
+    config_keys = ["bidirectional_layers", "template", "pooling", "append_eos", "normalize", "max_seq_length"]
+    save_in_root = True
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        bidirectional_layers: BidirectionalLayers = 0,
+        template: str = DEFAULT_TEMPLATE,
+        pooling: PoolingMode = "last",
+        append_eos: bool = False,
+        normalize: bool = False,
+        max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
+        model_kwargs: dict[str, Any] | None = None,
+        backbone: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ):
+        super().__init__()
+        Template.parse(template)
+        if not isinstance(max_seq_length, int) or max_seq_length < 2:
+            raise ValueError(f"max_seq_length={max_seq_length!r} must be an int of at least 2")
+        self.template = template
+        self.pooling = check_pooling(pooling)
+        self.append_eos = bool(append_eos)
+        self.normalize = bool(normalize)
+        self.max_seq_length = max_seq_length
+        if backbone is None:
+            if model_name_or_path is None:
+                raise ValueError("give either model_name_or_path or an already-loaded backbone")
+            backbone = AutoModel.from_pretrained(model_name_or_path, **(model_kwargs or {}))
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path or backbone.name_or_path)
+        self.auto_model = backbone
+        self.tokenizer = prepare_tokenizer(tokenizer, max_seq_length)
+        self.bidirectional_layers = bidirectional_layers
+
+    # -- the bi-directional layer choice -------------------------------------------------------
+    @property
+    def bidirectional_layers(self) -> BidirectionalLayers:
+        return self._bidirectional_layers
+
+    @bidirectional_layers.setter
+    def bidirectional_layers(self, value: BidirectionalLayers) -> None:
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            value = list(value)
+        patch = make_bidirectional(self.decoder, value)
+        self._bidirectional_layers = value
+        self.bidirectional_layer_indices = patch.layer_indices
+        num_layers = len(find_decoder_layers(self.decoder))
+        if self.pooling == "last" and patch.layer_indices == (num_layers - 1,):
+            warnings.warn(
+                "only the last layer is bi-directional and pooling is 'last': the last token already sees every "
+                "token, so this gives exactly the causal model's embedding; use bidirectional_layers>=2 or "
+                "pooling='mean' for backward dependencies to reach the embedding",
+                IdentityConfigurationWarning,
+                stacklevel=3,
+            )
+
+    @property
+    def decoder(self) -> PreTrainedModel:
+        """The transformers model under any PEFT wrapper (where the layers live)."""
+        model = self.auto_model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    # -- sentence-transformers contract -------------------------------------------------------
+    def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
+        texts = validate_texts(inputs, where="texts")
+        template = template_for_prompt(self.template, prompt)
+        return tokenize_with_template(self.tokenizer, texts, template, self.max_seq_length, self.append_eos)
+
+    def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        outputs = self.auto_model(
+            input_ids=features["input_ids"], attention_mask=features["attention_mask"], use_cache=False
+        )
+        token_embeddings = outputs.last_hidden_state
+        embedding = pool(token_embeddings, features["attention_mask"], features.get("text_mask"), self.pooling)
+        if self.normalize:
+            embedding = torch.nn.functional.normalize(embedding, p=2, dim=-1)
+        features["token_embeddings"] = token_embeddings
+        features["sentence_embedding"] = embedding
+        return features
+
+    def get_embedding_dimension(self) -> int:
+        return self.decoder.config.get_text_config().hidden_size
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.config_keys}
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        os.makedirs(output_path, exist_ok=True)
+        if hasattr(self.auto_model, "peft_config"):
+            base_state = {
+                key.replace(".base_layer", ""): value
+                for key, value in self.decoder.state_dict().items()
+                if "lora_" not in key
+            }
+            self.decoder.save_pretrained(output_path, state_dict=base_state, safe_serialization=safe_serialization)
+            self.auto_model.save_pretrained(os.path.join(output_path, ADAPTER_FOLDER))
+        else:
+            self.auto_model.save_pretrained(output_path, safe_serialization=safe_serialization)
+        self.tokenizer.save_pretrained(output_path)
+        self.save_config(output_path)
+
+    @classmethod
+    def load(
+        cls,
+        model_name_or_path: str,
+        subfolder: str = "",
+        token: bool | str | None = None,
+        cache_folder: str | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        **kwargs,
+    ) -> BeLLMEncoder:
+        local_path = cls.load_dir_path(
+            model_name_or_path,
+            subfolder=subfolder,
+            token=token,
+            cache_folder=cache_folder,
+            revision=revision,
+            local_files_only=local_files_only,
+        )
+        with open(os.path.join(local_path, CONFIG_FILE), encoding="utf-8") as config_file:
+            config = json.load(config_file)
+        backbone = AutoModel.from_pretrained(local_path, **(model_kwargs or {}))
+        adapter_path = os.path.join(local_path, ADAPTER_FOLDER)
+        if os.path.isdir(adapter_path):
+            from peft import PeftModel
+
+            backbone = PeftModel.from_pretrained(backbone, adapter_path)
+        return cls(local_path, backbone=backbone, **config)
+
+    def merge_adapter(self) -> None:
+        """Fold a LoRA adapter into the backbone's weights (faster inference, plain checkpoint)."""
+        if hasattr(self.auto_model, "merge_and_unload"):
+            layers = self.bidirectional_layers
+            self.auto_model = self.auto_model.merge_and_unload()
+            self.bidirectional_layers = layers
+
+    def __repr__(self) -> str:
+        return f"BeLLMEncoder({self.get_config_dict()}, backbone={type(self.decoder).__name__})"
