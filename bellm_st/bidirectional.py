@@ -208,8 +208,7 @@ def check_is_decoder(model: PreTrainedModel) -> None:
         raise ValueError(
             f"{type(model).__name__} is an encoder-decoder model; bellm-st turns decoder-only LLMs into encoders"
         )
-    layers = find_decoder_layers(model)
-    if not any(module.is_causal for layer in layers for module in attention_modules(layer)):
+    if not any(module.is_causal for module in attention_modules(model)):
         raise ValueError(
             f"{type(model).__name__} has no causal attention layers (is it an encoder such as BERT?); "
             "its attention is bi-directional already, so use it with plain sentence-transformers"

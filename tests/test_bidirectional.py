@@ -1,0 +1,146 @@
+"""The bi-directional patch on tiny random decoders of every supported architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, BertConfig, BertModel
+
+from bellm_st.bidirectional import bidirectional_layer_indices, make_bidirectional
+from tests.conftest import TINY_ARCHITECTURES, tiny_backbone, tiny_config
+
+ARCHITECTURES = list(TINY_ARCHITECTURES)
+IMPLEMENTATIONS = ["sdpa", "eager"]
+# transformers itself has no SDPA path for gemma2 (attention soft-capping), so it runs eager only.
+COMBINATIONS = [
+    (architecture, implementation)
+    for architecture in ARCHITECTURES
+    for implementation in IMPLEMENTATIONS
+    if not (architecture == "gemma2" and implementation == "sdpa")
+]
+SEQUENCE = torch.tensor([[5, 17, 42, 99, 23, 64, 77, 12]])
+
+
+def last_hidden(model, input_ids, attention_mask=None):
+    with torch.no_grad():
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def with_last_word_changed(input_ids):
+    changed = input_ids.clone()
+    changed[0, -1] = (changed[0, -1] + 1) % 300
+    return changed
+
+
+@pytest.mark.parametrize(("architecture", "implementation"), COMBINATIONS)
+def test_first_token_sees_the_last_word_only_when_bidirectional(architecture, implementation):
+    model = tiny_backbone(architecture, implementation)
+    changed = with_last_word_changed(SEQUENCE)
+
+    causal_difference = (last_hidden(model, SEQUENCE)[0, 0] - last_hidden(model, changed)[0, 0]).abs().max()
+    assert causal_difference == 0  # k=0 is the plain causal model
+
+    make_bidirectional(model, 1)
+    bidirectional_difference = (last_hidden(model, SEQUENCE)[0, 0] - last_hidden(model, changed)[0, 0]).abs().max()
+    assert bidirectional_difference > 1e-5  # no padding, sdpa included: still bi-directional
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_layers_below_the_patched_ones_are_bit_identical(architecture):
+    implementation = "eager" if architecture == "gemma2" else "sdpa"
+    reference = tiny_backbone(architecture, implementation)
+    patched = tiny_backbone(architecture, implementation)
+    make_bidirectional(patched, 2)
+    with torch.no_grad():
+        expected = reference(input_ids=SEQUENCE, output_hidden_states=True, use_cache=False).hidden_states
+        actual = patched(input_ids=SEQUENCE, output_hidden_states=True, use_cache=False).hidden_states
+    first_patched = 4 - 2
+    for layer in range(first_patched + 1):  # hidden_states[i] is the input of layer i
+        assert torch.equal(expected[layer], actual[layer]), f"layer {layer} input changed"
+    assert not torch.allclose(expected[-1], actual[-1])
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize(("architecture", "implementation"), COMBINATIONS)
+def test_padding_is_never_attended(architecture, padding_side, implementation):
+    model = tiny_backbone(architecture, implementation)
+    make_bidirectional(model, 2)
+    alone = last_hidden(model, SEQUENCE)
+    other = torch.tensor([[8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]])
+    pad = torch.zeros((1, other.shape[1] - SEQUENCE.shape[1]), dtype=torch.long)
+    if padding_side == "left":
+        row, mask = torch.cat([pad, SEQUENCE], 1), torch.cat([torch.zeros_like(pad), torch.ones_like(SEQUENCE)], 1)
+        span = slice(pad.shape[1], None)
+    else:
+        row, mask = torch.cat([SEQUENCE, pad], 1), torch.cat([torch.ones_like(SEQUENCE), torch.zeros_like(pad)], 1)
+        span = slice(0, SEQUENCE.shape[1])
+    batch = torch.cat([row, other])
+    attention_mask = torch.cat([mask, torch.ones_like(other)])
+    in_batch = last_hidden(model, batch, attention_mask)[0:1, span]
+    assert (alone - in_batch).abs().max() < 1e-4
+
+
+def test_explicit_layer_list_and_remove_restores_causal():
+    model = tiny_backbone("llama")
+    causal = last_hidden(model, SEQUENCE)
+    patch = make_bidirectional(model, [0, -1])
+    assert bidirectional_layer_indices(model) == (0, 3)
+    assert not torch.allclose(last_hidden(model, SEQUENCE), causal)
+    patch.remove()
+    assert bidirectional_layer_indices(model) == ()
+    assert torch.equal(last_hidden(model, SEQUENCE), causal)
+
+
+def test_repatching_replaces_the_previous_choice():
+    model = tiny_backbone("llama")
+    make_bidirectional(model, 3)
+    make_bidirectional(model, 0)
+    assert bidirectional_layer_indices(model) == ()
+    changed = with_last_word_changed(SEQUENCE)
+    assert torch.equal(last_hidden(model, SEQUENCE)[0, 0], last_hidden(model, changed)[0, 0])
+
+
+def test_sliding_window_layers_keep_their_window():
+    # Only the last layer (sliding, window 2) is bi-directional: token 0 may now see token 1,
+    # but never token 7, which lies outside its window.
+    model = tiny_backbone("gemma3_text", sliding_window=2, layer_types=["full_attention"] * 3 + ["sliding_attention"])
+    make_bidirectional(model, 1)
+    base = last_hidden(model, SEQUENCE)[0, 0]
+    far = SEQUENCE.clone()
+    far[0, 7] = 3
+    near = SEQUENCE.clone()
+    near[0, 1] = 3
+    assert torch.equal(last_hidden(model, far)[0, 0], base)
+    assert (last_hidden(model, near)[0, 0] - base).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("bad", [5, -1, 99])
+def test_out_of_range_layer_count_is_rejected(bad):
+    model = tiny_backbone("llama")
+    with pytest.raises(ValueError, match=r"bidirectional_layers=.* use 0..4"):
+        make_bidirectional(model, bad)
+
+
+def test_out_of_range_layer_index_is_rejected():
+    with pytest.raises(ValueError, match="layer index 7 is out of range"):
+        make_bidirectional(tiny_backbone("llama"), [7])
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(TypeError, match="bidirectional_layers must be an int"):
+        make_bidirectional(tiny_backbone("llama"), 1.5)
+
+
+def test_encoder_models_are_rejected():
+    encoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=32))
+    with pytest.raises(ValueError, match="no causal attention layers"):
+        make_bidirectional(encoder, 1)
+
+
+def test_generation_with_kv_cache_is_refused():
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("llama")).eval()
+    make_bidirectional(model, 1)
+    with pytest.raises(RuntimeError, match="KV cache"):
+        model.generate(SEQUENCE, max_new_tokens=3, do_sample=False, pad_token_id=0)
