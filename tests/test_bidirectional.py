@@ -144,3 +144,25 @@ def test_generation_with_kv_cache_is_refused():
     make_bidirectional(model, 1)
     with pytest.raises(RuntimeError, match="KV cache"):
         model.generate(SEQUENCE, max_new_tokens=3, do_sample=False, pad_token_id=0)
+
+
+def test_gradient_checkpointing_recomputes_the_bidirectional_layers_correctly():
+    # Contrastive losses embed several batches before one backward pass; recomputed layers must
+    # still use each batch's own padding.
+    def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model = tiny_backbone("llama", "eager")
+        model.train()
+        make_bidirectional(model, 2)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        padded = torch.tensor([[5, 17, 42, 0, 0], [8, 9, 10, 11, 12]])
+        padded_mask = (padded != 0).long()
+        loss = model(input_ids=padded, attention_mask=padded_mask, use_cache=False).last_hidden_state[:, :3].sum()
+        loss = loss + model(input_ids=SEQUENCE, use_cache=False).last_hidden_state.sum()
+        loss.backward()
+        return {name: parameter.grad for name, parameter in model.named_parameters() if parameter.grad is not None}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-5), name
