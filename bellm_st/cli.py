@@ -103,6 +103,198 @@ def similarity(
     console.print(table)
 
 
+DATA_DIR_HELP = "Folder that relative data paths are read from (default: the recipe's, ../shared/data)."
+
+
+@app.command()
+def train(
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Where the model, recipe.json and checkpoints/ go."),
+    recipe: Path = typer.Option(None, help="A recipe.json to reproduce; the options below override its fields."),
+    base: str = typer.Option(None, help="Shipped base name, local checkpoint folder or hub id."),
+    data_dir: Path = typer.Option(None, help=DATA_DIR_HELP),
+    train_data: list[str] = typer.Option(
+        None, "--train-data", help="Training file PATH[:FORMAT[:MAX_ROWS]] (repeatable); formats: auto, triplets, "
+        "nli-triplets, nli-pairs, paraphrase-pairs, scored-pairs."
+    ),
+    dev_data: list[str] = typer.Option(None, "--dev-data", help="STS dev file (repeatable)."),
+    no_dev: bool = typer.Option(False, "--no-dev", help="Train without periodic dev evaluation."),
+    bidirectional_layers: int = typer.Option(None, "--bidirectional-layers", "-k"),
+    pooling: str = typer.Option(None),
+    learning_rate: float = typer.Option(None, "--lr"),
+    batch_size: int = typer.Option(None),
+    max_steps: int = typer.Option(None),
+    epochs: float = typer.Option(None),
+    train_max_seq_length: int = typer.Option(None, help="Token budget while training (default 64)."),
+    lora_r: int = typer.Option(None),
+    lora_alpha: int = typer.Option(None),
+    lora_dropout: float = typer.Option(None),
+    contrastive_weight: float = typer.Option(None),
+    angle_weight: float = typer.Option(None),
+    cosent_weight: float = typer.Option(None),
+    mixture: str = typer.Option(None, help="proportional or round_robin sampling across training files."),
+    seed: int = typer.Option(None),
+    gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    eval_steps: int = typer.Option(None),
+    save_steps: int = typer.Option(None),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUTPUT_DIR/checkpoints."),
+    device: str = typer.Option(None, help="cpu, cuda ... (default: the trainer's choice)."),
+) -> None:
+    """Fine-tune a BeLLM encoder with LoRA and the AnglE objective; saves model, recipe.json and a model card."""
+    from bellm_st.training import Recipe
+    from bellm_st.training import train as run_training
+
+    try:
+        settings = Recipe.load(recipe) if recipe is not None else Recipe()
+        settings = settings.with_changes(
+            base=base, train_data=train_data or None, dev_data=[] if no_dev else (dev_data or None),
+            bidirectional_layers=bidirectional_layers, pooling=pooling, learning_rate=learning_rate,
+            batch_size=batch_size, max_steps=max_steps, epochs=epochs, train_max_seq_length=train_max_seq_length,
+            lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, contrastive_weight=contrastive_weight,
+            angle_weight=angle_weight, cosent_weight=cosent_weight, mixture=mixture, seed=seed,
+            gradient_checkpointing=gradient_checkpointing, eval_steps=eval_steps, save_steps=save_steps,
+        )
+        result = run_training(settings, output_dir, data_dir=data_dir, resume=resume, device=device)
+    except (TypeError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    console.print(f"saved the model to {result.output_dir} after {result.global_step} steps")
+    if result.dev_scores:
+        from bellm_st.evaluation.report import scores_table
+
+        console.print(scores_table("dev Spearman x100", {name: {"spearman": s} for name, s in result.dev_scores.items()}))
+
+
+@app.command(name="eval")
+def evaluate(
+    model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP + " `minilm` is the all-MiniLM-L6-v2 baseline."),
+    sts: list[Path] = typer.Option(None, "--sts", help="STS file [subset] score sentence1 sentence2 (repeatable)."),
+    retrieval: Path = typer.Option(None, help="A BEIR folder (corpus.jsonl, queries.jsonl, qrels/)."),
+    split: str = typer.Option("test", help="Which qrels/<split>.tsv to use."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write the scores as JSON here."),
+    batch_size: int = typer.Option(64, min=1),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
+) -> None:
+    """Score a model: Spearman x100 on STS files (and their average), nDCG@10/Recall@100/MRR@10 on a BEIR folder."""
+    from bellm_st.evaluation.models import load_for_evaluation
+    from bellm_st.evaluation.report import scores_table, write_json
+    from bellm_st.evaluation.retrieval import evaluate_retrieval, read_beir_folder
+    from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs
+
+    if not sts and retrieval is None:
+        _fail(ValueError("nothing to evaluate; pass --sts FILE (repeatable) and/or --retrieval FOLDER"))
+    try:
+        for path in sts or []:
+            read_scored_pairs(path)  # fail on bad data before loading a model
+        if retrieval is not None:
+            read_beir_folder(retrieval, split)
+        encoder = load_for_evaluation(model, device=device)
+        results: dict[str, dict[str, float]] = {}
+        if sts:
+            results["sts"] = evaluate_sts_files(encoder, sts, batch_size=batch_size)
+        if retrieval is not None:
+            results["retrieval"] = evaluate_retrieval(encoder, retrieval, split, batch_size=batch_size)
+    except (TypeError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    if "sts" in results:
+        console.print(scores_table("STS: Spearman x100 (cosine)", {n: {"spearman": s} for n, s in results["sts"].items()}))
+    if "retrieval" in results:
+        console.print(scores_table("retrieval (x100)", {f"{retrieval.name} ({split})": results["retrieval"]}))
+    if output is not None:
+        write_json(output, {"model": model or "default", **results})
+        console.print(f"wrote {output}")
+
+
+@app.command()
+def sweep(
+    base: str = typer.Option(..., help="Shipped base name, local checkpoint folder or hub id."),
+    layers: list[int] = typer.Option(..., "--layers", "-k", help="A k to try (repeatable): -k 0 -k 1 -k 2 -k 4"),
+    dev_data: list[str] = typer.Option(None, "--dev-data", help="STS dev file (repeatable; default STS-B + SICK dev)."),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Where sweep.md, sweep.json and sweep.png go."),
+    zero_shot: bool = typer.Option(False, "--zero-shot", help="Score the untrained model for each k (no training)."),
+    pooling: str = typer.Option("last"),
+    recipe: Path = typer.Option(None, help="Recipe for the training runs (k, base and pooling come from the sweep)."),
+    data_dir: Path = typer.Option(None, help=DATA_DIR_HELP),
+    device: str = typer.Option(None),
+) -> None:
+    """Dev STS against the number of bi-directional layers k: BeLLM's turning-point figure for any backbone."""
+    from bellm_st.evaluation.sweep import layer_sweep, markdown_table
+    from bellm_st.training import Recipe
+
+    try:
+        settings = Recipe.load(recipe) if recipe is not None else Recipe()
+        if data_dir is not None:
+            settings = settings.with_changes(data_dir=str(data_dir))
+        dev_files = [settings.resolve(path) for path in (dev_data or settings.dev_data)]
+        points = layer_sweep(
+            base, layers, dev_files, output_dir, zero_shot=zero_shot, pooling=pooling, recipe=settings,
+            data_dir=data_dir, device=device,
+        )
+    except (TypeError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    console.print(markdown_table(points))
+    console.print(f"wrote {output_dir / 'sweep.md'}, sweep.json and sweep.png")
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="A shipped model, base name or trained model folder."),
+    output_dir: Path = typer.Argument(..., help="Where to write the merged sentence-transformers folder."),
+) -> None:
+    """Write a sentence-transformers folder with the LoRA adapter merged (no peft needed to load it)."""
+    from bellm_st.export import export_merged
+
+    try:
+        export_merged(model, output_dir)
+    except (TypeError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    console.print(f"wrote {output_dir}; load it with SentenceTransformer({str(output_dir)!r}, trust_remote_code=True)")
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument(None, help=MODEL_HELP),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on; 0.0.0.0 for every interface."),
+    port: int = typer.Option(8000, min=0, max=65535),
+    api_key: str = typer.Option(
+        None, envvar="BELLM_ST_API_KEY", help="Require 'Authorization: Bearer KEY' (also from $BELLM_ST_API_KEY)."
+    ),
+    served_model_name: str = typer.Option(None, help="The id clients see (default: the model argument)."),
+    max_batch_size: int = typer.Option(32, min=1, help="Most texts in one forward pass."),
+    max_batch_tokens: int = typer.Option(16384, min=1, help="Most padded tokens in one forward pass."),
+    max_queue_items: int = typer.Option(4096, min=1, help="Most texts waiting; more gets --queue-full-status."),
+    queue_full_status: int = typer.Option(429, help="429 (clients retry) or 503 when the queue is full."),
+    max_items_per_request: int = typer.Option(2048, min=1),
+    max_input_chars: int = typer.Option(32768, min=1, help="Longest text, in characters."),
+    long_input: str = typer.Option("truncate", help="truncate or reject texts over --max-input-chars."),
+    max_payload_bytes: int = typer.Option(16 * 1024 * 1024, min=1),
+    graceful_shutdown_seconds: float = typer.Option(30.0, min=0, help="How long shutdown waits for requests."),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Serve the model as an OpenAI-compatible embeddings API (POST /v1/embeddings)."""
+    from bellm_st.api import default_model_name
+    from bellm_st.serving import ServerSettings
+    from bellm_st.serving import serve as run_server
+
+    try:
+        settings = ServerSettings(
+            model_id=served_model_name or (Path(model).name if model and Path(model).is_dir() else model)
+            or default_model_name(),
+            api_key=api_key,
+            max_batch_size=max_batch_size,
+            max_batch_tokens=max_batch_tokens,
+            max_queue_items=max_queue_items,
+            queue_full_status=queue_full_status,
+            max_items_per_request=max_items_per_request,
+            max_input_chars=max_input_chars,
+            long_input=long_input,
+            max_payload_bytes=max_payload_bytes,
+            graceful_shutdown_seconds=graceful_shutdown_seconds,
+        )
+    except ValueError as error:
+        _fail(error)
+    run_server(_load_model(model, device), settings, host=host, port=port, log_level=log_level)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,105 @@
+"""The BeLLM training objective: in-batch contrastive + angle (+ optional CoSENT), in one loss module.
+
+BeLLM fine-tunes with AnglE's objective. Each part is a sentence-transformers loss; this module
+only embeds every column once and hands the same embeddings to each part, so adding the angle
+loss costs no extra forward pass:
+
+- contrastive (``MultipleNegativesRankingLoss``, scale 20): for ``anchor, positive[, negative]``
+  batches, the positive must beat every other candidate in the batch and the hard negatives.
+- angle (``AnglELoss``) and CoSENT (``CoSENTLoss``): ranking losses over pairs. Contrastive
+  batches are read as pairs (anchor, positive) = 1 and (anchor, negative) = 0; graded
+  ``sentence1, sentence2, score`` batches use their scores. Without a hard negative all pairs are
+  positives, where a ranking loss has nothing to rank, so it is skipped.
+
+The loss returns its weighted parts as a dict; the trainer sums them and logs each one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.losses.merged_forward import embed_columns
+from sentence_transformers.sentence_transformer.losses import AnglELoss, CoSENTLoss, MultipleNegativesRankingLoss
+from torch import Tensor, nn
+
+
+def contrastive_batch_as_pairs(embeddings: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """(anchor, positive, negative...) columns -> (left, right) pairs labelled 1 for positives, 0 for negatives."""
+    anchors, candidates = embeddings[0], embeddings[1:]
+    left = anchors.repeat(len(candidates), 1)
+    right = torch.cat(candidates, dim=0)
+    labels = torch.zeros(right.shape[0], device=right.device)
+    labels[: anchors.shape[0]] = 1.0
+    return [left, right], labels
+
+
+class BeLLMLoss(nn.Module):
+    """Weighted sum of the contrastive, angle and CoSENT losses over one shared embedding pass.
+
+    Args:
+        model: the SentenceTransformer being trained.
+        contrastive_weight, angle_weight, cosent_weight: weights of the parts; 0 turns a part off.
+        contrastive_scale, angle_scale, cosent_scale: inverse temperatures (20 in BeLLM/AnglE).
+    """
+
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        contrastive_weight: float = 1.0,
+        angle_weight: float = 1.0,
+        cosent_weight: float = 0.0,
+        contrastive_scale: float = 20.0,
+        angle_scale: float = 20.0,
+        cosent_scale: float = 20.0,
+    ):
+        super().__init__()
+        if min(contrastive_weight, angle_weight, cosent_weight) < 0:
+            raise ValueError("loss weights must be >= 0; use 0 to turn a part off")
+        self.model = model
+        self.weights = {"contrastive": contrastive_weight, "angle": angle_weight, "cosent": cosent_weight}
+        self.contrastive = MultipleNegativesRankingLoss(model, scale=contrastive_scale)
+        self.angle = AnglELoss(model, scale=angle_scale)
+        self.cosent = CoSENTLoss(model, scale=cosent_scale)
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> dict[str, Tensor]:
+        embeddings = embed_columns(self.model, sentence_features)
+        return self.compute_loss_from_embeddings(embeddings, labels)
+
+    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> dict[str, Tensor]:
+        """The weighted parts that apply to this batch's shape (contrastive needs unlabelled columns)."""
+        parts: dict[str, Tensor] = {}
+        if labels is None:
+            if self.weights["contrastive"] > 0:
+                parts["contrastive"] = self.weights["contrastive"] * self.contrastive.compute_loss_from_embeddings(
+                    embeddings, labels
+                )
+            pairs, pair_labels = contrastive_batch_as_pairs(embeddings) if len(embeddings) > 2 else (None, None)
+        else:
+            if len(embeddings) != 2:
+                raise ValueError(f"scored data must have two text columns and a score, got {len(embeddings)} text columns")
+            pairs, pair_labels = embeddings, labels.float()
+        if pairs is not None:
+            for name, loss in (("angle", self.angle), ("cosent", self.cosent)):
+                if self.weights[name] > 0:
+                    parts[name] = self.weights[name] * loss.compute_loss_from_embeddings(pairs, pair_labels)
+        if not parts:
+            raise ValueError(
+                "no loss part applies to this batch: graded pairs need angle_weight or cosent_weight > 0, "
+                "pairs without a hard negative need contrastive_weight > 0"
+            )
+        return parts
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            **{f"{name}_weight": weight for name, weight in self.weights.items()},
+            "contrastive_scale": self.contrastive.scale,
+            "angle_scale": self.angle.scale,
+            "cosent_scale": self.cosent.scale,
+        }
+
+    @property
+    def citation(self) -> str:
+        return self.angle.citation

@@ -1,0 +1,161 @@
+"""The training recipe: every choice that determines a trained model, as one JSON-able object.
+
+A recipe is saved as ``recipe.json`` beside each trained model and inside every checkpoint, so
+``bellm-st train --recipe recipe.json`` reproduces a run and a resumed run can check it continues
+the same one. Data paths are stored relative to ``data_dir`` so a recipe travels between machines
+(pass ``--data-dir`` where the data lives elsewhere).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bellm_st.pooling import check_pooling
+from bellm_st.prompts import DEFAULT_TEMPLATE, Template
+
+RECIPE_FILE = "recipe.json"
+DATA_FORMATS = ("auto", "triplets", "nli-triplets", "nli-pairs", "paraphrase-pairs", "scored-pairs")
+MIXTURES = ("proportional", "round_robin")
+BATCH_SAMPLERS = ("no_duplicates", "batch_sampler")
+
+
+@dataclass
+class DataSource:
+    """One training file: where it is, how to read it, and optionally how many rows to use.
+
+    ``format="auto"`` recognises the format from the header (see :mod:`bellm_st.training.data`).
+    """
+
+    path: str
+    format: str = "auto"
+    max_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in DATA_FORMATS:
+            raise ValueError(f"data format {self.format!r} is not known; use one of {', '.join(DATA_FORMATS)}")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ValueError(f"max_rows={self.max_rows} must be at least 1 (or left out to use every row)")
+
+    @classmethod
+    def parse(cls, spec: str | dict[str, Any] | DataSource) -> DataSource:
+        """Accept ``path``, ``path:format``, ``path:format:max_rows`` or a dict from a recipe file."""
+        if isinstance(spec, DataSource):
+            return spec
+        if isinstance(spec, dict):
+            return cls(**spec)
+        parts = spec.split(":")
+        if len(parts) > 1 and parts[1] in DATA_FORMATS:
+            max_rows = int(parts[2]) if len(parts) > 2 and parts[2] else None
+            return cls(parts[0], parts[1], max_rows)
+        return cls(spec)
+
+
+@dataclass
+class Recipe:
+    """Hyperparameters, data and seed of one BeLLM training run (defaults follow the BeLLM/AnglE recipe)."""
+
+    base: str = "smollm2-135m"
+    bidirectional_layers: int | list[int] = 2
+    pooling: str = "last"
+    template: str = DEFAULT_TEMPLATE
+    append_eos: bool = False
+    max_seq_length: int = 512
+    train_max_seq_length: int = 64
+    train_data: list[DataSource] = field(default_factory=lambda: [DataSource("nli/triplets.tsv")])
+    dev_data: list[str] = field(default_factory=lambda: ["sts/stsb-dev.tsv", "sts/sick-dev.tsv"])
+    data_dir: str = "../shared/data"
+    mixture: str = "proportional"
+    batch_sampler: str = "no_duplicates"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str | list[str] = "all-linear"
+    learning_rate: float = 2e-4
+    batch_size: int = 128
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int = -1
+    contrastive_weight: float = 1.0
+    angle_weight: float = 1.0
+    cosent_weight: float = 0.0
+    contrastive_scale: float = 20.0
+    angle_scale: float = 20.0
+    cosent_scale: float = 20.0
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    eval_steps: int = 100
+    save_steps: int = 100
+    save_total_limit: int = 2
+    logging_steps: int = 10
+
+    def __post_init__(self) -> None:
+        self.train_data = [DataSource.parse(source) for source in self.train_data]
+        check_pooling(self.pooling)
+        Template.parse(self.template)
+        if not self.train_data:
+            raise ValueError("train_data is empty; give at least one training file, e.g. nli/triplets.tsv")
+        if self.mixture not in MIXTURES:
+            raise ValueError(f"mixture={self.mixture!r}; use one of {', '.join(MIXTURES)}")
+        if self.batch_sampler not in BATCH_SAMPLERS:
+            raise ValueError(f"batch_sampler={self.batch_sampler!r}; use one of {', '.join(BATCH_SAMPLERS)}")
+        for name in ("batch_size", "lora_r", "train_max_seq_length", "max_seq_length", "eval_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate={self.learning_rate} must be positive, e.g. 2e-4")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1), e.g. 0.05")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ValueError("set max_steps > 0 or epochs > 0, or the run has nothing to do")
+        weights = (self.contrastive_weight, self.angle_weight, self.cosent_weight)
+        if min(weights) < 0 or max(weights) == 0:
+            raise ValueError(
+                f"loss weights contrastive={weights[0]}, angle={weights[1]}, cosent={weights[2]} must be >= 0 "
+                "with at least one positive"
+            )
+
+    def with_changes(self, **changes: Any) -> Recipe:
+        """A copy with some fields replaced (``None`` values are ignored: "not given on the command line")."""
+        given = {key: value for key, value in changes.items() if value is not None}
+        unknown = set(given) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown recipe field(s) {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **given)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``recipe.json`` into ``folder``."""
+        path = Path(folder) / RECIPE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Recipe:
+        """Read a recipe file (or the ``recipe.json`` inside a model folder)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / RECIPE_FILE
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no recipe at {path}; give the recipe.json written beside a trained model") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown recipe field(s) {', '.join(sorted(unknown))}; check the spelling")
+        return cls(**values)
+
+    def resolve(self, relative: str, data_dir: str | os.PathLike | None = None) -> Path:
+        """A data path as a file on this machine: absolute paths as they are, others under the data folder."""
+        path = Path(relative)
+        return path if path.is_absolute() else Path(data_dir or self.data_dir) / path

@@ -1,0 +1,219 @@
+"""Training glue: a recipe in, a saved BeLLM model (with recipe, card and dev scores) out.
+
+Everything heavy is sentence-transformers' and transformers' own machinery: the
+``SentenceTransformerTrainer`` runs the loop, checkpoints, resumes and evaluates; under
+``torchrun``/``accelerate launch`` the same code trains data-parallel. This module only wires the
+recipe to it, so a run on a laptop and one on a GPU node differ in the device alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.base.evaluation import SequentialEvaluator
+from transformers import TrainerCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+import bellm_st
+from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs, sts_evaluator
+from bellm_st.training.data import dataset_name, load_source
+from bellm_st.training.lora import add_lora, encoder_of
+from bellm_st.training.model_card import add_card_section, render_card_section
+from bellm_st.training.recipe import RECIPE_FILE, Recipe
+from bellm_st.training.objective import BeLLMLoss
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FOLDER = "checkpoints"
+SCORES_FILE = "dev_scores.json"
+
+
+@dataclass
+class TrainingResult:
+    """Where the model went and how it did."""
+
+    output_dir: Path
+    global_step: int
+    training_loss: float
+    dev_scores: dict[str, float]
+    data_rows: dict[str, int]
+
+
+def training_datasets(recipe: Recipe, data_dir: str | os.PathLike | None) -> dict[str, Dataset]:
+    """Every training file as a dataset keyed by a short name (the mixture the trainer samples from)."""
+    datasets: dict[str, Dataset] = {}
+    for source in recipe.train_data:
+        path = recipe.resolve(source.path, data_dir)
+        name = dataset_name(path)
+        if name in datasets:
+            raise ValueError(f"two training files are both called {name!r}; rename one so the mixture can tell them apart")
+        datasets[name] = load_source(source, path, recipe.seed)
+    return datasets
+
+
+def dev_evaluator(recipe: Recipe, data_dir: str | os.PathLike | None) -> SequentialEvaluator | None:
+    """STS dev evaluators (STS-B dev and SICK dev by default) run every ``eval_steps``; None without dev files."""
+    evaluators = [sts_evaluator(read_scored_pairs(recipe.resolve(path, data_dir))) for path in recipe.dev_data]
+    if not evaluators:
+        return None
+    return SequentialEvaluator(evaluators, main_score_function=lambda scores: sum(scores) / len(scores))
+
+
+def checkpointing_field(name: str) -> str:
+    """transformers renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (5.2x); use what exists."""
+    fields = {field.name for field in dataclasses.fields(SentenceTransformerTrainingArguments)}
+    renamed = name.replace("gradient_", "activation_")
+    return renamed if renamed in fields else name
+
+
+def training_arguments(
+    recipe: Recipe, checkpoint_dir: Path, has_evaluator: bool, use_cpu: bool
+) -> SentenceTransformerTrainingArguments:
+    """The trainer's arguments from the recipe: bf16 on GPUs that support it, fp32 elsewhere."""
+    bf16 = not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.batch_size,
+        per_device_eval_batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        warmup_steps=recipe.warmup_ratio,
+        bf16=bf16,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        batch_sampler=recipe.batch_sampler,
+        multi_dataset_batch_sampler=recipe.mixture,
+        eval_strategy="steps" if has_evaluator else "no",
+        eval_steps=recipe.eval_steps,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=recipe.save_total_limit,
+        logging_steps=recipe.logging_steps,
+        report_to="none",
+        use_cpu=use_cpu,
+        **{
+            checkpointing_field("gradient_checkpointing"): recipe.gradient_checkpointing,
+            # non-reentrant checkpointing lets gradients reach LoRA weights of a frozen backbone
+            checkpointing_field("gradient_checkpointing_kwargs"): {"use_reentrant": False},
+        },
+    )
+
+
+class SaveRecipeCallback(TrainerCallback):
+    """Put ``recipe.json`` into every checkpoint, so a resumed run can prove it continues the same recipe."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.recipe.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        return control
+
+
+def find_checkpoint(checkpoint_dir: Path, recipe: Recipe) -> str | None:
+    """The last checkpoint of this run, after checking it was made with the same recipe."""
+    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    if last is None:
+        return None
+    saved = Path(last) / RECIPE_FILE
+    if saved.exists():
+        previous = json.loads(saved.read_text(encoding="utf-8"))
+        current = recipe.to_dict()
+        changed = sorted(key for key in current if key != "data_dir" and previous.get(key) != current[key])
+        if changed:
+            raise ValueError(
+                f"{last} was trained with a different recipe (changed: {', '.join(changed)}); resume with "
+                f"--recipe {saved}, or train into a new --output-dir"
+            )
+    return last
+
+
+def build_trainable_model(recipe: Recipe, device: str) -> SentenceTransformer:
+    """The BeLLM encoder of the recipe with a fresh, seeded LoRA adapter; bf16 weights on GPU."""
+    set_seed(recipe.seed)
+    dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    model = bellm_st.build(
+        recipe.base,
+        bidirectional_layers=recipe.bidirectional_layers,
+        pooling=recipe.pooling,
+        template=recipe.template,
+        append_eos=recipe.append_eos,
+        max_seq_length=recipe.train_max_seq_length,
+        device=device,
+        dtype=dtype,
+    )
+    trainable = add_lora(model, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout, recipe.lora_target_modules)
+    logger.info("LoRA: %d trainable parameters", trainable)
+    return model
+
+
+def train(
+    recipe: Recipe,
+    output_dir: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> TrainingResult:
+    """Fine-tune a BeLLM encoder with LoRA and the AnglE objective, then save model, recipe, card and scores.
+
+    ``output_dir`` receives the final model (``SentenceTransformer(output_dir, trust_remote_code=True)``
+    loads it) with ``recipe.json``, ``dev_scores.json`` and a model card; checkpoints go to
+    ``output_dir/checkpoints``. ``resume=True`` continues from the last checkpoint there (adapter,
+    optimizer, scheduler, data order and RNG state), after checking the recipe is unchanged.
+    """
+    output_dir = Path(output_dir)
+    checkpoint_dir = output_dir / CHECKPOINT_FOLDER
+    if data_dir is not None:
+        recipe = recipe.with_changes(data_dir=str(data_dir))
+    resume_from = find_checkpoint(checkpoint_dir, recipe) if resume else None
+    if resume and resume_from is None:
+        logger.warning("no checkpoint in %s; starting from scratch", checkpoint_dir)
+
+    datasets = training_datasets(recipe, data_dir)
+    evaluator = dev_evaluator(recipe, data_dir)
+    args = training_arguments(recipe, checkpoint_dir, evaluator is not None, use_cpu=device == "cpu")
+    model = build_trainable_model(recipe, device or str(args.device))
+    loss = BeLLMLoss(
+        model,
+        contrastive_weight=recipe.contrastive_weight,
+        angle_weight=recipe.angle_weight,
+        cosent_weight=recipe.cosent_weight,
+        contrastive_scale=recipe.contrastive_scale,
+        angle_scale=recipe.angle_scale,
+        cosent_scale=recipe.cosent_scale,
+    )
+    train_dataset = next(iter(datasets.values())) if len(datasets) == 1 else DatasetDict(datasets)
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=[SaveRecipeCallback(recipe), *(callbacks or [])],
+    )
+    outcome = trainer.train(resume_from_checkpoint=resume_from)
+
+    encoder_of(model).max_seq_length = recipe.max_seq_length
+    data_rows = {source.path: len(dataset) for source, dataset in zip(recipe.train_data, datasets.values())}
+    dev_scores: dict[str, float] = {}
+    if trainer.is_world_process_zero():
+        dev_paths = [recipe.resolve(path, data_dir) for path in recipe.dev_data]
+        dev_scores = evaluate_sts_files(model, dev_paths, batch_size=recipe.batch_size) if dev_paths else {}
+        model.save(str(output_dir))
+        recipe.save(output_dir)
+        (output_dir / SCORES_FILE).write_text(json.dumps(dev_scores, indent=2) + "\n", encoding="utf-8")
+        add_card_section(output_dir, render_card_section(recipe, data_rows, dev_scores))
+    return TrainingResult(output_dir, trainer.state.global_step, float(outcome.training_loss), dev_scores, data_rows)

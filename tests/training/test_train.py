@@ -1,0 +1,117 @@
+"""End-to-end training on a tiny random decoder: the loss falls, checkpoints resume the same run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from sentence_transformers import SentenceTransformer
+from transformers import TrainerCallback
+
+from bellm_st.training import Recipe, train
+
+TRIPLETS = [
+    ("A man plays a guitar.", "Someone plays music.", "Stocks fell today."),
+    ("A woman slices an onion.", "Someone is cooking.", "Children play football."),
+    ("The market fell sharply.", "Stocks dropped.", "A frog was discovered."),
+    ("Kids play in the park.", "Children are outside.", "A man is sleeping."),
+    ("A new frog species.", "Scientists found a frog.", "The guitar is broken."),
+    ("A dog runs on grass.", "An animal is running.", "A cat sleeps inside."),
+    ("Two men ride bikes.", "People are cycling.", "Nobody is moving."),
+    ("A girl reads a book.", "Someone is reading.", "A girl is swimming."),
+]
+
+
+@pytest.fixture()
+def data_dir(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    lines = ["anchor\tpositive\tnegative"] + ["\t".join(row) for row in TRIPLETS]
+    (folder / "triplets.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    scored = ["score\tsentence1\tsentence2"] + [f"{5 - i % 5}\t{a}\t{p if i % 2 else n}" for i, (a, p, n) in enumerate(TRIPLETS)]
+    (folder / "dev.tsv").write_text("\n".join(scored) + "\n", encoding="utf-8")
+    return folder
+
+
+def tiny_recipe(base: str, **changes) -> Recipe:
+    settings = dict(
+        base=base, train_data=["triplets.tsv"], dev_data=[], batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
+        max_steps=6, save_steps=3, logging_steps=1, train_max_seq_length=64, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+        batch_sampler="batch_sampler",
+    )
+    settings.update(changes)
+    return Recipe(**settings)
+
+
+def logged_losses(checkpoint: Path) -> list[float]:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def adapter_weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+
+
+def test_training_lowers_the_loss_and_saves_model_recipe_card_and_scores(tiny_model_dir, data_dir, tmp_path):
+    recipe = tiny_recipe(tiny_model_dir, dev_data=["dev.tsv"], eval_steps=3)
+    result = train(recipe, tmp_path / "out", data_dir=data_dir, device="cpu")
+
+    losses = logged_losses(tmp_path / "out" / "checkpoints" / "checkpoint-6")
+    assert len(losses) == 6
+    assert losses[-1] < 0.8 * losses[0]  # the same 8 triplets every step: the loss must fall
+    assert result.global_step == 6 and result.data_rows == {"triplets.tsv": 8}
+    out = tmp_path / "out"
+    assert Recipe.load(out) == recipe.with_changes(data_dir=str(data_dir))
+    assert set(json.loads((out / "dev_scores.json").read_text())) == {"dev", "average"}
+    card = (out / "README.md").read_text()
+    assert "## BeLLM training" in card and "triplets.tsv" in card and '"learning_rate": 0.005' in card
+    assert json.loads((out / "bellm_config.json").read_text())["max_seq_length"] == recipe.max_seq_length
+
+    loaded = SentenceTransformer(str(out), trust_remote_code=True, device="cpu")
+    assert loaded[0].bidirectional_layer_indices == (2, 3)
+    assert hasattr(loaded[0].auto_model, "peft_config")  # the trained adapter came back
+
+
+class StopAtStep(TrainerCallback):
+    """Simulates a killed job: raises right after the given step (its checkpoint already written)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("killed")
+        return control
+
+
+def test_resume_after_a_kill_continues_the_same_run(tiny_model_dir, data_dir, tmp_path):
+    recipe = tiny_recipe(tiny_model_dir)
+    uninterrupted = train(recipe, tmp_path / "full", data_dir=data_dir, device="cpu")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "killed", data_dir=data_dir, device="cpu", callbacks=[StopAtStep(4)])
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-3"]
+    saved = checkpoints / "checkpoint-3"
+    assert (saved / "adapter" / "adapter_model.safetensors").exists() and (saved / "recipe.json").exists()
+    assert json.loads((saved / "bellm_config.json").read_text())["bidirectional_layers"] == 2
+
+    resumed = train(recipe, tmp_path / "killed", data_dir=data_dir, device="cpu", resume=True)
+    assert resumed.global_step == uninterrupted.global_step == 6
+    state = json.loads((checkpoints / "checkpoint-6" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4, 5, 6]  # 4..6 only once
+    full, continued = adapter_weights(tmp_path / "full"), adapter_weights(tmp_path / "killed")
+    assert full.keys() == continued.keys()
+    for name in full:
+        torch.testing.assert_close(continued[name], full[name], rtol=1e-4, atol=1e-6)
+    assert logged_losses(checkpoints / "checkpoint-6")[3:] == pytest.approx(logged_losses(tmp_path / "full" / "checkpoints" / "checkpoint-6")[3:], rel=1e-4)
+
+
+def test_resume_refuses_a_changed_recipe(tiny_model_dir, data_dir, tmp_path):
+    recipe = tiny_recipe(tiny_model_dir, max_steps=3)
+    train(recipe, tmp_path / "out", data_dir=data_dir, device="cpu")
+    with pytest.raises(ValueError, match=r"different recipe \(changed: learning_rate\).*--recipe"):
+        train(recipe.with_changes(learning_rate=1e-3), tmp_path / "out", data_dir=data_dir, device="cpu", resume=True)
