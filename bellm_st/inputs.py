@@ -33,14 +33,20 @@ def validate_texts(texts: Any, *, where: str = "input") -> list[str]:
     if len(texts) == 0:
         raise ValueError(f"{where} is an empty list; pass at least one non-empty string")
     for index, item in enumerate(texts):
-        if not isinstance(item, str):
-            raise TypeError(
-                f"{where}[{index}] is {type(item).__name__} ({_preview(item)}), not a string; "
-                "convert it with str() or drop it before encoding"
-            )
-        if not item.strip():
-            raise ValueError(
-                f"{where}[{index}] is {'empty' if not item else 'only whitespace'} ({_preview(item)}); "
-                "remove blank texts before encoding: they carry no meaning to embed"
-            )
+        validate_text(item, where=f"{where}[{index}]")
     return list(texts)
+
+
+def validate_text(text: Any, *, where: str = "text") -> str:
+    """Check one text (a query, a single document) the way :func:`validate_texts` checks each item."""
+    if not isinstance(text, str):
+        raise TypeError(
+            f"{where} is {type(text).__name__} ({_preview(text)}), not a string; "
+            "convert it with str() or drop it before encoding"
+        )
+    if not text.strip():
+        raise ValueError(
+            f"{where} is {'empty' if not text else 'only whitespace'} ({_preview(text)}); "
+            "remove blank texts before encoding: they carry no meaning to embed"
+        )
+    return text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bellm_st.inputs import validate_texts
+from bellm_st.inputs import validate_text, validate_texts
 
 
 @pytest.mark.parametrize(
@@ -25,6 +25,24 @@ from bellm_st.inputs import validate_texts
 def test_validate_texts_names_the_bad_item(texts, error, message):
     with pytest.raises(error, match=message):
         validate_texts(texts, where="texts")
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "message"),
+    [
+        (None, TypeError, r"^query is NoneType \(None\), not a string"),
+        (["a list"], TypeError, r"^query is list"),
+        ("", ValueError, r"^query is empty"),
+        (" \n", ValueError, r"^query is only whitespace"),
+    ],
+)
+def test_validate_text_names_the_single_bad_text(text, error, message):
+    with pytest.raises(error, match=message):
+        validate_text(text, where="query")
+
+
+def test_validate_text_returns_valid_text_unchanged():
+    assert validate_text(" tab\tand emoji 🎸\n", where="query") == " tab\tand emoji 🎸\n"
 
 
 @pytest.mark.parametrize(
