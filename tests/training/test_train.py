@@ -115,3 +115,36 @@ def test_resume_refuses_a_changed_recipe(tiny_model_dir, data_dir, tmp_path):
     train(recipe, tmp_path / "out", data_dir=data_dir, device="cpu")
     with pytest.raises(ValueError, match=r"different recipe \(changed: learning_rate\).*--recipe"):
         train(recipe.with_changes(learning_rate=1e-3), tmp_path / "out", data_dir=data_dir, device="cpu", resume=True)
+
+
+def test_gradient_checkpointing_still_trains_the_adapter(tiny_model_dir, data_dir, tmp_path):
+    train(tiny_recipe(tiny_model_dir, max_steps=2, gradient_checkpointing=True), tmp_path / "out", data_dir=data_dir, device="cpu")
+    lora_b = [value for name, value in adapter_weights(tmp_path / "out").items() if "lora_B" in name]
+    assert lora_b and all(value.abs().sum() > 0 for value in lora_b)  # B starts at zero; gradients reached it
+
+
+def test_cli_train_then_recipe_reproduces_the_run(tiny_model_dir, data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from bellm_st.cli import app
+
+    common = ["--data-dir", str(data_dir), "--device", "cpu"]
+    first = CliRunner().invoke(app, ["train", "--base", tiny_model_dir, "--train-data", "triplets.tsv:triplets", "--no-dev",
+                                     "--max-steps", "2", "--batch-size", "4", "--lora-r", "4", "-o", str(tmp_path / "a"), *common])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, ["train", "--recipe", str(tmp_path / "a" / "recipe.json"), "-o", str(tmp_path / "b"), *common])
+    assert again.exit_code == 0, again.output
+    a, b = adapter_weights(tmp_path / "a"), adapter_weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_cli_train_reports_bad_data_with_file_and_line(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from bellm_st.cli import app
+
+    (tmp_path / "bad.tsv").write_text("anchor\tpositive\na\tb\tc\n")
+    result = CliRunner().invoke(app, ["train", "--base", tiny_model_dir, "--train-data", "bad.tsv", "--no-dev",
+                                      "--data-dir", str(tmp_path), "-o", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "bad.tsv, line 2" in result.output.replace("\n", "")

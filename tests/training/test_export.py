@@ -1,0 +1,62 @@
+"""From a trained folder to a merged standalone folder, and to a shipped-model adapter folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel
+
+from bellm_st.export import export_merged, package_shipped
+from bellm_st.training import Recipe, train
+
+SENTENCES = ["A man is playing a guitar.", "The stock market fell sharply today."]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trained")
+    (folder / "t.tsv").write_text(
+        "anchor\tpositive\tnegative\nA man plays.\tSomeone plays.\tStocks fell.\nKids play.\tChildren play.\tA frog.\n"
+    )
+    recipe = Recipe(base=tiny_model_dir, train_data=["t.tsv"], dev_data=[], batch_size=2, max_steps=2,
+                    learning_rate=1e-2, lora_r=4, batch_sampler="batch_sampler")
+    train(recipe, folder / "model", data_dir=folder, device="cpu")
+    return folder / "model"
+
+
+def test_export_merges_the_adapter_and_keeps_the_embeddings(trained, tmp_path):
+    with_adapter = SentenceTransformer(str(trained), trust_remote_code=True, device="cpu")
+    export_merged(str(trained), tmp_path / "merged")
+
+    assert not (tmp_path / "merged" / "adapter").exists()
+    merged = SentenceTransformer(str(tmp_path / "merged"), trust_remote_code=True, device="cpu")
+    assert not hasattr(merged[0].auto_model, "peft_config")
+    assert merged[0].bidirectional_layer_indices == with_adapter[0].bidirectional_layer_indices
+    torch.testing.assert_close(
+        merged.encode(SENTENCES, convert_to_tensor=True), with_adapter.encode(SENTENCES, convert_to_tensor=True),
+        rtol=1e-4, atol=1e-5,
+    )
+
+
+def test_package_shipped_writes_the_layout_load_shipped_reads(trained, tiny_model_dir, tmp_path):
+    target = package_shipped(trained, "bellm-tiny", base="smollm2-135m", models_root=tmp_path)
+
+    settings = json.loads((target / "bellm_config.json").read_text())
+    assert settings["base"] == "smollm2-135m" and settings["bidirectional_layers"] == 2 and settings["pooling"] == "last"
+    assert json.loads((target / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m"
+    restored = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_model_dir), str(target / "adapter"))
+    saved = load_file(str(trained / "adapter" / "adapter_model.safetensors"))
+    lora_b = next(name for name in saved if "lora_B" in name)
+    assert saved[lora_b].abs().sum() > 0  # training moved the zero-initialised B matrices
+    restored_state = {k: v for k, v in restored.state_dict().items() if "lora_B" in k}
+    assert any(torch.equal(value, saved[lora_b]) for value in restored_state.values())
+
+
+def test_package_shipped_needs_a_shipped_base(trained, tmp_path):
+    with pytest.raises(ValueError, match="is not a shipped base; pass one of"):
+        package_shipped(trained, "bellm-tiny", models_root=tmp_path)  # the recipe's base is a local folder
