@@ -1,0 +1,123 @@
+"""What the framework integrations (LangChain, LlamaIndex) share.
+
+Each framework creates embedding objects freely (one per index, per chain, per request), so the
+model behind them is loaded once per process and shared: :func:`shared_model` keeps one model per
+``(model_name, device)``. A tokenizer and a module in eval mode are not safe to drive from two
+threads at once (fast tokenizers raise "Already borrowed"), so :func:`embed` holds one lock per
+model while it encodes; the frameworks' async methods run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Literal
+
+import torch
+from sentence_transformers import SentenceTransformer
+
+from bellm_st.inputs import validate_texts
+from bellm_st.module import BeLLMEncoder
+from bellm_st.prompts import TEXT_SLOT, Template
+
+Role = Literal["query", "document"]
+
+_models: dict[tuple[str | None, str], SentenceTransformer] = {}
+_models_lock = threading.Lock()
+_encode_locks: weakref.WeakKeyDictionary[SentenceTransformer, threading.Lock] = weakref.WeakKeyDictionary()
+_encode_locks_lock = threading.Lock()
+
+
+def shared_model(model_name: str | None = None, device: str | None = None) -> SentenceTransformer:
+    """The model for ``(model_name, device)``, loaded on first use and reused by every later caller.
+
+    ``model_name`` is anything :func:`bellm_st.api.load_default_or` accepts (a shipped model or
+    base name, a saved folder); ``None`` means the shipped default.
+    """
+    from bellm_st.api import default_device, load_default_or
+
+    key = (model_name, device or default_device())
+    with _models_lock:
+        if key not in _models:
+            _models[key] = load_default_or(key[0], device=key[1])
+        return _models[key]
+
+
+def clear_shared_models() -> None:
+    """Forget every shared model (frees their memory once no embedding object holds them)."""
+    with _models_lock:
+        _models.clear()
+
+
+def model_for(model_name: str | None, model: SentenceTransformer | None, device: str | None) -> SentenceTransformer:
+    """The model an integration was asked for: the given object, else the shared one for the name."""
+    if model is None:
+        return shared_model(model_name, device)
+    if not isinstance(model, SentenceTransformer):
+        raise TypeError(f"model must be a SentenceTransformer, got {type(model).__name__}; or pass model_name=")
+    if device is not None:
+        wanted = torch.device(device)
+        if wanted.type != model.device.type or (wanted.index is not None and wanted.index != model.device.index):
+            raise ValueError(
+                f"device={device!r} but the given model is on {model.device}; "
+                f"move it first with model.to({device!r}), or leave device unset"
+            )
+    return model
+
+
+def check_template(model: SentenceTransformer, template: str | None, role: Role) -> None:
+    """Refuse a full ``{text}`` template that the model would silently treat as a literal prefix.
+
+    Only a BeLLM encoder places the text inside a template; any other sentence-transformers model
+    prepends a prompt, so ``{text}`` would be embedded as written.
+    """
+    if template is None or TEXT_SLOT not in template:
+        return
+    Template.parse(template)
+    if not any(isinstance(module, BeLLMEncoder) for module in model):
+        raise ValueError(
+            f"{role}_template {template!r} is a full template with {TEXT_SLOT}, but this model is not a BeLLM "
+            f"encoder and would embed {TEXT_SLOT} literally; pass a plain prefix such as 'query: ' instead"
+        )
+
+
+def encode_lock(model: SentenceTransformer) -> threading.Lock:
+    """The one lock every integration takes before encoding with ``model``."""
+    with _encode_locks_lock:
+        lock = _encode_locks.get(model)
+        if lock is None:
+            lock = _encode_locks[model] = threading.Lock()
+        return lock
+
+
+def embed(
+    model: SentenceTransformer,
+    texts: list[str],
+    *,
+    role: Role,
+    template: str | None = None,
+    batch_size: int = 32,
+    normalize: bool = True,
+    show_progress: bool = False,
+    where: str = "texts",
+) -> list[list[float]]:
+    """Embed ``texts`` as queries or documents and return plain Python floats, as frameworks expect.
+
+    ``template`` is passed as the encode prompt: a full template (with ``{text}``) replaces the
+    model's, a plain prefix goes in front of the text; ``None`` uses the model's own ``query`` or
+    ``document`` prompt when it has one. Texts are never altered (no newline stripping, no
+    lower-casing); only the model truncates what exceeds its ``max_seq_length``, with a warning.
+    """
+    texts = validate_texts(texts, where=where)
+    check_template(model, template, role)
+    encode = model.encode_query if role == "query" else model.encode_document
+    with encode_lock(model):
+        vectors = encode(
+            texts,
+            prompt=template,
+            batch_size=batch_size,
+            normalize_embeddings=normalize,
+            convert_to_numpy=True,
+            show_progress_bar=show_progress,
+        )
+    return vectors.tolist()

@@ -1,0 +1,228 @@
+"""BeLLMEmbeddings beyond the standard suites: templates, options, bad input, sharing, threads, async."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from langchain_core.vectorstores import InMemoryVectorStore
+from sentence_transformers import SentenceTransformer
+
+import bellm_st.api
+from bellm_st.integration import clear_shared_models
+from langchain_bellm import BeLLMEmbeddings
+
+DOCUMENTS = [
+    "A man is playing a guitar.",
+    "The stock market fell sharply today.",
+    "Scientists discovered a new species of frog.",
+]
+QUERY_TEMPLATE = 'This question: "{text}" means in one word:"'
+
+
+def test_documents_and_queries_match_the_model_with_their_own_templates(tiny_bellm):
+    embeddings = BeLLMEmbeddings(model=tiny_bellm, query_template=QUERY_TEMPLATE, document_template="passage: ")
+    documents = embeddings.embed_documents(DOCUMENTS)
+    query = embeddings.embed_query(DOCUMENTS[0])
+
+    assert isinstance(documents[0][0], float) and isinstance(query[0], float)
+    expected_documents = tiny_bellm.encode(DOCUMENTS, prompt="passage: ", normalize_embeddings=True)
+    expected_query = tiny_bellm.encode([DOCUMENTS[0]], prompt=QUERY_TEMPLATE, normalize_embeddings=True)[0]
+    np.testing.assert_allclose(documents, expected_documents, atol=1e-6)
+    np.testing.assert_allclose(query, expected_query, atol=1e-6)
+    assert not np.allclose(query, documents[0], atol=1e-3)  # the two templates really differ
+
+
+def test_without_templates_the_model_template_is_used_for_both(tiny_bellm):
+    embeddings = BeLLMEmbeddings(model=tiny_bellm)
+    np.testing.assert_allclose(embeddings.embed_query(DOCUMENTS[1]), embeddings.embed_documents(DOCUMENTS)[1], atol=1e-6)
+    np.testing.assert_allclose(
+        embeddings.embed_query(DOCUMENTS[1]), tiny_bellm.encode(DOCUMENTS[1], normalize_embeddings=True), atol=1e-6
+    )
+
+
+def test_text_is_embedded_as_given_not_cleaned(tiny_bellm):
+    embeddings = BeLLMEmbeddings(model=tiny_bellm)
+    with_newline, with_space = embeddings.embed_documents(["first line\nsecond line", "first line second line"])
+    np.testing.assert_allclose(
+        with_newline, tiny_bellm.encode("first line\nsecond line", normalize_embeddings=True), atol=1e-6
+    )
+    assert not np.allclose(with_newline, with_space, atol=1e-4)
+
+
+def test_normalize_option(tiny_bellm):
+    normalized = np.array(BeLLMEmbeddings(model=tiny_bellm).embed_documents(DOCUMENTS))
+    raw = np.array(BeLLMEmbeddings(model=tiny_bellm, normalize=False).embed_documents(DOCUMENTS))
+    np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(raw, tiny_bellm.encode(DOCUMENTS), atol=1e-6)
+
+
+def test_batch_size_and_progress_reach_encode(tiny_bellm, monkeypatch):
+    calls = []
+    original = tiny_bellm.encode
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_bellm, "encode", spy)
+    BeLLMEmbeddings(model=tiny_bellm, batch_size=2, show_progress=True).embed_documents(DOCUMENTS)
+    assert calls[0]["batch_size"] == 2 and calls[0]["show_progress_bar"] is True
+
+
+@pytest.mark.parametrize(
+    ("texts", "error", "message"),
+    [
+        (None, TypeError, "texts must be a list of strings, got NoneType"),
+        ("one string", TypeError, r"got str; wrap a single text in a list"),
+        ([], ValueError, "texts is an empty list"),
+        (["fine", None], TypeError, r"texts\[1\] is NoneType"),
+        (["fine", 3], TypeError, r"texts\[1\] is int"),
+        (["fine", ""], ValueError, r"texts\[1\] is empty"),
+        ([" \n"], ValueError, r"texts\[0\] is only whitespace"),
+    ],
+)
+def test_bad_documents_get_the_core_errors(tiny_bellm, texts, error, message):
+    embeddings = BeLLMEmbeddings(model=tiny_bellm)
+    with pytest.raises(error, match=message):
+        embeddings.embed_documents(texts)
+    with pytest.raises(error, match=message):
+        asyncio.run(embeddings.aembed_documents(texts))
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "message"),
+    [
+        (None, TypeError, r"^text is NoneType \(None\), not a string"),
+        (["a list"], TypeError, r"^text is list"),
+        (7, TypeError, r"^text is int"),
+        ("", ValueError, r"^text is empty"),
+        ("\t", ValueError, r"^text is only whitespace"),
+    ],
+)
+def test_bad_query_gets_the_core_errors(tiny_bellm, text, error, message):
+    embeddings = BeLLMEmbeddings(model=tiny_bellm)
+    with pytest.raises(error, match=message):
+        embeddings.embed_query(text)
+    with pytest.raises(error, match=message):
+        asyncio.run(embeddings.aembed_query(text))
+
+
+def test_full_template_on_a_model_that_is_not_bellm_is_refused(tiny_model_dir):
+    plain = SentenceTransformer(tiny_model_dir, device="cpu")  # transformer + mean pooling
+    with pytest.raises(ValueError, match=r"not a BeLLM encoder.*plain prefix"):
+        BeLLMEmbeddings(model=plain, query_template=QUERY_TEMPLATE)
+    assert len(BeLLMEmbeddings(model=plain, query_template="query: ").embed_query("hello")) == 32
+
+
+def test_bad_template_and_options_are_refused(tiny_bellm):
+    with pytest.raises(ValueError, match="exactly once"):
+        BeLLMEmbeddings(model=tiny_bellm, document_template="{text} and {text}")
+    with pytest.raises(ValueError, match="batch_size"):
+        BeLLMEmbeddings(model=tiny_bellm, batch_size=0)
+    with pytest.raises(ValueError, match=r"device='cuda' but the given model is on cpu"):
+        BeLLMEmbeddings(model=tiny_bellm, device="cuda")
+
+
+def test_a_named_model_loads_once_per_process_and_device(tiny_bellm_dir, monkeypatch):
+    clear_shared_models()
+    loads = []
+    original = bellm_st.api.load_default_or
+
+    def counting_load(name, device=None):
+        loads.append((name, device))
+        return original(name, device=device)
+
+    monkeypatch.setattr(bellm_st.api, "load_default_or", counting_load)
+    threads = [
+        threading.Thread(target=BeLLMEmbeddings, kwargs={"model_name": tiny_bellm_dir, "device": "cpu"})
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    first = BeLLMEmbeddings(model_name=tiny_bellm_dir, device="cpu")
+    for thread in threads:
+        thread.join()
+    second = BeLLMEmbeddings(model_name=tiny_bellm_dir, device="cpu", query_template=QUERY_TEMPLATE)
+    assert loads == [(tiny_bellm_dir, "cpu")]
+    assert first._model is second._model
+    assert len(first.embed_query("hello")) == 32
+    clear_shared_models()
+
+
+def test_concurrent_calls_from_threads_are_serialised_and_correct(tiny_bellm, monkeypatch):
+    embeddings = BeLLMEmbeddings(model=tiny_bellm)
+    expected = embeddings.embed_documents(DOCUMENTS)
+    active, most_active = 0, 0
+    counter_lock = threading.Lock()
+    original = tiny_bellm.encode
+
+    def tracking_encode(*args, **kwargs):
+        nonlocal active, most_active
+        with counter_lock:
+            active += 1
+            most_active = max(most_active, active)
+        time.sleep(0.01)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with counter_lock:
+                active -= 1
+
+    monkeypatch.setattr(tiny_bellm, "encode", tracking_encode)
+    results, errors = [], []
+
+    def worker():
+        try:
+            for _ in range(3):
+                results.append(embeddings.embed_documents(DOCUMENTS))
+        except Exception as error:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert most_active == 1
+    assert len(results) == 18
+    for result in results:
+        np.testing.assert_allclose(result, expected, atol=1e-6)
+
+
+@pytest.mark.asyncio
+async def test_async_methods_leave_the_event_loop_free(tiny_bellm, monkeypatch):
+    embeddings = BeLLMEmbeddings(model=tiny_bellm)
+    original = tiny_bellm.encode
+
+    def slow_encode(*args, **kwargs):
+        time.sleep(0.3)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_bellm, "encode", slow_encode)
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    documents, query = await asyncio.gather(embeddings.aembed_documents(DOCUMENTS), embeddings.aembed_query("hello"))
+    ticking.cancel()
+    assert ticks >= 20  # about 0.6 s of encoding in worker threads; a blocked loop would not tick
+    monkeypatch.setattr(tiny_bellm, "encode", original)
+    np.testing.assert_allclose(documents, embeddings.embed_documents(DOCUMENTS), atol=1e-6)
+    np.testing.assert_allclose(query, embeddings.embed_query("hello"), atol=1e-6)
+
+
+def test_a_langchain_vector_store_finds_the_exact_document(tiny_bellm):
+    store = InMemoryVectorStore.from_texts(DOCUMENTS, BeLLMEmbeddings(model=tiny_bellm), ids=["guitar", "stocks", "frog"])
+    hits = store.similarity_search("The stock market fell sharply today.", k=1)
+    assert hits[0].id == "stocks"
