@@ -81,17 +81,20 @@ def load(name_or_path: str, *, device: str | None = None, cache_dir: str | os.Pa
     return SentenceTransformer(name_or_path, device=device or default_device(), trust_remote_code=True)
 
 
-def load_default_or(name_or_path: str | None, *, device: str | None = None) -> SentenceTransformer:
-    """The model a command-line user means: the named one, or the shipped default.
-
-    The default is the trained shipped model when the package has one, else the zero-shot
-    BeLLM build of the default base.
-    """
-    from bellm_st.bases import SHIPPED_BASES
+def default_model_name() -> str:
+    """The trained shipped model when the package has one, else the default base (built zero-shot)."""
     from bellm_st.shipped import SHIPPED_MODELS
 
+    return DEFAULT_MODEL if DEFAULT_MODEL in SHIPPED_MODELS else DEFAULT_BASE
+
+
+def load_default_or(name_or_path: str | None, *, device: str | None = None) -> SentenceTransformer:
+    """The model a command-line user means: the named one, or the shipped default
+    (:func:`default_model_name`)."""
+    from bellm_st.bases import SHIPPED_BASES
+
     if name_or_path is None:
-        name_or_path = DEFAULT_MODEL if DEFAULT_MODEL in SHIPPED_MODELS else DEFAULT_BASE
+        name_or_path = default_model_name()
     if name_or_path in SHIPPED_BASES:
         return build(name_or_path, device=device)
     return load(name_or_path, device=device)

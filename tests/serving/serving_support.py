@@ -1,0 +1,79 @@
+"""Helpers for the serving tests: a real uvicorn server on loopback in a thread, a slow model."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI
+
+from bellm_st.serving import Embedder, ServerSettings, uvicorn_server
+
+MODEL_ID = "tiny-bellm"
+QUERY_TEMPLATE = 'Find documents about {text}. The representative word is:"'
+
+
+@dataclass
+class LiveServer:
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def app(self) -> FastAPI:
+        return self.server.config.app
+
+    def stop(self, timeout: float = 30) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the server did not shut down"
+
+
+@contextlib.contextmanager
+def live_server(model, settings: ServerSettings) -> Iterator[LiveServer]:
+    """The real server (uvicorn + the app) on a free loopback port until the block ends."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn_server(model, settings, host="127.0.0.1", port=port, log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    running = LiveServer(f"http://127.0.0.1:{port}", server, thread)
+    try:
+        yield running
+    finally:
+        if thread.is_alive():
+            running.stop()
+        sock.close()
+
+
+class SlowEmbedder(Embedder):
+    """The tiny model, but every forward pass takes at least ``delay`` seconds (to fill queues)."""
+
+    def __init__(self, model, delay: float):
+        super().__init__(model)
+        self.delay = delay
+        self.batches: list[int] = []
+        self.started = threading.Event()
+
+    def encode(self, texts: list[str], prompt_name: str | None = None) -> np.ndarray:
+        self.batches.append(len(texts))
+        self.started.set()
+        time.sleep(self.delay)
+        return super().encode(texts, prompt_name)
+
+
+def reference(model, texts: list[str], **kwargs) -> np.ndarray:
+    """What the library itself gives: the numbers the server must reproduce."""
+    return model.encode(texts, normalize_embeddings=True, **kwargs)
