@@ -14,7 +14,6 @@ import os
 import shutil
 from pathlib import Path
 
-from sentence_transformers import SentenceTransformer
 
 from bellm_st.module import ADAPTER_FOLDER, CONFIG_FILE
 from bellm_st.shipped import SHIPPED_ROOT

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,8 +143,3 @@ def parse_float(table: Table, row: Row, column: str) -> float:
     except ValueError:
         raise DataFileError(table.path, row.line, f"column {column!r} must be a number, got {value!r}") from None
 
-
-def iter_text(table: Table, row: Row, columns: Sequence[str]) -> Iterator[str]:
-    """The named text fields of a row, stripped."""
-    for column in columns:
-        yield row.values[column].strip()

@@ -49,10 +49,17 @@ class DataSource:
         if isinstance(spec, dict):
             return cls(**spec)
         parts = spec.split(":")
-        if len(parts) > 1 and parts[1] in DATA_FORMATS:
-            max_rows = int(parts[2]) if len(parts) > 2 and parts[2] else None
-            return cls(parts[0], parts[1], max_rows)
-        return cls(spec)
+        if len(parts) == 1:
+            return cls(spec)
+        if len(parts) > 3 or (parts[1] and parts[1] not in DATA_FORMATS):
+            raise ValueError(
+                f"cannot read the data spec {spec!r}; write PATH, PATH:FORMAT or PATH:FORMAT:MAX_ROWS "
+                f"(FORMAT empty or one of {', '.join(DATA_FORMATS)})"
+            )
+        max_rows = parts[2] if len(parts) == 3 and parts[2] else None
+        if max_rows is not None and not max_rows.isdigit():
+            raise ValueError(f"MAX_ROWS in the data spec {spec!r} must be a whole number, got {max_rows!r}")
+        return cls(parts[0], parts[1] or "auto", int(max_rows) if max_rows else None)
 
 
 @dataclass

@@ -8,7 +8,6 @@ recipe to it, so a run on a laptop and one on a GPU node differ in the device al
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -67,11 +66,19 @@ def dev_evaluator(recipe: Recipe, data_dir: str | os.PathLike | None) -> Sequent
     return SequentialEvaluator(evaluators, main_score_function=lambda scores: sum(scores) / len(scores))
 
 
-def checkpointing_field(name: str) -> str:
-    """transformers renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (5.2x); use what exists."""
-    fields = {field.name for field in dataclasses.fields(SentenceTransformerTrainingArguments)}
-    renamed = name.replace("gradient_", "activation_")
-    return renamed if renamed in fields else name
+def enable_activation_checkpointing(model: SentenceTransformer) -> None:
+    """Recompute the backbone's activations in backward instead of storing them (less memory, more compute).
+
+    Enabled on the backbone itself rather than through ``TrainingArguments``: transformers 5.17's
+    Trainer passes ``every_n_layers`` to the model's method, which sentence-transformers 6.0.1's
+    does not accept. Non-reentrant checkpointing lets gradients reach the LoRA weights of a frozen
+    backbone. transformers renamed the method to ``activation_checkpointing_enable`` in 5.2x.
+    """
+    backbone = encoder_of(model).decoder
+    if hasattr(backbone, "activation_checkpointing_enable"):
+        backbone.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable({"use_reentrant": False})
 
 
 def training_arguments(
@@ -101,11 +108,6 @@ def training_arguments(
         logging_steps=recipe.logging_steps,
         report_to="none",
         use_cpu=use_cpu,
-        **{
-            checkpointing_field("gradient_checkpointing"): recipe.gradient_checkpointing,
-            # non-reentrant checkpointing lets gradients reach LoRA weights of a frozen backbone
-            checkpointing_field("gradient_checkpointing_kwargs"): {"use_reentrant": False},
-        },
     )
 
 
@@ -155,6 +157,8 @@ def build_trainable_model(recipe: Recipe, device: str) -> SentenceTransformer:
     )
     trainable = add_lora(model, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout, recipe.lora_target_modules)
     logger.info("LoRA: %d trainable parameters", trainable)
+    if recipe.gradient_checkpointing:
+        enable_activation_checkpointing(model)
     return model
 
 

@@ -88,11 +88,14 @@ def test_recipe_round_trips_through_json(tmp_path):
     recipe = Recipe(train_data=["nli/pairs.tsv:nli-pairs:1000", "pairs/mrpc_train.tsv"], learning_rate=1e-4, seed=7)
     assert Recipe.load(recipe.save(tmp_path)) == recipe
     assert recipe.train_data[0] == DataSource("nli/pairs.tsv", "nli-pairs", 1000)
+    assert DataSource.parse("pairs/mrpc_train.tsv::32") == DataSource("pairs/mrpc_train.tsv", "auto", 32)
 
 
 def test_recipe_refuses_unknown_fields_and_bad_values(tmp_path):
     (tmp_path / "recipe.json").write_text('{"learning_rat": 0.1}')
     with pytest.raises(ValueError, match="unknown recipe field.*learning_rat"):
         Recipe.load(tmp_path)
+    with pytest.raises(ValueError, match="cannot read the data spec 'x.tsv:tsv'"):
+        Recipe(train_data=["x.tsv:tsv"])
     with pytest.raises(ValueError, match="data format 'tsv' is not known"):
         Recipe(train_data=[{"path": "x.tsv", "format": "tsv"}])

@@ -117,7 +117,12 @@ def test_resume_refuses_a_changed_recipe(tiny_model_dir, data_dir, tmp_path):
         train(recipe.with_changes(learning_rate=1e-3), tmp_path / "out", data_dir=data_dir, device="cpu", resume=True)
 
 
-def test_gradient_checkpointing_still_trains_the_adapter(tiny_model_dir, data_dir, tmp_path):
+def test_gradient_checkpointing_is_on_and_still_trains_the_adapter(tiny_model_dir, data_dir, tmp_path):
+    from bellm_st.training.trainer import build_trainable_model
+
+    model = build_trainable_model(tiny_recipe(tiny_model_dir, gradient_checkpointing=True), "cpu")
+    flags = [getattr(m, name, False) for m in model[0].decoder.modules() for name in ("gradient_checkpointing", "activation_checkpointing")]
+    assert any(flag is True for flag in flags)
     train(tiny_recipe(tiny_model_dir, max_steps=2, gradient_checkpointing=True), tmp_path / "out", data_dir=data_dir, device="cpu")
     lora_b = [value for name, value in adapter_weights(tmp_path / "out").items() if "lora_B" in name]
     assert lora_b and all(value.abs().sum() > 0 for value in lora_b)  # B starts at zero; gradients reached it
