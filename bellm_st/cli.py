@@ -272,8 +272,12 @@ def serve(
 ) -> None:
     """Serve the model as an OpenAI-compatible embeddings API (POST /v1/embeddings)."""
     from bellm_st.api import default_model_name
-    from bellm_st.serving import ServerSettings
-    from bellm_st.serving import serve as run_server
+
+    try:
+        from bellm_st.serving import ServerSettings
+        from bellm_st.serving import serve as run_server
+    except ImportError as error:
+        _fail(ImportError(f"{error}; the server needs its extra: pip install 'bellm-st[serve]'"))
 
     try:
         settings = ServerSettings(

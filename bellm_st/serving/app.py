@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Response
 from sentence_transformers import SentenceTransformer
 
@@ -79,6 +80,12 @@ def create_app(model: SentenceTransformer | Embedder, settings: ServerSettings |
         texts = texts_from_input(raw_input, settings)
         return texts, embedder.count_tokens(texts)
 
+    def respond(vectors: np.ndarray, token_counts: list[int], request: EmbeddingRequest) -> bytes:
+        answer = embedding_response(
+            shorten(vectors, request.dimensions), token_counts, settings.model_id, request.encoding_format
+        )
+        return answer.model_dump_json().encode()
+
     async def embed(request: EmbeddingRequest, prompt_name: str | None) -> Response:
         if request.dimensions is not None and request.dimensions > embedder.dimension:
             raise APIError(
@@ -105,10 +112,9 @@ def create_app(model: SentenceTransformer | Embedder, settings: ServerSettings |
             ) from None
         except ShuttingDownError as error:
             raise APIError(503, str(error), code="shutting_down") from None
-        answer = embedding_response(
-            shorten(vectors, request.dimensions), token_counts, settings.model_id, request.encoding_format
-        )
-        return Response(answer.model_dump_json(), media_type="application/json")
+        # Serialising thousands of vectors takes a while: off the event loop too.
+        body = await asyncio.to_thread(respond, vectors, token_counts, request)
+        return Response(body, media_type="application/json")
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERROR_RESPONSES)
     async def openai_embeddings(request: EmbeddingRequest) -> Response:

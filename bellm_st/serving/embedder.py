@@ -6,6 +6,8 @@ has the same two methods.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from sentence_transformers import SentenceTransformer
 from transformers import PreTrainedTokenizerBase
@@ -25,9 +27,12 @@ class Embedder:
 
     def __init__(self, model: SentenceTransformer):
         self.model = model
-        self.tokenizer = _tokenizer(model)
+        # A copy of its own: a fast tokenizer shared between threads fails ("Already borrowed") when
+        # one call changes its truncation/padding while another runs, and the model's calls do that.
+        self.tokenizer = copy.deepcopy(_tokenizer(model))
         self.dimension = int(model.get_embedding_dimension())
         self.max_seq_length = int(model.max_seq_length or self.tokenizer.model_max_length)
+        self.count_tokens(["settles the tokenizer's settings before any thread uses it"])
 
     @property
     def prompt_names(self) -> tuple[str, ...]:
