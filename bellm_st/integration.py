@@ -22,7 +22,7 @@ from bellm_st.prompts import TEXT_SLOT, Template
 
 Role = Literal["query", "document"]
 
-_models: dict[tuple[str | None, str], SentenceTransformer] = {}
+_models: dict[tuple[str, str], SentenceTransformer] = {}
 _models_lock = threading.Lock()
 _encode_locks: weakref.WeakKeyDictionary[SentenceTransformer, threading.Lock] = weakref.WeakKeyDictionary()
 _encode_locks_lock = threading.Lock()
@@ -34,9 +34,9 @@ def shared_model(model_name: str | None = None, device: str | None = None) -> Se
     ``model_name`` is anything :func:`bellm_st.api.load_default_or` accepts (a shipped model or
     base name, a saved folder); ``None`` means the shipped default.
     """
-    from bellm_st.api import default_device, load_default_or
+    from bellm_st.api import default_device, default_model_name, load_default_or
 
-    key = (model_name, device or default_device())
+    key = (model_name or default_model_name(), device or default_device())
     with _models_lock:
         if key not in _models:
             _models[key] = load_default_or(key[0], device=key[1])
@@ -49,10 +49,19 @@ def clear_shared_models() -> None:
         _models.clear()
 
 
-def model_for(model_name: str | None, model: SentenceTransformer | None, device: str | None) -> SentenceTransformer:
-    """The model an integration was asked for: the given object, else the shared one for the name."""
+def resolve_model(
+    model_name: str | None, model: SentenceTransformer | None, device: str | None
+) -> tuple[str | None, SentenceTransformer]:
+    """The model an integration was asked for, and its name: the given object, else the shared one.
+
+    Without a ``model`` object an unset name becomes the shipped default's, so users can see
+    which model they got.
+    """
     if model is None:
-        return shared_model(model_name, device)
+        from bellm_st.api import default_model_name
+
+        model_name = model_name or default_model_name()
+        return model_name, shared_model(model_name, device)
     if not isinstance(model, SentenceTransformer):
         raise TypeError(f"model must be a SentenceTransformer, got {type(model).__name__}; or pass model_name=")
     if device is not None:
@@ -62,7 +71,7 @@ def model_for(model_name: str | None, model: SentenceTransformer | None, device:
                 f"device={device!r} but the given model is on {model.device}; "
                 f"move it first with model.to({device!r}), or leave device unset"
             )
-    return model
+    return model_name, model
 
 
 def check_template(model: SentenceTransformer, template: str | None, role: Role) -> None:

@@ -11,7 +11,7 @@ from sentence_transformers import SentenceTransformer
 from typing_extensions import Self
 
 from bellm_st.inputs import validate_text
-from bellm_st.integration import Role, check_template, embed, model_for
+from bellm_st.integration import Role, check_template, embed, resolve_model
 
 
 class BeLLMEmbeddings(BaseModel, Embeddings):
@@ -64,7 +64,7 @@ class BeLLMEmbeddings(BaseModel, Embeddings):
 
     @model_validator(mode="after")
     def _load_model(self) -> Self:
-        self._model = model_for(self.model_name, self.model, self.device)
+        self.model_name, self._model = resolve_model(self.model_name, self.model, self.device)
         check_template(self._model, self.query_template, "query")
         check_template(self._model, self.document_template, "document")
         return self

@@ -154,6 +154,12 @@ def test_a_named_model_loads_once_per_process_and_device(tiny_bellm_dir, monkeyp
     clear_shared_models()
 
 
+def test_the_default_model_is_named_and_shared_with_its_name():
+    default = BeLLMEmbeddings(device="cpu")
+    assert default.model_name == bellm_st.api.default_model_name()
+    assert BeLLMEmbeddings(model_name=default.model_name, device="cpu")._model is default._model
+
+
 def test_concurrent_calls_from_threads_are_serialised_and_correct(tiny_bellm, monkeypatch):
     embeddings = BeLLMEmbeddings(model=tiny_bellm)
     expected = embeddings.embed_documents(DOCUMENTS)

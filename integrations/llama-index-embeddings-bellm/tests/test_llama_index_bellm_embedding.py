@@ -14,6 +14,7 @@ from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugH
 from llama_index.core.schema import TextNode
 from sentence_transformers import SentenceTransformer
 
+from bellm_st.api import default_model_name
 from bellm_st.integration import clear_shared_models
 from llama_index.embeddings.bellm import BeLLMEmbedding
 
@@ -242,6 +243,7 @@ def test_vector_store_index_retrieves_the_expected_document_with_the_default_mod
         "photosynthesis": "Plants convert sunlight, water and carbon dioxide into sugar and oxygen through photosynthesis.",
     }
     embedding = BeLLMEmbedding(device="cpu")  # the shipped default model, offline
+    assert embedding.model_name == default_model_name()
     index = VectorStoreIndex([TextNode(text=text, id_=key) for key, text in documents.items()], embed_model=embedding)
     retriever = index.as_retriever(similarity_top_k=1)
     assert retriever.retrieve("How do plants make food from light?")[0].node.node_id == "photosynthesis"

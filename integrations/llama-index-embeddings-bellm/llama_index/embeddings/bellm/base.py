@@ -12,7 +12,7 @@ from llama_index.core.callbacks import CallbackManager
 from sentence_transformers import SentenceTransformer
 
 from bellm_st.inputs import validate_text, validate_texts
-from bellm_st.integration import Role, check_template, embed, model_for
+from bellm_st.integration import Role, check_template, embed, resolve_model
 
 DEFAULT_EMBED_BATCH_SIZE = 32
 
@@ -61,6 +61,7 @@ class BeLLMEmbedding(BaseEmbedding):
         callback_manager: CallbackManager | None = None,
         **kwargs: Any,
     ) -> None:
+        model_name, resolved_model = resolve_model(model_name, model, device)
         super().__init__(
             model_name=model_name,
             query_template=query_template,
@@ -71,7 +72,7 @@ class BeLLMEmbedding(BaseEmbedding):
             callback_manager=callback_manager,
             **kwargs,
         )
-        self._model = model_for(model_name, model, device)
+        self._model = resolved_model
         check_template(self._model, query_template, "query")
         check_template(self._model, document_template, "document")
 

@@ -1,0 +1,122 @@
+"""What the two SciFact RAG examples share: the subset, the models, nDCG@10 and the report.
+
+Both examples index the same documents in a real vector store through their framework's
+adapter, retrieve the top 10 for each claim, and score the ranking with nDCG@10 against the train
+qrels. Each runs the BeLLM model and the all-MiniLM-L6-v2 baseline through the same pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sentence_transformers import SentenceTransformer
+
+from bellm_st.api import default_model_name, load_default_or
+from bellm_st.evaluation.models import baseline_path
+from bellm_st.evaluation.retrieval import RetrievalSet, read_beir_folder
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scifact"
+TOP_K = 10
+
+
+@dataclass(frozen=True)
+class Subset:
+    """The queries and documents one run uses, and how they were chosen (printed with the result)."""
+
+    queries: dict[str, str]
+    corpus: dict[str, str]
+    relevant: dict[str, set[str]]
+    description: str
+
+
+def parse_args(framework: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=f"RAG retrieval on SciFact with {framework}: BeLLM vs all-MiniLM-L6-v2, nDCG@10 on the train qrels."
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR SciFact folder (default: %(default)s)")
+    parser.add_argument("--model", default=None, help="BeLLM model name or folder (default: the shipped default)")
+    parser.add_argument(
+        "--limit-queries", type=int, default=100, help="claims to retrieve for, 0 = all 809 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--limit-corpus",
+        type=int,
+        default=500,
+        help="documents to index: every relevant one plus random others, 0 = all 5183 (default: %(default)s)",
+    )
+    parser.add_argument("--max-tokens", type=int, default=128, help="token budget per text (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0, help="seed for the random subset (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu, cuda... (default: CUDA when available)")
+    return parser.parse_args()
+
+
+def load_subset(folder: Path, limit_queries: int, limit_corpus: int, seed: int) -> Subset:
+    """A reproducible subset: sampled claims, all their relevant documents, then random others."""
+    data: RetrievalSet = read_beir_folder(folder, split="train")
+    rng = random.Random(seed)
+    query_ids = sorted(data.queries)
+    if 0 < limit_queries < len(query_ids):
+        query_ids = sorted(rng.sample(query_ids, limit_queries))
+    relevant = {query_id: data.relevant[query_id] for query_id in query_ids}
+    needed = sorted(set().union(*relevant.values()))
+    others = sorted(set(data.corpus) - set(needed))
+    if limit_corpus > 0:
+        others = rng.sample(others, max(0, limit_corpus - len(needed)))
+    document_ids = needed + sorted(others)
+    description = (
+        f"{len(query_ids)} of {len(data.queries)} train claims (seed {seed}); "
+        f"{len(document_ids)} of {len(data.corpus)} abstracts ({len(needed)} relevant + {len(others)} random others)"
+    )
+    return Subset(
+        queries={query_id: data.queries[query_id] for query_id in query_ids},
+        corpus={document_id: data.corpus[document_id] for document_id in document_ids},
+        relevant=relevant,
+        description=description,
+    )
+
+
+def ndcg_at_k(ranked_ids: Sequence[str], relevant_ids: set[str], k: int = TOP_K) -> float:
+    """Binary-relevance nDCG@k, as BEIR reports it for SciFact (all judgements are 1)."""
+    gain = sum(1.0 / math.log2(rank + 2) for rank, doc_id in enumerate(ranked_ids[:k]) if doc_id in relevant_ids)
+    ideal = sum(1.0 / math.log2(rank + 2) for rank in range(min(len(relevant_ids), k)))
+    return gain / ideal
+
+
+def models(model_name: str | None, max_tokens: int, device: str | None) -> dict[str, SentenceTransformer]:
+    """The BeLLM model and the baseline, both cut to the same token budget."""
+    # Abstracts are cut to --max-tokens on purpose; one warning per document would bury the output.
+    logging.getLogger("bellm_st.tokenization").setLevel(logging.ERROR)
+    model_name = model_name or default_model_name()
+    bellm = load_default_or(model_name, device=device)
+    baseline = SentenceTransformer(str(baseline_path("minilm")), device=bellm.device)
+    for model in (bellm, baseline):
+        model.max_seq_length = max_tokens
+    return {f"BeLLM {model_name}": bellm, "all-MiniLM-L6-v2": baseline}
+
+
+def run_comparison(
+    framework: str, evaluate: Callable[[SentenceTransformer, Subset, argparse.Namespace], dict[str, list[str]]]
+) -> None:
+    """Parse the options, run ``evaluate`` (index + retrieve) for each model, print nDCG@10."""
+    args = parse_args(framework)
+    subset = load_subset(args.data, args.limit_queries, args.limit_corpus, args.seed)
+    print(f"SciFact train qrels, {framework}: {subset.description}; texts cut to {args.max_tokens} tokens")
+    rows = []
+    for label, model in models(args.model, args.max_tokens, args.device).items():
+        print(f"\n== {label}")
+        start = time.perf_counter()
+        rankings = evaluate(model, subset, args)
+        seconds = time.perf_counter() - start
+        score = 100.0 * sum(ndcg_at_k(rankings[q], subset.relevant[q]) for q in subset.queries) / len(subset.queries)
+        rows.append((label, score, seconds))
+    print(f"\nnDCG@10 on SciFact train qrels ({framework}; {subset.description}; {args.max_tokens} tokens)")
+    for label, score, seconds in rows:
+        print(f"  {label:<36} nDCG@10 = {score:5.1f}   (index + retrieve: {seconds:.0f} s)")
