@@ -18,7 +18,6 @@ mask handed to the layer is always the right one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -117,21 +116,35 @@ def key_padding_mask(incoming_mask: Any, batch_size: int, key_length: int) -> to
     return keys.expand(batch_size, key_length) if keys.shape[0] == 1 else keys
 
 
-@dataclass
-class _MaskMemo:
-    """Remembers the last mask built per attention type, so one forward builds each mask once."""
+class _LayerHook:
+    """The forward pre-hook of one bi-directional layer.
 
-    incoming: dict[str, Any] = field(default_factory=dict)
-    outgoing: dict[str, Any] = field(default_factory=dict)
+    A class rather than a closure so that a patched model pickles (sentence-transformers sends
+    the model to worker processes for multi-process and multi-GPU encoding).
+    """
 
-    def lookup(self, attention_type: str, incoming_mask: Any) -> tuple[bool, Any]:
-        if attention_type in self.incoming and self.incoming[attention_type] is incoming_mask:
-            return True, self.outgoing[attention_type]
-        return False, None
+    def __init__(self, patch: BidirectionalPatch, layer_index: int, attention_type: str):
+        self.patch = patch
+        self.layer_index = layer_index
+        self.attention_type = attention_type
 
-    def store(self, attention_type: str, incoming_mask: Any, outgoing_mask: Any) -> None:
-        self.incoming[attention_type] = incoming_mask
-        self.outgoing[attention_type] = outgoing_mask
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if "attention_mask" not in kwargs:
+            raise RuntimeError(
+                f"layer {self.layer_index} of {type(self.patch.model).__name__} was called without an "
+                "`attention_mask` keyword, so bellm-st cannot make it bi-directional; please report this architecture"
+            )
+        cache = kwargs.get("past_key_values")
+        if cache is not None and cache.get_seq_length(self.layer_index) > 0:
+            raise RuntimeError(
+                f"layer {self.layer_index} is bi-directional, so decoding with a KV cache would give wrong results; "
+                "generate with the causal model (bidirectional_layers=0) or call patch.remove() first"
+            )
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        kwargs["attention_mask"] = self.patch.bidirectional_mask(
+            self.attention_type, hidden_states, kwargs["attention_mask"]
+        )
+        return args, kwargs
 
 
 class BidirectionalPatch:
@@ -141,7 +154,10 @@ class BidirectionalPatch:
         self.model = model
         self.layer_indices = layer_indices
         self._config = text_config(model)
-        self._memo = _MaskMemo()
+        # attention type -> (mask the model built, our bi-directional mask): one build per forward.
+        # One tuple per type, replaced in a single assignment, so threads sharing a model never
+        # pair one batch's incoming mask with another batch's outgoing mask.
+        self._last_masks: dict[str, tuple[Any, Any]] = {}
         self._hook_handles: list[torch.utils.hooks.RemovableHandle] = []
         self._saved_is_causal: list[tuple[nn.Module, bool]] = []
         layers = find_decoder_layers(model)
@@ -150,34 +166,26 @@ class BidirectionalPatch:
             for module in attention_modules(layer):
                 self._saved_is_causal.append((module, module.is_causal))
                 module.is_causal = False
-            hook = self._make_layer_hook(layer_index, layer_attention_type(self._config, layer_index))
+            hook = _LayerHook(self, layer_index, layer_attention_type(self._config, layer_index))
             self._hook_handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
 
-    def _make_layer_hook(self, layer_index: int, attention_type: str):
-        def make_layer_bidirectional(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            if "attention_mask" not in kwargs:
-                raise RuntimeError(
-                    f"layer {layer_index} of {type(self.model).__name__} was called without an `attention_mask` "
-                    "keyword, so bellm-st cannot make it bi-directional; please report this architecture"
-                )
-            cache = kwargs.get("past_key_values")
-            if cache is not None and cache.get_seq_length(layer_index) > 0:
-                raise RuntimeError(
-                    f"layer {layer_index} is bi-directional, so decoding with a KV cache would give wrong results; "
-                    "generate with the causal model (bidirectional_layers=0) or call patch.remove() first"
-                )
-            hidden_states = args[0] if args else kwargs["hidden_states"]
-            incoming = kwargs["attention_mask"]
-            found, outgoing = self._memo.lookup(attention_type, incoming)
-            if not found:
-                outgoing = self._bidirectional_mask(attention_type, hidden_states, incoming)
-                self._memo.store(attention_type, incoming, outgoing)
-            kwargs["attention_mask"] = outgoing
-            return args, kwargs
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_last_masks"] = {}
+        return state
 
-        return make_layer_bidirectional
+    def bidirectional_mask(self, attention_type: str, hidden_states: torch.Tensor, incoming: Any) -> Any:
+        """The mask a bi-directional layer uses instead of ``incoming``, built once per forward pass."""
+        if incoming is None:  # no padding: nothing to build, and None says nothing about the shape
+            return self._build_mask(attention_type, hidden_states, None)
+        last = self._last_masks.get(attention_type)
+        if last is not None and last[0] is incoming:
+            return last[1]
+        outgoing = self._build_mask(attention_type, hidden_states, incoming)
+        self._last_masks[attention_type] = (incoming, outgoing)
+        return outgoing
 
-    def _bidirectional_mask(self, attention_type: str, hidden_states: torch.Tensor, incoming: Any) -> Any:
+    def _build_mask(self, attention_type: str, hidden_states: torch.Tensor, incoming: Any) -> Any:
         batch_size, length = hidden_states.shape[:2]
         padding = key_padding_mask(incoming, batch_size, length)
         if attention_type == SLIDING_ATTENTION:
@@ -196,7 +204,7 @@ class BidirectionalPatch:
             module.is_causal = was_causal
         self._hook_handles.clear()
         self._saved_is_causal.clear()
-        self._memo = _MaskMemo()
+        self._last_masks = {}
         if getattr(self.model, "_bellm_patch", None) is self:
             del self.model._bellm_patch
 

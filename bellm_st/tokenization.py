@@ -3,13 +3,20 @@
 A template's tokens carry the instruction the embedding depends on (the last token is the
 template's closing quote), so when a text is too long we cut the *text* at a token boundary and
 re-render, instead of letting the tokenizer chop the end of the sequence.
+
+Tokenisation sits on the critical path of every ``encode`` call, so the batch is handled as flat
+numpy arrays (one entry per token of the whole batch) straight from the Rust tokenizer: no Python
+loop runs per token, and padding is one scatter. Only texts that need truncating, which are rare,
+take a per-text path.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -17,36 +24,76 @@ from bellm_st.prompts import Template
 
 logger = logging.getLogger(__name__)
 
+_flatten = itertools.chain.from_iterable
+
 
 @dataclass
-class TokenizedText:
-    input_ids: list[int]
-    text_mask: list[int]
-    truncated_from: int | None = None  # original text token count when truncated
+class TokenizedBatch:
+    """A batch of token sequences stored end to end: row ``i`` is ``ids[starts[i]:starts[i] + lengths[i]]``."""
+
+    ids: np.ndarray  # (total,) int64
+    text_mask: np.ndarray  # (total,) bool: the token overlaps the text itself, not the template
+    lengths: np.ndarray  # (rows,) int64
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.cumsum(self.lengths) - self.lengths
+
+    def row(self, index: int) -> tuple[list[int], list[int]]:
+        start = int(self.starts[index])
+        span = slice(start, start + int(self.lengths[index]))
+        return self.ids[span].tolist(), self.text_mask[span].astype(np.int64).tolist()
+
+    @classmethod
+    def from_rows(cls, rows: list[tuple[list[int], list[int]]]) -> TokenizedBatch:
+        lengths = np.array([len(ids) for ids, _ in rows], dtype=np.int64)
+        total = int(lengths.sum())
+        ids = np.fromiter(_flatten(ids for ids, _ in rows), dtype=np.int64, count=total)
+        text_mask = np.fromiter(_flatten(mask for _, mask in rows), dtype=bool, count=total)
+        return cls(ids, text_mask, lengths)
+
+
+def _backend(tokenizer: PreTrainedTokenizerBase):
+    """The Rust tokenizer behind a fast tokenizer, set to neither pad nor truncate.
+
+    transformers' own ``__call__`` resets the same two settings before every call; we call the
+    backend directly to skip building per-sequence Python dicts we would throw away.
+    """
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    return backend
+
+
+def _encode_many(tokenizer: PreTrainedTokenizerBase, template: Template, texts: list[str]) -> TokenizedBatch:
+    rendered = [template.render(text) for text in texts]
+    encodings = _backend(tokenizer).encode_batch(rendered, add_special_tokens=True)
+    lengths = np.fromiter((len(encoding) for encoding in encodings), dtype=np.int64, count=len(encodings))
+    total = int(lengths.sum())
+    ids = np.fromiter(_flatten(encoding.ids for encoding in encodings), dtype=np.int64, count=total)
+    offsets = np.fromiter(
+        _flatten(_flatten(encoding.offsets for encoding in encodings)), dtype=np.int64, count=2 * total
+    ).reshape(total, 2)
+    text_start = template.text_start
+    text_end = np.repeat(np.fromiter((text_start + len(text) for text in texts), dtype=np.int64, count=len(texts)), lengths)
+    token_start, token_end = offsets[:, 0], offsets[:, 1]
+    text_mask = (token_end > token_start) & (token_start < text_end) & (token_end > text_start)
+    return TokenizedBatch(ids, text_mask, lengths)
 
 
 def _encode_one(tokenizer: PreTrainedTokenizerBase, template: Template, text: str) -> tuple[list[int], list[int]]:
-    return _encode_many(tokenizer, template, [text])[0]
-
-
-def _encode_many(
-    tokenizer: PreTrainedTokenizerBase, template: Template, texts: list[str]
-) -> list[tuple[list[int], list[int]]]:
-    rendered = [template.render(text) for text in texts]
-    encoded = tokenizer(rendered, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
-    results = []
-    for ids, offsets, text in zip(encoded["input_ids"], encoded["offset_mapping"], texts):
-        start, end = template.text_start, template.text_start + len(text)
-        text_mask = [int(token_end > token_start and token_start < end and token_end > start)
-                     for token_start, token_end in offsets]
-        results.append((list(ids), text_mask))
-    return results
+    return _encode_many(tokenizer, template, [text]).row(0)
 
 
 def _truncate(
     tokenizer: PreTrainedTokenizerBase, template: Template, text: str, ids: list[int], text_mask: list[int], budget: int
-) -> TokenizedText:
-    """Shorten ``text`` until the rendered template fits in ``budget`` tokens."""
+) -> tuple[list[int], list[int], int]:
+    """Shorten ``text`` until the rendered template fits in ``budget`` tokens.
+
+    Returns the new ids, text mask and the text's original token count.
+    """
     original_text_tokens = sum(text_mask)
     template_tokens = len(ids) - original_text_tokens
     if template_tokens >= budget:
@@ -61,8 +108,29 @@ def _truncate(
         candidate = text[:cut].rstrip() or text[:cut]
         ids, text_mask = _encode_one(tokenizer, template, candidate)
         if len(ids) <= budget or keep <= 1:
-            return TokenizedText(ids[:budget] if len(ids) > budget else ids, text_mask[:budget], original_text_tokens)
+            return ids[:budget], text_mask[:budget], original_text_tokens
         keep -= len(ids) - budget
+
+
+def _truncate_long_rows(
+    tokenizer: PreTrainedTokenizerBase, template: Template, texts: list[str], batch: TokenizedBatch, budget: int, max_length: int
+) -> TokenizedBatch:
+    rows = [batch.row(index) for index in range(len(texts))]
+    for index in np.flatnonzero(batch.lengths > budget):
+        ids, text_mask, original_text_tokens = _truncate(tokenizer, template, texts[index], *rows[index], budget)
+        logger.warning(
+            "a text of %d tokens was truncated to %d so the template fits in max_seq_length=%d",
+            original_text_tokens, sum(text_mask), max_length,
+        )
+        rows[index] = (ids, text_mask)
+    return TokenizedBatch.from_rows(rows)
+
+
+def _append_token(batch: TokenizedBatch, token_id: int) -> TokenizedBatch:
+    ends = np.cumsum(batch.lengths)
+    return TokenizedBatch(
+        np.insert(batch.ids, ends, token_id), np.insert(batch.text_mask, ends, False), batch.lengths + 1
+    )
 
 
 def tokenize_with_template(
@@ -83,31 +151,29 @@ def tokenize_with_template(
             "to locate the text inside the template: load it with use_fast=True"
         )
     budget = max_length - int(append_eos)
-    items = []
-    for text, (ids, text_mask) in zip(texts, _encode_many(tokenizer, template, texts)):
-        item = TokenizedText(ids, text_mask)
-        if len(ids) > budget:
-            item = _truncate(tokenizer, template, text, ids, text_mask, budget)
-            logger.warning(
-                "a text of %d tokens was truncated to %d so the template fits in max_seq_length=%d",
-                item.truncated_from, sum(item.text_mask), max_length,
-            )
-        if append_eos:
-            item.input_ids.append(tokenizer.eos_token_id)
-            item.text_mask.append(0)
-        items.append(item)
-    return _pad(items, tokenizer.pad_token_id, tokenizer.padding_side)
+    batch = _encode_many(tokenizer, template, texts)
+    if (batch.lengths > budget).any():
+        batch = _truncate_long_rows(tokenizer, template, texts, batch, budget, max_length)
+    if append_eos:
+        batch = _append_token(batch, tokenizer.eos_token_id)
+    return _pad(batch, tokenizer.pad_token_id, tokenizer.padding_side)
 
 
-def _pad(items: list[TokenizedText], pad_token_id: int, padding_side: str) -> dict[str, torch.Tensor]:
-    length = max(len(item.input_ids) for item in items)
-    input_ids = torch.full((len(items), length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(items), length), dtype=torch.long)
-    text_mask = torch.zeros((len(items), length), dtype=torch.long)
-    for row, item in enumerate(items):
-        n = len(item.input_ids)
-        span = slice(length - n, length) if padding_side == "left" else slice(0, n)
-        input_ids[row, span] = torch.tensor(item.input_ids)
-        attention_mask[row, span] = 1
-        text_mask[row, span] = torch.tensor(item.text_mask)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "text_mask": text_mask}
+def _pad(batch: TokenizedBatch, pad_token_id: int, padding_side: str) -> dict[str, torch.Tensor]:
+    """Scatter the flat batch into ``(rows, longest)`` tensors, padding on ``padding_side``."""
+    rows, length = len(batch.lengths), int(batch.lengths.max())
+    row_of_token = np.repeat(np.arange(rows), batch.lengths)
+    column = np.arange(len(batch.ids)) - np.repeat(batch.starts, batch.lengths)
+    if padding_side == "left":
+        column += np.repeat(length - batch.lengths, batch.lengths)
+    input_ids = np.full((rows, length), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((rows, length), dtype=np.int64)
+    text_mask = np.zeros((rows, length), dtype=np.int64)
+    input_ids[row_of_token, column] = batch.ids
+    attention_mask[row_of_token, column] = 1
+    text_mask[row_of_token, column] = batch.text_mask
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+        "text_mask": torch.from_numpy(text_mask),
+    }
