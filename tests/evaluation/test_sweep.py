@@ -29,11 +29,11 @@ def dev_file(tmp_path):
 
 
 def test_zero_shot_sweep_writes_table_json_and_png(tiny_model_dir, dev_file, tmp_path):
-    points = layer_sweep(tiny_model_dir, [0, 2, 4], [dev_file], tmp_path / "sweep", zero_shot=True, device="cpu")
+    points = layer_sweep(tiny_model_dir, [0, 2, 4], [dev_file], tmp_path / "sweep", zero_shot=True, pooling="last", device="cpu")
 
     assert [p.bidirectional_layers for p in points] == [0, 2, 4]
     for point in points:  # each point is exactly what `bellm-st eval` measures for that k
-        model = bellm_st.build(tiny_model_dir, bidirectional_layers=point.bidirectional_layers, device="cpu")
+        model = bellm_st.build(tiny_model_dir, bidirectional_layers=point.bidirectional_layers, pooling="last", device="cpu")
         assert point.scores == pytest.approx(evaluate_sts_files(model, [dev_file]))
     saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert saved["mode"] == "zero-shot" and [p["bidirectional_layers"] for p in saved["points"]] == [0, 2, 4]

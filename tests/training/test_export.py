@@ -24,7 +24,8 @@ def trained(tiny_model_dir, tmp_path_factory):
         "anchor\tpositive\tnegative\nA man plays.\tSomeone plays.\tStocks fell.\nKids play.\tChildren play.\tA frog.\n"
     )
     recipe = Recipe(base=tiny_model_dir, train_data=["t.tsv"], dev_data=[], batch_size=2, max_steps=2,
-                    learning_rate=1e-2, lora_r=4, batch_sampler="batch_sampler")
+                    learning_rate=1e-2, lora_r=4, batch_sampler="batch_sampler",
+                    bidirectional_layers=2, pooling="last")
     train(recipe, folder / "model", data_dir=folder, device="cpu")
     return folder / "model"
 

@@ -40,7 +40,7 @@ def tiny_recipe(base: str, **changes) -> Recipe:
     settings = dict(
         base=base, train_data=["triplets.tsv"], dev_data=[], batch_size=8, learning_rate=5e-3, warmup_ratio=0.0,
         max_steps=6, save_steps=3, logging_steps=1, train_max_seq_length=64, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-        batch_sampler="batch_sampler",
+        batch_sampler="batch_sampler", bidirectional_layers=2, pooling="last",
     )
     settings.update(changes)
     return Recipe(**settings)
@@ -135,7 +135,7 @@ def test_cli_train_then_recipe_reproduces_the_run(tiny_model_dir, data_dir, tmp_
 
     common = ["--data-dir", str(data_dir), "--device", "cpu"]
     first = CliRunner().invoke(app, ["train", "--base", tiny_model_dir, "--train-data", "triplets.tsv:triplets", "--no-dev",
-                                     "--max-steps", "2", "--batch-size", "4", "--lora-r", "4", "-o", str(tmp_path / "a"), *common])
+                                     "--max-steps", "2", "--batch-size", "4", "--lora-r", "4", "-k", "2", "-o", str(tmp_path / "a"), *common])
     assert first.exit_code == 0, first.output
     again = CliRunner().invoke(app, ["train", "--recipe", str(tmp_path / "a" / "recipe.json"), "-o", str(tmp_path / "b"), *common])
     assert again.exit_code == 0, again.output
