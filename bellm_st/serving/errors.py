@@ -98,7 +98,8 @@ def _describe(error: dict[str, Any]) -> str:
     if not path and isinstance(error.get("input"), bytes):
         return "the body was not read as JSON; send it with the header 'Content-Type: application/json'"
     if not path:
-        return f"the request body must be a JSON object such as {EXAMPLE_BODY}, got {json_type_name(error.get('input'))}"
+        got = json_type_name(error.get("input"))
+        return f"the request body must be a JSON object such as {EXAMPLE_BODY}, got {got}"
     if kind == "extra_forbidden":
         return f"{path} is not a parameter of this endpoint; remove it (see /docs for the parameters)"
     if kind == "missing":

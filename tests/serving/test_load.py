@@ -4,11 +4,11 @@ test (32 clients x 50 requests, every vector checked), and a graceful exit on SI
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import signal
+import sys
 import threading
 import time
-import importlib.util
-import sys
 from pathlib import Path
 
 import httpx

@@ -32,7 +32,8 @@ def test_full_queue_answers_retry_later(served_model, status):
     assert statuses.count(200) >= 3  # one in the model, two queued
     for text, answer in zip(texts, answers):
         if answer.status_code == 200:
-            np.testing.assert_allclose(answer.json()["data"][0]["embedding"], reference(served_model, [text])[0], atol=1e-5)
+            vector = answer.json()["data"][0]["embedding"]
+            np.testing.assert_allclose(vector, reference(served_model, [text])[0], atol=1e-5)
         else:
             error = answer.json()["error"]
             assert error["code"] == "queue_full"
