@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from sentence_transformers import SentenceTransformer
 
+from bellm_st import api
 from bellm_st.inputs import validate_texts
 from bellm_st.module import BeLLMEncoder
 from bellm_st.prompts import TEXT_SLOT, Template
@@ -34,12 +35,10 @@ def shared_model(model_name: str | None = None, device: str | None = None) -> Se
     ``model_name`` is anything :func:`bellm_st.api.load_default_or` accepts (a shipped model or
     base name, a saved folder); ``None`` means the shipped default.
     """
-    from bellm_st.api import default_device, default_model_name, load_default_or
-
-    key = (model_name or default_model_name(), device or default_device())
+    key = (model_name or api.default_model_name(), device or api.default_device())
     with _models_lock:
         if key not in _models:
-            _models[key] = load_default_or(key[0], device=key[1])
+            _models[key] = api.load_default_or(key[0], device=key[1])
         return _models[key]
 
 
@@ -58,9 +57,7 @@ def resolve_model(
     which model they got.
     """
     if model is None:
-        from bellm_st.api import default_model_name
-
-        model_name = model_name or default_model_name()
+        model_name = model_name or api.default_model_name()
         return model_name, shared_model(model_name, device)
     if not isinstance(model, SentenceTransformer):
         raise TypeError(f"model must be a SentenceTransformer, got {type(model).__name__}; or pass model_name=")

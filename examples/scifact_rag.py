@@ -43,12 +43,12 @@ def parse_args(framework: str) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR SciFact folder (default: %(default)s)")
     parser.add_argument("--model", default=None, help="BeLLM model name or folder (default: the shipped default)")
     parser.add_argument(
-        "--limit-queries", type=int, default=100, help="claims to retrieve for, 0 = all 809 (default: %(default)s)"
+        "--limit-queries", type=int, default=50, help="claims to retrieve for, 0 = all 809 (default: %(default)s)"
     )
     parser.add_argument(
         "--limit-corpus",
         type=int,
-        default=500,
+        default=400,
         help="documents to index: every relevant one plus random others, 0 = all 5183 (default: %(default)s)",
     )
     parser.add_argument("--max-tokens", type=int, default=128, help="token budget per text (default: %(default)s)")
