@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
-from transformers import masking_utils
+from transformers import PreTrainedModel, masking_utils
 
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"

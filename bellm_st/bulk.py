@@ -65,7 +65,7 @@ class _Tokenizer(threading.Thread):
                     features = {key: value.pin_memory() if isinstance(value, torch.Tensor) else value
                                 for key, value in features.items()}
                 self._put((indices, features))
-        except BaseException as error:  # handed to the consumers, who raise it in the caller's thread
+        except BaseException as error:  # noqa: BLE001 - handed to the consumers, raised in the caller's thread
             self._put(error)
         for _ in range(self.consumers):
             self._put(_DONE)
@@ -169,7 +169,7 @@ def encode_bulk(
     def work(slot: int) -> None:
         try:
             results[slot] = _run_batches(replicas[slot], source, normalize_embeddings)
-        except BaseException as error:
+        except BaseException as error:  # noqa: BLE001 - raised in the caller's thread below
             results[slot] = error
             source.stopped.set()
 

@@ -7,8 +7,8 @@ import pickle
 import threading
 
 import torch
-import torch.nn.functional as functional
 from conftest import tiny_backbone
+from torch.nn import functional
 
 from bellm_st.bidirectional import make_bidirectional
 

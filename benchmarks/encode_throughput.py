@@ -1,0 +1,278 @@
+"""Encoding throughput, side by side in one run: our module (k = 0, 1, 2...) against the same backbone
+as a plain sentence-transformers model (Transformer + last-token Pooling), end to end
+(tokenisation included, embeddings back on the host), through ``SentenceTransformer.encode`` and
+through ``bellm_st.bulk.encode_bulk``.
+
+Reports sentences/s, real tokens/s (padding not counted), model TFLOP/s and % of the device's
+peak, peak memory, and the ratios the performance issue asks about (patch overhead k=1 vs k=0,
+ours vs plain). Variants are interleaved over repeats so that drift hits all alike.
+
+GPU (one H100, results in $OUT):
+    python benchmarks/encode_throughput.py --base ~/w/smollm2-135m --data .stage/c/sts/stsb-dev.tsv
+CPU smoke test of every code path:
+    python benchmarks/encode_throughput.py --device cpu --sentences 200 --batch-size 32 --bulk-batch-size 64 --repeats 1
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import harness
+import numpy as np
+import torch
+
+from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
+from bellm_st.bulk import encode_bulk, replicate
+from bellm_st.module import BeLLMEncoder
+from bellm_st.prompts import DEFAULT_TEMPLATE, Template
+
+
+def arguments():
+    parser = harness.base_arguments(__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="bf16 (default on GPU), fp16 or fp32 (default on CPU)")
+    parser.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, flash_attention_2)")
+    parser.add_argument("--sentences", type=int, default=50_000)
+    parser.add_argument("--batch-size", type=int, default=256, help="batch size for SentenceTransformer.encode")
+    parser.add_argument("--bulk-batch-size", type=int, default=1024, help="batch size for encode_bulk")
+    parser.add_argument("--layers", default=f"0,1,2,{DEFAULT_BIDIRECTIONAL_LAYERS}",
+                        help="bi-directional layer counts k to compare (the last one is the library default)")
+    parser.add_argument("--pooling", default=DEFAULT_POOLING, help="pooling of our module (and of the plain model)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-plain", action="store_true", help="leave out the plain sentence-transformers model")
+    parser.add_argument("--skip-st-encode", action="store_true", help="only the encode_bulk path for our module")
+    parser.add_argument("--compile", action="store_true", help="add ours k=max with torch.compile (bulk path)")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    parser.add_argument("--devices", default=None, help="e.g. cuda:0,cuda:1: add multi-device encoding variants")
+    parser.add_argument("--check-fp32", type=int, default=1000, help="sentences compared with an fp32 reference (0: skip)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help=f"device peak for %% of peak (default {harness.H100_BF16_DENSE_TFLOPS} on CUDA)")
+    return parser.parse_args()
+
+
+ST_POOLING = {"last": "lasttoken", "mean": "mean", "mean_text": "mean"}
+
+
+def plain_sentence_transformer(path: str, dtype: torch.dtype, attn: str, device: str, pooling: str):
+    """The same backbone as an ordinary sentence-transformers model: Transformer + Pooling."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st_models
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        transformer = st_models.Transformer(path, model_kwargs={"dtype": dtype, "attn_implementation": attn})
+        tokenizer = getattr(transformer, "tokenizer", None) or getattr(transformer, "processor", None)
+        if tokenizer is not None and getattr(tokenizer, "pad_token", "") is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        pooling = st_models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=ST_POOLING[pooling])
+    return SentenceTransformer(modules=[transformer, pooling], device=device)
+
+
+def our_model(path: str, layers: int, dtype: torch.dtype, attn: str, device: str, pooling: str):
+    from sentence_transformers import SentenceTransformer
+
+    encoder = BeLLMEncoder(path, bidirectional_layers=layers, pooling=pooling,
+                           model_kwargs={"dtype": dtype, "attn_implementation": attn})
+    return SentenceTransformer(modules=[encoder], device=device)
+
+
+def real_lengths(model, sentences: list[str], chunk: int = 4096) -> np.ndarray:
+    """Tokens per sentence after templating (what the model really processes)."""
+    lengths = [model.preprocess(sentences[start : start + chunk])["attention_mask"].sum(1).numpy()
+               for start in range(0, len(sentences), chunk)]
+    return np.concatenate(lengths)
+
+
+def padded_tokens(lengths: np.ndarray, batch_size: int) -> int:
+    """Tokens including padding when batches are sorted by length (as both encode paths do)."""
+    ordered = np.sort(lengths)[::-1]
+    return int(sum(ordered[start] * len(ordered[start : start + batch_size])
+                   for start in range(0, len(ordered), batch_size)))
+
+
+def main() -> None:
+    args = arguments()
+    device = torch.device(args.device)
+    dtype = harness.parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
+    peak = args.peak_tflops or (harness.H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
+    layer_counts = [int(value) for value in args.layers.split(",")]
+    warnings.filterwarnings("ignore", category=UserWarning)
+    torch.manual_seed(args.seed)
+    path = harness.resolve_base(args.base)
+    sentences = harness.load_sentences(args.data, args.sentences, args.words, args.seed)
+    template = Template.parse(DEFAULT_TEMPLATE)
+
+    result: dict[str, Any] = {"benchmark": "encode_throughput", "environment": harness.environment(),
+                              "arguments": vars(args), "dtype": str(dtype), "variants": {}}
+    ours = our_model(path, layer_counts[0], dtype, args.attn, args.device, args.pooling)
+    encoder = ours[0]
+    parameters = harness.non_embedding_parameters(encoder.auto_model)
+    shape = harness.decoder_shape(encoder.auto_model.config)
+    lengths = real_lengths(ours, sentences)
+    flops = harness.forward_flops(parameters, shape, lengths)
+    result["workload"] = {
+        "sentences": len(sentences), "mean_words": float(np.mean([len(s.split()) for s in sentences])),
+        "mean_tokens": float(lengths.mean()), "max_tokens": int(lengths.max()), "real_tokens": int(lengths.sum()),
+        "padding_fraction_encode": 1 - lengths.sum() / padded_tokens(lengths, args.batch_size),
+        "padding_fraction_bulk": 1 - lengths.sum() / padded_tokens(lengths, args.bulk_batch_size),
+        "non_embedding_parameters": parameters, "model_tflop_per_pass": flops / 1e12, **shape,
+    }
+    print(f"{len(sentences)} sentences, {lengths.mean():.1f} tokens each after templating; "
+          f"{parameters / 1e6:.1f}M non-embedding parameters; {flops / 1e12:.2f} TFLOP per pass")
+
+    # Each variant embeds a list of texts end to end (host strings in, host vectors out).
+    variants: dict[str, Callable[[list[str]], np.ndarray]] = {}
+
+    def with_layers(layers: int, function: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
+        def run(texts: list[str]) -> np.ndarray:
+            if encoder.bidirectional_layers != layers:
+                encoder.bidirectional_layers = layers
+            return function(texts)
+        return run
+
+    def tokenize_only(texts: list[str]) -> np.ndarray:
+        for start in range(0, len(texts), args.bulk_batch_size):
+            ours.preprocess(texts[start : start + args.bulk_batch_size])
+        return np.zeros((1, 1))
+
+    variants["tokenize-only"] = tokenize_only
+    if not args.skip_plain:
+        with harness.recorded_failure(result, "plain-st"):
+            plain = plain_sentence_transformer(path, dtype, args.attn, args.device, args.pooling)
+            variants["plain-st"] = lambda texts: plain.encode(
+                [template.render(text) for text in texts], batch_size=args.batch_size)
+    for layers in layer_counts:
+        if not args.skip_st_encode:
+            variants[f"ours-k{layers}"] = with_layers(
+                layers, lambda texts: ours.encode(texts, batch_size=args.batch_size))
+        variants[f"ours-k{layers}-bulk"] = with_layers(
+            layers, lambda texts: encode_bulk(ours, texts, batch_size=args.bulk_batch_size))
+    top = layer_counts[-1]
+    if args.compile:
+        with harness.recorded_failure(result, "compile"):
+            compiled = our_model(path, top, dtype, args.attn, args.device, args.pooling)
+            compiled[0].auto_model.compile(dynamic=True, mode=args.compile_mode)
+            seconds, _ = harness.timed(lambda: encode_bulk(compiled, sentences, batch_size=args.bulk_batch_size), device)
+            result["compile_warmup_seconds"] = seconds
+            print(f"torch.compile warm-up (whole workload once): {seconds:.1f} s")
+            variants[f"ours-k{top}-bulk-compiled"] = lambda texts: encode_bulk(
+                compiled, texts, batch_size=args.bulk_batch_size)
+    pool = None
+    if args.devices:
+        devices = args.devices.split(",")
+        with harness.recorded_failure(result, "replicas"):
+            replicas = replicate(ours, devices)
+            variants[f"ours-k{top}-bulk-{len(devices)}dev"] = with_layers(
+                top, lambda texts: encode_bulk(replicas, texts, batch_size=args.bulk_batch_size))
+        with harness.recorded_failure(result, "st-multiprocess"):
+            encoder.bidirectional_layers = top  # the pool's processes get copies of the model as it is now
+            pool = ours.start_multi_process_pool(devices)
+            variants[f"ours-k{top}-st-multiprocess-{len(devices)}dev"] = lambda texts: ours.encode(
+                texts, batch_size=args.batch_size, pool=pool)
+
+    warm = sentences[: min(len(sentences), 4 * args.bulk_batch_size)]
+    for name, function in list(variants.items()):
+        with harness.recorded_failure(result, f"{name} warm-up"):
+            function(warm)
+            continue
+        variants.pop(name)
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    outputs: dict[str, np.ndarray] = {}
+    memory: dict[str, float] = {}
+    for repeat in range(args.repeats):
+        for name, function in variants.items():
+            if name not in times:
+                continue
+            with harness.recorded_failure(result, f"{name} run {repeat}"):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                seconds, embeddings = harness.timed(lambda run=function: run(sentences), device)
+                times[name].append(seconds)
+                if repeat == 0:
+                    outputs[name] = np.asarray(embeddings)
+                    if device.type == "cuda":
+                        memory[name] = torch.cuda.max_memory_allocated(device) / 2**30
+                continue
+            times.pop(name)
+
+    rows = []
+    for name, seconds in times.items():
+        if not seconds:
+            continue
+        median = float(np.median(seconds))
+        row: dict[str, Any] = {
+            "variant": name, "seconds_median": median, "seconds_all": seconds,
+            "sentences_per_s": len(sentences) / median,
+        }
+        if name != "tokenize-only":
+            row.update({
+                "tokens_per_s": float(lengths.sum()) / median,
+                "tflops": flops / median / 1e12,
+                "pct_peak": 100 * flops / median / 1e12 / peak if peak else None,
+                "peak_memory_gib": memory.get(name),
+                "finite": bool(np.isfinite(outputs[name]).all()) if name in outputs else None,
+            })
+        result["variants"][name] = row
+        rows.append(row)
+    result["ratios"] = ratios(result["variants"], layer_counts, outputs)
+    with harness.recorded_failure(result, "fp32 reference"):
+        if args.check_fp32 and dtype != torch.float32 and f"ours-k{top}-bulk" in outputs:
+            result["fp32_reference"] = fp32_agreement(path, top, args, sentences[: args.check_fp32],
+                                                      outputs[f"ours-k{top}-bulk"][: args.check_fp32])
+    if pool is not None:
+        with harness.recorded_failure(result, "stop pool"):
+            ours.stop_multi_process_pool(pool)
+
+    harness.print_table(rows, ["variant", "sentences_per_s", "tokens_per_s", "tflops", "pct_peak", "peak_memory_gib"],
+                        title=f"encode throughput on {result['environment'].get('gpus', [result['environment']['cpu']])[0]} "
+                              f"({dtype}, {args.attn}, {args.pooling} pooling, encode batch {args.batch_size}, "
+                              f"bulk batch {args.bulk_batch_size})")
+    print("\nratios:", {key: round(value, 4) if isinstance(value, float) else value for key, value in result["ratios"].items()})
+    if "fp32_reference" in result:
+        print("vs fp32 reference:", result["fp32_reference"])
+    for key, message in result.get("errors", {}).items():
+        print(f"error in {key}: {message}")
+    harness.write_result("encode_throughput", result, args.out)
+
+
+def ratios(variants: dict[str, dict], layer_counts: list[int], outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Throughput ratios (>1 means the first is faster) and agreement checks between variants."""
+    speed = {name: row["sentences_per_s"] for name, row in variants.items()}
+    found: dict[str, Any] = {}
+    for suffix in ("", "-bulk"):
+        base = f"ours-k0{suffix}"
+        for layers in layer_counts:
+            name = f"ours-k{layers}{suffix}"
+            if layers and base in speed and name in speed:
+                found[f"patch_overhead_pct k={layers}{suffix or ' encode'}"] = 100 * (speed[base] / speed[name] - 1)
+    if "plain-st" in speed:
+        for name in ("ours-k0", "ours-k0-bulk"):
+            if name in speed:
+                found[f"{name} / plain-st"] = speed[name] / speed["plain-st"]
+        if "ours-k0" in outputs and "plain-st" in outputs:
+            found["cosine ours-k0 vs plain-st (min)"] = float(harness.cosine_rows(outputs["ours-k0"], outputs["plain-st"]).min())
+    top = layer_counts[-1]
+    if f"ours-k{top}" in outputs and f"ours-k{top}-bulk" in outputs:
+        found[f"cosine bulk vs encode k={top} (min)"] = float(
+            harness.cosine_rows(outputs[f"ours-k{top}"], outputs[f"ours-k{top}-bulk"]).min())
+    return found
+
+
+def fp32_agreement(path: str, layers: int, args, sentences: list[str], low_precision: np.ndarray) -> dict[str, float]:
+    """How far the low-precision embeddings are from fp32 ones, and whether the fp32 run has NaNs."""
+    reference_model = our_model(path, layers, torch.float32, args.attn, args.device, args.pooling)
+    reference = reference_model.encode(sentences, batch_size=args.batch_size)
+    del reference_model
+    cosine = harness.cosine_rows(low_precision, reference)
+    return {"cosine_min": float(cosine.min()), "cosine_mean": float(cosine.mean()),
+            "finite": bool(np.isfinite(low_precision).all())}
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    main()
+    print(f"total {time.perf_counter() - started:.0f} s")
