@@ -15,12 +15,15 @@ import argparse
 import asyncio
 import json
 import os
+import platform
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -174,7 +177,9 @@ def main() -> None:
     parser.add_argument("--texts-per-request", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--no-check", action="store_true", help="Skip checking the vectors against encode().")
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="Folder for serve_load.json (default: $OUT).")
     arguments = parser.parse_args()
+    load_before = os.getloadavg()
 
     # A benchmark stopped from outside (timeout, kill) still stops the server it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -211,7 +216,13 @@ def main() -> None:
         report["mismatched_or_lost"] = len(problems) + sum(outcome.status != 200 for outcome in outcomes)
         for problem in problems[:10]:
             print("MISMATCH", problem, file=sys.stderr)
+    report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    report["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+    report["command"] = shlex.join([sys.executable, *sys.argv])
     print(json.dumps(report, indent=2))
+    if arguments.out:
+        Path(arguments.out).mkdir(parents=True, exist_ok=True)
+        (Path(arguments.out) / "serve_load.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

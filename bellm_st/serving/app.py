@@ -55,6 +55,7 @@ def create_app(model: SentenceTransformer | Embedder, settings: ServerSettings |
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
         max_queue_items=settings.max_queue_items,
+        batch_wait_seconds=settings.batch_wait_seconds,
     )
     created = int(time.time())
 

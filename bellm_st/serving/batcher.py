@@ -5,6 +5,11 @@ texts in arrival order into a batch (at most ``max_batch_size`` rows and ``max_b
 padded tokens, one prompt per batch), runs the model in a dedicated thread so the event loop keeps
 serving, and hands each request its rows. A large request simply spans several batches.
 
+When the worker finds less than a full batch it waits up to ``batch_wait_seconds`` for more:
+without that pause, clients that all got their answers from one batch come back a few
+milliseconds apart, the first of them is sent alone, and batches alternate between one text and
+all the others, which costs a whole forward pass per round.
+
 Failure stays with its cause: when a mixed batch fails, each request in it is retried alone, so
 one bad request cannot fail its neighbours. A request whose client went away is dropped before
 it costs a forward pass.
@@ -61,11 +66,20 @@ class _Slice:
 class DynamicBatcher:
     """Group texts of concurrent requests into model batches; see the module docstring."""
 
-    def __init__(self, encoder: BatchEncoder, *, max_batch_size: int, max_batch_tokens: int, max_queue_items: int):
+    def __init__(
+        self,
+        encoder: BatchEncoder,
+        *,
+        max_batch_size: int,
+        max_batch_tokens: int,
+        max_queue_items: int,
+        batch_wait_seconds: float = 0.0,
+    ):
         self.encoder = encoder
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_queue_items = max_queue_items
+        self.batch_wait_seconds = batch_wait_seconds
         self.queued_items = 0
         self.closing = False
         self._jobs: deque[_Job] = deque()
@@ -102,6 +116,7 @@ class DynamicBatcher:
     async def _run(self) -> None:
         try:
             while True:
+                await self._gather_a_batch()
                 batch = self._take_batch()
                 if batch is None:
                     if self.closing:
@@ -113,6 +128,22 @@ class DynamicBatcher:
         except BaseException as error:
             self._fail_all(error if isinstance(error, Exception) else ShuttingDownError("the batcher stopped"))
             raise
+
+    async def _gather_a_batch(self) -> None:
+        """Give texts already on their way a moment to join a batch that is not full yet."""
+        if not self._jobs or self.closing or self.batch_wait_seconds <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_wait_seconds
+        while self.queued_items < self.max_batch_size and not self.closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._work_arrived.clear()
+            try:
+                await asyncio.wait_for(self._work_arrived.wait(), remaining)
+            except asyncio.TimeoutError:  # not the builtin before Python 3.11
+                return
 
     def _take_batch(self) -> list[_Slice] | None:
         """The next batch in arrival order: one prompt, within the row and padded-token budgets."""

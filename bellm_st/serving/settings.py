@@ -25,6 +25,8 @@ class ServerSettings:
     """Most texts in one forward pass of the model."""
     max_batch_tokens: int = 16384
     """Most padded tokens (rows x longest text) in one forward pass."""
+    batch_wait_seconds: float = 0.01
+    """How long a batch that is not full waits for more texts before it goes to the model."""
     max_queue_items: int = 4096
     """Most texts waiting for the model; a request that would overflow it gets ``queue_full_status``."""
     queue_full_status: QueueFullStatus = 429
@@ -47,6 +49,8 @@ class ServerSettings:
                 f"max_items_per_request={self.max_items_per_request} exceeds max_queue_items={self.max_queue_items}: "
                 "such a request could never be queued; raise max_queue_items or lower max_items_per_request"
             )
+        if not 0 <= self.batch_wait_seconds <= 10:
+            raise ValueError(f"batch_wait_seconds={self.batch_wait_seconds!r} must be between 0 and 10")
         if self.long_input not in ("truncate", "reject"):
             raise ValueError(f"long_input={self.long_input!r}; use 'truncate' or 'reject'")
         if self.queue_full_status not in (429, 503):

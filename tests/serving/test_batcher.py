@@ -64,6 +64,27 @@ def test_concurrent_requests_share_a_batch():
     assert encoder.threads == {"bellm-st-encode_0"}, "the model must run in the batcher's own thread"
 
 
+def test_a_batch_that_is_not_full_waits_briefly_for_more():
+    async def run():
+        encoder = FakeEncoder()
+        batcher = make(encoder, max_batch_size=4, batch_wait_seconds=0.3)
+        first = asyncio.create_task(embed(batcher, ["early"]))
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        await asyncio.gather(first, embed(batcher, ["later", "later too", "full now"]))
+        waited_for_a_full_batch = time.perf_counter() - started
+        lone = time.perf_counter()
+        await embed(batcher, ["alone"])
+        waited_alone = time.perf_counter() - lone
+        await batcher.close()
+        return encoder, waited_for_a_full_batch, waited_alone
+
+    encoder, waited_for_a_full_batch, waited_alone = asyncio.run(run())
+    assert [batch for batch, _ in encoder.batches] == [["early", "later", "later too", "full now"], ["alone"]]
+    assert waited_for_a_full_batch < 0.2, "a full batch must go at once"
+    assert 0.25 < waited_alone < 2, "a lone text waits out the pause, then goes"
+
+
 def test_a_large_request_spans_batches_in_order():
     async def run():
         encoder = FakeEncoder()
