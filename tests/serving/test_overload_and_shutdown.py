@@ -20,7 +20,7 @@ def post_texts(url: str, texts: list[str]) -> httpx.Response:
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_full_queue_answers_retry_later(served_model, status):
-    embedder = SlowEmbedder(served_model, delay=0.3)
+    embedder = SlowEmbedder(served_model, delay=0.5)
     settings = ServerSettings(
         model_id=MODEL_ID, max_batch_size=1, max_queue_items=2, max_items_per_request=2, queue_full_status=status
     )
