@@ -20,8 +20,8 @@ DEFAULT_EMBED_BATCH_SIZE = 32
 class BeLLMEmbedding(BaseEmbedding):
     """BeLLM sentence embeddings (a decoder with bi-directional last layers) for LlamaIndex.
 
-    ``model_name`` is a shipped model or base name (``smollm2-135m``) or a saved model folder,
-    loaded once per process and ``device``; ``model`` is an already-built ``SentenceTransformer``
+    ``model_name`` is a shipped model or base name (``smollm2-135m``) or a saved model folder
+    (default: the shipped default model), loaded once per process and ``device``; ``model`` is an already-built ``SentenceTransformer``
     to use instead. ``query_template``/``document_template`` are a full template with ``{text}``
     or a plain prefix (default: the model's own ``query``/``document`` prompts). Texts go to the
     model in batches of ``embed_batch_size``; callbacks and instrumentation events fire as for any
