@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from serving_support import MODEL_ID, QUERY_TEMPLATE, LiveServer, live_server
 
 import bellm_st
 from bellm_st.serving import ServerSettings
+
+from .serving_support import MODEL_ID, QUERY_TEMPLATE, LiveServer, live_server
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from openai import AsyncOpenAI, OpenAI
 from sentence_transformers import SentenceTransformer
-from serving_support import MODEL_ID, live_server, reference
 
 from bellm_st.serving import ServerSettings
+
+from .serving_support import MODEL_ID, live_server, reference
 
 TEXTS = [
     "A man is playing a guitar.",

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 FUZZ = settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
-# Lone surrogates too: JSON can carry them (as \udXXX escapes) although they are not valid text.
-any_character = st.characters() | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
-texts = st.text(any_character, max_size=40)
+# Valid text (any script, emoji, control characters) and, besides, text with lone surrogates:
+# JSON can carry them (as \udXXX escapes) although they are not valid text.
+plain_texts = st.text(max_size=40)
+texts = plain_texts | st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF) | st.characters(), max_size=40)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | texts,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
@@ -39,20 +40,22 @@ fields = {
     "user": json_values,
     "prompt_name": st.one_of(st.sampled_from(["query", "document"]), json_values),
 }
-near_valid = st.fixed_dictionaries(
-    {"input": st.one_of(texts, st.lists(texts, min_size=1, max_size=6))},
-    optional={
-        "encoding_format": st.sampled_from(["float", "base64"]),
-        "dimensions": st.integers(min_value=-3, max_value=40),
-        "model": texts,
-        "prompt_name": st.one_of(st.sampled_from(["query", "document"]), texts),
-    },
-)
+openai_options = {
+    "encoding_format": st.sampled_from(["float", "base64"]),
+    "dimensions": st.integers(min_value=1, max_value=32),
+    "model": plain_texts,
+}
+near_valid_input = {"input": st.one_of(plain_texts, st.lists(plain_texts, min_size=1, max_size=6))}
+near_valid = {
+    "/v1/embeddings": st.fixed_dictionaries(near_valid_input, optional=openai_options),
+    "/embed": st.fixed_dictionaries(
+        near_valid_input, optional={**openai_options, "prompt_name": st.sampled_from(["query", "document"])}
+    ),
+}
 with_unknown_fields = st.tuples(
     st.fixed_dictionaries({}, optional=fields), st.dictionaries(texts, json_values, max_size=2)
 )
-bodies = st.one_of(
-    near_valid,
+odd_bodies = st.one_of(
     st.fixed_dictionaries({}, optional=fields),
     with_unknown_fields.map(lambda pair: {**pair[1], **pair[0]}),
     json_values,
@@ -85,7 +88,7 @@ def test_fuzzed_json_bodies_never_get_5xx(http, path):
     statuses = set()
 
     @FUZZ
-    @given(body=bodies)
+    @given(body=near_valid[path] | odd_bodies)
     def run(body):
         # ensure_ascii escapes lone surrogates as \udXXX, as a JSON client in another language would send them
         content = json.dumps(body, ensure_ascii=True)

@@ -6,9 +6,10 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from serving_support import MODEL_ID, live_server, reference
 
 from bellm_st.serving import ServerSettings
+
+from .serving_support import MODEL_ID, live_server, reference
 
 API_KEY = "s3cret-key"
 

@@ -15,7 +15,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from serving_support import reference
+
+from .serving_support import reference
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
 CLIENTS, REQUESTS_PER_CLIENT, TEXTS_PER_REQUEST = 32, 50, 2

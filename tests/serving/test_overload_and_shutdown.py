@@ -9,9 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from serving_support import MODEL_ID, SlowEmbedder, live_server, reference
 
 from bellm_st.serving import ServerSettings
+
+from .serving_support import MODEL_ID, SlowEmbedder, live_server, reference
 
 
 def post_texts(url: str, texts: list[str]) -> httpx.Response:
