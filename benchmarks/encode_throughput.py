@@ -163,12 +163,12 @@ def main() -> None:
     pool = None
     if args.devices:
         devices = args.devices.split(",")
+        encoder.bidirectional_layers = top  # copies (replicas, the pool's processes) take the model as it is now
         with harness.recorded_failure(result, "replicas"):
             replicas = replicate(ours, devices)
             variants[f"ours-k{top}-bulk-{len(devices)}dev"] = with_layers(
                 top, lambda texts: encode_bulk(replicas, texts, batch_size=args.bulk_batch_size))
         with harness.recorded_failure(result, "st-multiprocess"):
-            encoder.bidirectional_layers = top  # the pool's processes get copies of the model as it is now
             pool = ours.start_multi_process_pool(devices)
             variants[f"ours-k{top}-st-multiprocess-{len(devices)}dev"] = lambda texts: ours.encode(
                 texts, batch_size=args.batch_size, pool=pool)
