@@ -63,11 +63,15 @@ def plain_sentence_transformer(path: str, dtype: torch.dtype, attn: str, device:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        transformer = st_models.Transformer(path, model_kwargs={"dtype": dtype, "attn_implementation": attn})
+        try:
+            transformer = st_models.Transformer(path, model_kwargs={"dtype": dtype, "attn_implementation": attn})
+        except TypeError:  # releases that still call it model_args
+            transformer = st_models.Transformer(path, model_args={"dtype": dtype, "attn_implementation": attn})
         tokenizer = getattr(transformer, "tokenizer", None) or getattr(transformer, "processor", None)
         if tokenizer is not None and getattr(tokenizer, "pad_token", "") is None:
             tokenizer.pad_token = tokenizer.eos_token
-        pooling = st_models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=ST_POOLING[pooling])
+        dimension = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
+        pooling = st_models.Pooling(dimension(), pooling_mode=ST_POOLING[pooling])
     return SentenceTransformer(modules=[transformer, pooling], device=device)
 
 
@@ -163,12 +167,13 @@ def main() -> None:
     pool = None
     if args.devices:
         devices = args.devices.split(",")
-        encoder.bidirectional_layers = top  # copies (replicas, the pool's processes) take the model as it is now
         with harness.recorded_failure(result, "replicas"):
+            encoder.bidirectional_layers = top  # copies (replicas, the pool's processes) take the model as it is
             replicas = replicate(ours, devices)
             variants[f"ours-k{top}-bulk-{len(devices)}dev"] = with_layers(
                 top, lambda texts: encode_bulk(replicas, texts, batch_size=args.bulk_batch_size))
         with harness.recorded_failure(result, "st-multiprocess"):
+            encoder.bidirectional_layers = top
             pool = ours.start_multi_process_pool(devices)
             variants[f"ours-k{top}-st-multiprocess-{len(devices)}dev"] = lambda texts: ours.encode(
                 texts, batch_size=args.batch_size, pool=pool)
