@@ -7,7 +7,7 @@ import pickle
 import threading
 
 import torch
-from conftest import tiny_backbone
+from tests.conftest import tiny_backbone
 from torch.nn import functional
 
 from bellm_st.bidirectional import make_bidirectional
