@@ -261,6 +261,10 @@ def ratios(variants: dict[str, dict], layer_counts: list[int], outputs: dict[str
         if "ours-k0" in outputs and "plain-st" in outputs:
             found["cosine ours-k0 vs plain-st (min)"] = float(harness.cosine_rows(outputs["ours-k0"], outputs["plain-st"]).min())
     top = layer_counts[-1]
+    single = speed.get(f"ours-k{top}-bulk")
+    for name, value in speed.items():
+        if single and name.endswith("dev") and name.startswith(f"ours-k{top}-"):
+            found[f"{name} / ours-k{top}-bulk (one device)"] = value / single
     if f"ours-k{top}" in outputs and f"ours-k{top}-bulk" in outputs:
         found[f"cosine bulk vs encode k={top} (min)"] = float(
             harness.cosine_rows(outputs[f"ours-k{top}"], outputs[f"ours-k{top}-bulk"]).min())
