@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -41,7 +42,9 @@ def load_shipped(name: str, device: str, cache_dir: str | os.PathLike | None = N
     base = settings.pop("base")
     prompts = settings.pop("prompts", {})
     checkpoint = base_checkpoint(base, cache_dir)
-    backbone = PeftModel.from_pretrained(AutoModel.from_pretrained(checkpoint), str(folder / "adapter"))
+    with warnings.catch_warnings():  # peft calls a transformers property deprecated in 5.x; not ours to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        backbone = PeftModel.from_pretrained(AutoModel.from_pretrained(checkpoint), str(folder / "adapter"))
     encoder = BeLLMEncoder(checkpoint, backbone=backbone.merge_and_unload(), **settings)
     model = SentenceTransformer(modules=[encoder], device=device, prompts=prompts)
     model.model_card_data.tags = ["bellm", "bidirectional-decoder", name]
