@@ -4,9 +4,14 @@
 after the other: the copy from ordinary memory waits for the previous batch to finish, so on a
 GPU the tokenizer and the model take turns and each idles while the other works.
 :func:`encode_bulk` gives the same embeddings with the three overlapped: a background thread
-tokenises ahead (the Rust tokenizer releases the GIL) into pinned memory, copies do not wait,
-and embeddings stay on the device until the end. With several devices, each runs a replica of
-the model and takes the next ready batch.
+tokenises ahead (the Rust tokenizer releases the GIL and spreads a large chunk over every core)
+into pinned memory, copies do not wait, and embeddings stay on the device until the end. With
+several devices, each runs a replica of the model and takes the next ready batch.
+
+For a BeLLM model, texts are tokenised in large chunks and batched by *exact* token length, so
+no batch holds a single pad token: no compute is wasted on padding, and without a mask the
+attention kernels take their fastest (flash) path in the causal and the bi-directional layers
+alike. Other models get length-sorted, padded batches.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from bellm_st.inputs import validate_texts
+from bellm_st.module import BeLLMEncoder
+from bellm_st.tokenization import group_by_length
 
 _DONE = object()
+TOKENIZE_CHUNK = 16_384  # texts per tokenizer call: large enough to keep every core busy and fill buckets
 
 
 def _length_sorted_batches(texts: list[str], batch_size: int) -> list[np.ndarray]:
@@ -44,12 +52,62 @@ def _resolve_prompt(model: SentenceTransformer, prompt: str | None, prompt_name:
     return model.prompts[name]
 
 
-class _Tokenizer(threading.Thread):
-    """Tokenises batches ahead of the model into a bounded queue (pinned when a GPU reads them)."""
+def _padded_batches(model: SentenceTransformer, texts: list[str], prompt: str | None, batch_size: int):
+    """Length-sorted, padded batches through the model's own ``preprocess`` (any model)."""
+    for indices in _length_sorted_batches(texts, batch_size):
+        yield indices, model.preprocess([texts[index] for index in indices], prompt=prompt)
 
-    def __init__(self, model, texts, batches, prompt, pin_memory: bool, prefetch_batches: int, consumers: int):
+
+def _unpadded_batches(
+    encoder: BeLLMEncoder, texts: list[str], prompt: str | None, batch_size: int, max_batch_tokens: int
+):
+    """Batches whose rows all have the same token length, so none needs padding.
+
+    Texts are taken longest first (by characters) in large chunks, so each chunk covers few
+    token lengths; rows of one length wait in a bucket until it holds a full batch, and the
+    buckets' remainders go last.
+    """
+    order = np.argsort(-np.fromiter((len(text) for text in texts), dtype=np.int64, count=len(texts)), kind="stable")
+    buckets: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = {}
+    filled: dict[int, int] = {}
+
+    def flush(length: int):
+        parts = buckets.pop(length)
+        filled.pop(length)
+        indices = np.concatenate([part[0] for part in parts])
+        ids = np.concatenate([part[1] for part in parts])
+        text_mask = None if parts[0][2] is None else np.concatenate([part[2] for part in parts])
+        rows = max(1, min(batch_size, max_batch_tokens // length))
+        for start in range(0, len(indices), rows):
+            features = {
+                "input_ids": torch.from_numpy(ids[start : start + rows]),
+                "attention_mask": torch.ones((len(indices[start : start + rows]), length), dtype=torch.int64),
+                "padding_free": True,
+            }
+            if text_mask is not None:
+                features["text_mask"] = torch.from_numpy(text_mask[start : start + rows].astype(np.int64))
+            yield indices[start : start + rows], features
+
+    for chunk_start in range(0, len(order), TOKENIZE_CHUNK):
+        chunk = order[chunk_start : chunk_start + TOKENIZE_CHUNK]
+        batch = encoder.tokenize_unpadded([texts[index] for index in chunk], prompt=prompt)
+        for rows, ids, text_mask in group_by_length(batch):
+            length = ids.shape[1]
+            buckets.setdefault(length, []).append((chunk[rows], ids, text_mask))
+            filled[length] = filled.get(length, 0) + len(rows)
+            if filled[length] >= max(1, min(batch_size, max_batch_tokens // length)):
+                yield from flush(length)
+    for length in sorted(buckets, reverse=True):
+        yield from flush(length)
+
+
+class _Tokenizer(threading.Thread):
+    """Runs a batch generator ahead of the model into a bounded queue (pinned when a GPU reads them)."""
+
+    def __init__(self, batches: Iterator[tuple[np.ndarray, dict[str, Any]]], pin_memory: bool,
+                 prefetch_batches: int, consumers: int):
         super().__init__(daemon=True)
-        self.model, self.texts, self.batches, self.prompt = model, texts, batches, prompt
+        self.batches = batches
         self.pin_memory = pin_memory
         self.consumers = consumers
         self.ready: queue.Queue = queue.Queue(maxsize=prefetch_batches)
@@ -57,10 +115,9 @@ class _Tokenizer(threading.Thread):
 
     def run(self) -> None:
         try:
-            for indices in self.batches:
+            for indices, features in self.batches:
                 if self.stopped.is_set():
                     return
-                features = self.model.preprocess([self.texts[index] for index in indices], prompt=self.prompt)
                 if self.pin_memory:
                     features = {key: value.pin_memory() if isinstance(value, torch.Tensor) else value
                                 for key, value in features.items()}
@@ -129,7 +186,8 @@ def encode_bulk(
     model: SentenceTransformer | Sequence[SentenceTransformer],
     texts: Sequence[str],
     *,
-    batch_size: int = 512,
+    batch_size: int = 1024,
+    max_batch_tokens: int = 65_536,
     prompt: str | None = None,
     prompt_name: str | None = None,
     normalize_embeddings: bool = False,
@@ -139,13 +197,17 @@ def encode_bulk(
     """Embed many texts with tokenisation overlapped with the forward pass; same vectors as ``model.encode``.
 
     Worth it on a GPU with thousands of texts or more; on a CPU the model is the bottleneck and
-    ``model.encode`` is as fast. Given several copies of one model on different devices (see
-    :func:`replicate`), each takes the next tokenised batch, one thread per device. Returns
-    float32 vectors in the order of ``texts``: a numpy array, or a tensor on the first model's device.
+    ``model.encode`` is as fast. A batch holds at most ``batch_size`` texts and (for BeLLM
+    models, whose batches are unpadded) at most ``max_batch_tokens`` tokens. Given several
+    copies of one model on different devices (see :func:`replicate`), each takes the next
+    tokenised batch, one thread per device. Returns float32 vectors in the order of ``texts``:
+    a numpy array, or a tensor on the first model's device.
     """
     texts = validate_texts(texts, where="texts")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
+    if max_batch_tokens < 1:
+        raise ValueError(f"max_batch_tokens={max_batch_tokens} must be at least 1")
     if prefetch_batches < 1:
         raise ValueError(f"prefetch_batches={prefetch_batches} must be at least 1")
     replicas = [model] if isinstance(model, SentenceTransformer) else list(model)
@@ -155,11 +217,13 @@ def encode_bulk(
     devices = [replica.device for replica in replicas]
     for replica in replicas:
         replica.eval()
+    prompt = _resolve_prompt(model, prompt, prompt_name)
+    if isinstance(model[0], BeLLMEncoder):
+        batches = _unpadded_batches(model[0], texts, prompt, batch_size, max_batch_tokens)
+    else:
+        batches = _padded_batches(model, texts, prompt, batch_size)
     source = _Tokenizer(
-        model,
-        texts,
-        _length_sorted_batches(texts, batch_size),
-        _resolve_prompt(model, prompt, prompt_name),
+        batches,
         pin_memory=any(device.type == "cuda" for device in devices),
         prefetch_batches=prefetch_batches,
         consumers=len(devices),

@@ -22,7 +22,7 @@ from bellm_st.bidirectional import BidirectionalLayers, find_decoder_layers, mak
 from bellm_st.inputs import validate_texts
 from bellm_st.pooling import PoolingMode, check_pooling, pool
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
-from bellm_st.tokenization import tokenize_with_template
+from bellm_st.tokenization import TokenizedBatch, tokenize_flat, tokenize_with_template
 
 CONFIG_FILE = "bellm_config.json"
 ADAPTER_FOLDER = "adapter"
@@ -127,10 +127,22 @@ class BeLLMEncoder(InputModule):
         template = template_for_prompt(self.template, prompt)
         return tokenize_with_template(self.tokenizer, texts, template, self.max_seq_length, self.append_eos)
 
-    def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
-        outputs = self.auto_model(
-            input_ids=features["input_ids"], attention_mask=features["attention_mask"], use_cache=False
+    def tokenize_unpadded(self, texts: Sequence[str], prompt: str | None = None) -> TokenizedBatch:
+        """Tokenise like :meth:`preprocess` but leave the batch flat and unpadded (for bulk encoding).
+
+        The text mask is only located when the pooling needs it (``mean_text``).
+        """
+        template = template_for_prompt(self.template, prompt)
+        return tokenize_flat(
+            self.tokenizer, list(texts), template, self.max_seq_length, self.append_eos,
+            with_text_mask=self.pooling == "mean_text",
         )
+
+    def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
+        # A batch known on the host to hold no padding (bulk encoding) passes no mask: the model
+        # then never inspects the mask on the device, which would stall the host once per batch.
+        attention_mask = None if features.get("padding_free") is True else features["attention_mask"]
+        outputs = self.auto_model(input_ids=features["input_ids"], attention_mask=attention_mask, use_cache=False)
         token_embeddings = outputs.last_hidden_state
         embedding = pool(token_embeddings, features["attention_mask"], features.get("text_mask"), self.pooling)
         if self.normalize:

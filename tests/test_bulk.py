@@ -53,6 +53,67 @@ def test_bad_input_and_failures_reach_the_caller(model, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("tokenizer broke")
 
-    monkeypatch.setattr(model, "preprocess", broken)
+    monkeypatch.setattr(model[0], "tokenize_unpadded", broken)
     with pytest.raises(RuntimeError, match="tokenizer broke"):
         encode_bulk(replicate(model, ["cpu", "cpu"]), TEXTS, batch_size=2)
+    with pytest.raises(ValueError, match="max_batch_tokens=0"):
+        encode_bulk(model, TEXTS, max_batch_tokens=0)
+
+
+def spy_on_batches(model, monkeypatch) -> list[dict[str, torch.Tensor]]:
+    """Record every feature batch the model is run on."""
+    seen = []
+    original = model[0].forward
+
+    def forward(features, **kwargs):
+        seen.append({key: value.clone() for key, value in features.items() if isinstance(value, torch.Tensor)})
+        return original(features, **kwargs)
+
+    monkeypatch.setattr(model[0], "forward", forward)
+    return seen
+
+
+def test_bellm_batches_hold_no_padding_and_respect_both_limits(model, monkeypatch):
+    seen = spy_on_batches(model, monkeypatch)
+    texts = TEXTS * 3
+    expected = model.encode(texts, batch_size=4)
+    seen.clear()
+    monkeypatch.setattr("bellm_st.bulk.TOKENIZE_CHUNK", 7)  # several chunks, so buckets fill across chunks
+    actual = encode_bulk(model, texts, batch_size=5, max_batch_tokens=40)
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+    assert sum(len(batch["input_ids"]) for batch in seen) == len(texts)
+    for batch in seen:
+        rows, length = batch["input_ids"].shape
+        assert bool(batch["attention_mask"].all()), "a bulk batch contained padding"
+        assert rows <= 5 and (rows * length <= 40 or rows == 1)
+        assert "text_mask" not in batch  # last-token pooling does not need the text located
+    assert len({batch["input_ids"].shape[1] for batch in seen}) > 1
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padding_free_batches_keep_causal_and_bidirectional_layers(tiny_model_dir, attn):
+    """Without a mask the lower layers must stay causal and the patched ones bi-directional."""
+    model = bellm_st.build(tiny_model_dir, bidirectional_layers=2, pooling="mean", device="cpu",
+                           attn_implementation=attn)
+    causal = bellm_st.build(tiny_model_dir, bidirectional_layers=0, pooling="mean", device="cpu",
+                            attn_implementation=attn)
+    expected = model.encode(TEXTS, batch_size=1)  # one text per batch: no padding, mask given
+    np.testing.assert_allclose(encode_bulk(model, TEXTS, batch_size=4), expected, atol=1e-5)
+    assert not np.allclose(encode_bulk(causal, TEXTS, batch_size=4), expected, atol=1e-3)
+
+
+def test_mean_text_pooling_eos_and_truncation_match_encode(tiny_model_dir):
+    model = bellm_st.build(tiny_model_dir, bidirectional_layers=2, pooling="mean_text", append_eos=True,
+                           max_seq_length=40, device="cpu")
+    texts = TEXTS + ["a very long text that must be cut so the template still fits " * 4]
+    np.testing.assert_allclose(encode_bulk(model, texts, batch_size=4), model.encode(texts, batch_size=3), atol=1e-5)
+
+
+def test_other_models_get_padded_batches(tiny_model_dir):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st_models
+
+    transformer = st_models.Transformer(tiny_model_dir)
+    plain = SentenceTransformer(modules=[transformer, st_models.Pooling(transformer.get_embedding_dimension(), "mean")],
+                                device="cpu")
+    np.testing.assert_allclose(encode_bulk(plain, TEXTS, batch_size=4), plain.encode(TEXTS, batch_size=6), atol=1e-5)
