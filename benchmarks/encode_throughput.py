@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
-from bellm_st.bulk import encode_bulk, replicate
+from bellm_st.bulk import _unpadded_batches, encode_bulk, replicate
 from bellm_st.module import BeLLMEncoder
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template
 
@@ -37,7 +37,10 @@ def arguments():
     parser.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, flash_attention_2)")
     parser.add_argument("--sentences", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=256, help="batch size for SentenceTransformer.encode")
-    parser.add_argument("--bulk-batch-size", type=int, default=1024, help="batch size for encode_bulk")
+    parser.add_argument("--bulk-batch-size", type=int, default=1024, help="most texts per encode_bulk batch")
+    parser.add_argument("--bulk-max-tokens", type=int, default=65_536, help="most tokens per encode_bulk batch")
+    parser.add_argument("--bulk-configs", default=None,
+                        help="extra encode_bulk batch limits for the default k, e.g. 4096:131072,8192:262144 (rows:tokens)")
     parser.add_argument("--layers", default=f"0,1,2,{DEFAULT_BIDIRECTIONAL_LAYERS}",
                         help="bi-directional layer counts k to compare (the last one is the library default)")
     parser.add_argument("--pooling", default=DEFAULT_POOLING, help="pooling of our module (and of the plain model)")
@@ -121,7 +124,7 @@ def main() -> None:
         "sentences": len(sentences), "mean_words": float(np.mean([len(s.split()) for s in sentences])),
         "mean_tokens": float(lengths.mean()), "max_tokens": int(lengths.max()), "real_tokens": int(lengths.sum()),
         "padding_fraction_encode": 1 - lengths.sum() / padded_tokens(lengths, args.batch_size),
-        "padding_fraction_bulk": 1 - lengths.sum() / padded_tokens(lengths, args.bulk_batch_size),
+        "padding_fraction_bulk": 0.0,  # encode_bulk batches texts of equal token length
         "non_embedding_parameters": parameters, "model_tflop_per_pass": flops / 1e12, **shape,
     }
     print(f"{len(sentences)} sentences, {lengths.mean():.1f} tokens each after templating; "
@@ -138,8 +141,9 @@ def main() -> None:
         return run
 
     def tokenize_only(texts: list[str]) -> np.ndarray:
-        for start in range(0, len(texts), args.bulk_batch_size):
-            ours.preprocess(texts[start : start + args.bulk_batch_size])
+        """The host side of encode_bulk alone: tokenise in chunks and group into unpadded batches."""
+        for _ in _unpadded_batches(encoder, texts, None, args.bulk_batch_size, args.bulk_max_tokens):
+            pass
         return np.zeros((1, 1))
 
     variants["tokenize-only"] = tokenize_only
@@ -153,17 +157,23 @@ def main() -> None:
             variants[f"ours-k{layers}"] = with_layers(
                 layers, lambda texts: ours.encode(texts, batch_size=args.batch_size))
         variants[f"ours-k{layers}-bulk"] = with_layers(
-            layers, lambda texts: encode_bulk(ours, texts, batch_size=args.bulk_batch_size))
+            layers, lambda texts: encode_bulk(ours, texts, batch_size=args.bulk_batch_size,
+                                              max_batch_tokens=args.bulk_max_tokens))
     top = layer_counts[-1]
+    for config in (args.bulk_configs.split(",") if args.bulk_configs else []):
+        rows, tokens = (int(value) for value in config.split(":"))
+        variants[f"ours-k{top}-bulk-b{rows}-t{tokens}"] = with_layers(
+            top, lambda texts, rows=rows, tokens=tokens: encode_bulk(ours, texts, batch_size=rows, max_batch_tokens=tokens))
     if args.compile:
         with harness.recorded_failure(result, "compile"):
             compiled = our_model(path, top, dtype, args.attn, args.device, args.pooling)
             compiled[0].auto_model.compile(dynamic=True, mode=args.compile_mode)
-            seconds, _ = harness.timed(lambda: encode_bulk(compiled, sentences, batch_size=args.bulk_batch_size), device)
+            seconds, _ = harness.timed(lambda: encode_bulk(compiled, sentences, batch_size=args.bulk_batch_size,
+                                                           max_batch_tokens=args.bulk_max_tokens), device)
             result["compile_warmup_seconds"] = seconds
-            print(f"torch.compile warm-up (whole workload once): {seconds:.1f} s")
+            print(f"torch.compile warm-up (whole workload once): {seconds:.1f} s", flush=True)
             variants[f"ours-k{top}-bulk-compiled"] = lambda texts: encode_bulk(
-                compiled, texts, batch_size=args.bulk_batch_size)
+                compiled, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens)
     pool = None
     if args.devices:
         devices = args.devices.split(",")
@@ -171,7 +181,8 @@ def main() -> None:
             encoder.bidirectional_layers = top  # copies (replicas, the pool's processes) take the model as it is
             replicas = replicate(ours, devices)
             variants[f"ours-k{top}-bulk-{len(devices)}dev"] = with_layers(
-                top, lambda texts: encode_bulk(replicas, texts, batch_size=args.bulk_batch_size))
+                top, lambda texts: encode_bulk(replicas, texts, batch_size=args.bulk_batch_size,
+                                               max_batch_tokens=args.bulk_max_tokens))
         with harness.recorded_failure(result, "st-multiprocess"):
             encoder.bidirectional_layers = top
             pool = ours.start_multi_process_pool(devices)

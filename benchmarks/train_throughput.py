@@ -46,7 +46,10 @@ def arguments():
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--pooling", default=DEFAULT_POOLING)
     parser.add_argument("--variants", default=f"k{DEFAULT_BIDIRECTIONAL_LAYERS},k{DEFAULT_BIDIRECTIONAL_LAYERS}-gc,k0",
-                        help="comma list of k<layers>[-gc][-compile]: bi-directional layers, gradient checkpointing")
+                        help="comma list of k<layers>[-gc][-compile][-nodrop][-sorted]: bi-directional layers, gradient "
+                             "checkpointing, torch.compile, LoRA dropout 0, the step's sequences in 4 length-sorted chunks")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile 3 steps of the first variant and print the top CUDA kernels")
     parser.add_argument("--batch-sizes", default="256", help="triplets per step (per GPU), comma list")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant")
     parser.add_argument("--warmup-steps", type=int, default=5)
@@ -61,9 +64,10 @@ def arguments():
 
 def parse_variant(name: str) -> dict[str, Any]:
     parts = name.split("-")
-    if not parts[0].startswith("k") or not parts[0][1:].isdigit() or not set(parts[1:]) <= {"gc", "compile"}:
-        raise SystemExit(f"variant {name!r} must look like k2, k2-gc, k0-compile")
-    return {"layers": int(parts[0][1:]), "checkpointing": "gc" in parts, "compile": "compile" in parts}
+    if not parts[0].startswith("k") or not parts[0][1:].isdigit() or not set(parts[1:]) <= {"gc", "compile", "nodrop", "sorted"}:
+        raise SystemExit(f"variant {name!r} must look like k2, k2-gc, k0-compile, k16-nodrop-sorted")
+    return {"layers": int(parts[0][1:]), "checkpointing": "gc" in parts, "compile": "compile" in parts,
+            "dropout": 0.0 if "nodrop" in parts else None, "sorted_chunks": 4 if "sorted" in parts else 1}
 
 
 def build_model(path: str, variant: dict[str, Any], args, device: torch.device, dtype: torch.dtype):
@@ -74,7 +78,8 @@ def build_model(path: str, variant: dict[str, Any], args, device: torch.device, 
                            model_kwargs={"dtype": dtype, "attn_implementation": args.attn})
     if variant["checkpointing"]:
         encoder.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=args.lora_dropout,
+    dropout = args.lora_dropout if variant["dropout"] is None else variant["dropout"]
+    config = LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=dropout,
                         target_modules="all-linear", bias="none")
     encoder.auto_model = get_peft_model(encoder.auto_model, config)
     model = SentenceTransformer(modules=[encoder], device=str(device))
@@ -87,9 +92,11 @@ def build_model(path: str, variant: dict[str, Any], args, device: torch.device, 
 class Prefetcher(threading.Thread):
     """Tokenises the next steps' triplets (all three columns in one padded batch) while the GPU trains."""
 
-    def __init__(self, model, triplets: list[tuple[str, str, str]], batch_size: int, steps: int, pin: bool):
+    def __init__(self, model, triplets: list[tuple[str, str, str]], batch_size: int, steps: int, pin: bool,
+                 chunks: int = 1):
         super().__init__(daemon=True)
         self.model, self.triplets, self.batch_size, self.steps, self.pin = model, triplets, batch_size, steps, pin
+        self.chunks = chunks
         self.ready: queue.Queue = queue.Queue(maxsize=4)
 
     def run(self) -> None:
@@ -98,14 +105,21 @@ class Prefetcher(threading.Thread):
                 start = (step * self.batch_size) % len(self.triplets)
                 batch = [self.triplets[(start + offset) % len(self.triplets)] for offset in range(self.batch_size)]
                 columns = [text for column in zip(*batch) for text in column]  # anchors, positives, negatives
-                features = self.model.preprocess(columns)
+                if self.chunks == 1:
+                    features = [self.model.preprocess(columns)]
+                    order = None
+                else:  # length-sorted chunks, each padded to its own longest: less padding, more passes
+                    lengths = self.model.preprocess(columns)["attention_mask"].sum(1).numpy()
+                    order = np.argsort(lengths, kind="stable")
+                    features = [self.model.preprocess([columns[index] for index in part])
+                                for part in np.array_split(order, self.chunks)]
                 if self.pin:
-                    features = {key: value.pin_memory() for key, value in features.items()}
-                self.ready.put(features)
+                    features = [{key: value.pin_memory() for key, value in part.items()} for part in features]
+                self.ready.put((features, order))
         except BaseException as error:  # noqa: BLE001 - re-raised in the training loop's thread
             self.ready.put(error)
 
-    def next(self) -> dict[str, torch.Tensor]:
+    def next(self) -> tuple[list[dict[str, torch.Tensor]], np.ndarray | None]:
         item = self.ready.get()
         if isinstance(item, BaseException):
             raise item
@@ -120,8 +134,29 @@ def contrastive_loss(embeddings: torch.Tensor, batch_size: int) -> torch.Tensor:
     return functional.cross_entropy(scores, torch.arange(batch_size, device=scores.device))
 
 
+def profile_steps(prefetcher, train_step, device: torch.device, steps: int) -> list[dict[str, Any]]:
+    """Profile a few training steps and return the operators that took the most device (or CPU) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            parts, order = prefetcher.next()
+            parts = [{key: value.to(device, non_blocking=True) for key, value in part.items()} for part in parts]
+            train_step(parts, order)
+        harness.synchronize(device)
+    sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort_key, row_limit=25)
+    print(table, flush=True)
+    events = sorted(profiler.key_averages(), key=lambda event: getattr(event, sort_key, 0), reverse=True)[:25]
+    return [{"name": event.key, "calls": event.count, "self_ms": getattr(event, sort_key, 0) / 1000 / steps}
+            for event in events]
+
+
 def run_variant(name: str, batch_size: int, path: str, triplets, args, device, dtype, world: int) -> dict[str, Any]:
     variant = parse_variant(name)
+    if world > 1 and variant["sorted_chunks"] > 1:
+        raise SystemExit("the -sorted variant runs several forwards per step, which DDP does not allow; use one GPU")
     model = build_model(path, variant, args, device, dtype)
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     network = model
@@ -133,11 +168,27 @@ def run_variant(name: str, batch_size: int, path: str, triplets, args, device, d
     rank = distributed.get_rank() if world > 1 else 0
     shard = triplets[rank::world] if world > 1 else triplets
     total_steps = args.warmup_steps + args.steps
-    prefetcher = Prefetcher(model, shard, batch_size, total_steps, pin=device.type == "cuda")
+    profiling = args.profile and not getattr(args, "_profiled", False)
+    args._profiled = True
+    total_steps += 3 if profiling else 0
+    prefetcher = Prefetcher(model, shard, batch_size, total_steps, pin=device.type == "cuda",
+                            chunks=variant["sorted_chunks"])
     prefetcher.start()
-    lengths, losses = [], []
+    lengths, losses, padded = [], [], []
     start = None
-    for step in range(total_steps):
+
+    def train_step(parts, order):
+        with autocast:
+            embeddings = torch.cat([network(part)["sentence_embedding"] for part in parts])
+            if order is not None:
+                embeddings = embeddings[torch.from_numpy(np.argsort(order)).to(device)]
+            loss = contrastive_loss(embeddings, batch_size)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    for step in range(total_steps - (3 if profiling else 0)):
         if step == args.warmup_steps:
             harness.synchronize(device)
             if world > 1:
@@ -145,20 +196,19 @@ def run_variant(name: str, batch_size: int, path: str, triplets, args, device, d
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
-        features = {key: value.to(device, non_blocking=True) for key, value in prefetcher.next().items()}
+        parts, order = prefetcher.next()
+        parts = [{key: value.to(device, non_blocking=True) for key, value in part.items()} for part in parts]
         if step >= args.warmup_steps:
-            lengths.append(features["attention_mask"].sum(1))
-        with autocast:
-            embeddings = network(features)["sentence_embedding"]
-            loss = contrastive_loss(embeddings, batch_size)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
+            lengths.extend(part["attention_mask"].sum(1) for part in parts)
+            padded.append(sum(part["input_ids"].numel() for part in parts))
+        losses.append(train_step(parts, order).detach())
     harness.synchronize(device)
     if world > 1:
         distributed.barrier()
     seconds = time.perf_counter() - start
+    kernels = None
+    if profiling:
+        kernels = profile_steps(prefetcher, train_step, device, steps=3)
     prefetcher.join()
     token_lengths = torch.cat(lengths).cpu().numpy()
     parameters = harness.non_embedding_parameters(model[0].decoder)
@@ -179,7 +229,10 @@ def run_variant(name: str, batch_size: int, path: str, triplets, args, device, d
         "trainable_parameters": sum(parameter.numel() for parameter in trainable),
         "loss_first": float(loss_values[0]), "loss_last": float(loss_values[-1]),
         "finite": bool(np.isfinite(loss_values).all()),
+        "padding_fraction": 1 - float(token_lengths.sum()) / sum(padded),
     }
+    if kernels is not None:
+        row["profile_top_kernels"] = kernels
     del network, model, optimizer
     if device.type == "cuda":
         torch.cuda.empty_cache()
