@@ -238,8 +238,18 @@ def sweep(
 def export(
     model: str = typer.Argument(..., help="A shipped model, base name or trained model folder."),
     output_dir: Path = typer.Argument(..., help="Where to write the merged sentence-transformers folder."),
+    onnx: bool = typer.Option(False, "--onnx", help="Write an ONNX graph for fast CPU inference instead."),
 ) -> None:
     """Write a sentence-transformers folder with the LoRA adapter merged (no peft needed to load it)."""
+    if onnx:
+        try:
+            from bellm_st.onnx_export import export_merged_onnx
+
+            export_merged_onnx(model, output_dir)
+        except (TypeError, ValueError, FileNotFoundError, ImportError) as error:
+            _fail(error)
+        console.print(f"wrote {output_dir}; load it with bellm_st.onnx_export.OnnxEncoder({str(output_dir)!r})")
+        return
     from bellm_st.export import export_merged
 
     try:

@@ -42,6 +42,25 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -
     return tokenizer
 
 
+def preprocess_texts(
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: Sequence[Any],
+    template: str,
+    prompt: str | None,
+    max_seq_length: int,
+    append_eos: bool,
+) -> dict[str, torch.Tensor]:
+    """Texts to model inputs: validated, wrapped in the (prompted) template, tokenised and padded.
+
+    The one definition of BeLLM's input side, shared by :class:`BeLLMEncoder` and the ONNX
+    encoder, so both see identical token ids for the same texts and settings.
+    """
+    texts = validate_texts(inputs, where="texts")
+    return tokenize_with_template(
+        tokenizer, texts, template_for_prompt(template, prompt), max_seq_length, append_eos
+    )
+
+
 class BeLLMEncoder(InputModule):
     """A decoder-only LLM with its last layers made bi-directional, read out through a template.
 
@@ -123,9 +142,7 @@ class BeLLMEncoder(InputModule):
 
     # -- sentence-transformers contract -------------------------------------------------------
     def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
-        texts = validate_texts(inputs, where="texts")
-        template = template_for_prompt(self.template, prompt)
-        return tokenize_with_template(self.tokenizer, texts, template, self.max_seq_length, self.append_eos)
+        return preprocess_texts(self.tokenizer, inputs, self.template, prompt, self.max_seq_length, self.append_eos)
 
     def tokenize_unpadded(self, texts: Sequence[str], prompt: str | None = None) -> TokenizedBatch:
         """Tokenise like :meth:`preprocess` but leave the batch flat and unpadded (for bulk encoding).

