@@ -18,6 +18,7 @@ Needs the ``onnx`` extra: ``pip install 'bellm-st[onnx]'``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Sequence
@@ -38,8 +39,6 @@ EXPORT_SAMPLE_TEXTS = ("A man is playing a guitar on the stage tonight.", "Hello
 
 
 def _require(module: str) -> Any:
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as error:
@@ -72,9 +71,11 @@ def graph_input_names(encoder: BeLLMEncoder) -> list[str]:
 def check_exportable(model: Any) -> BeLLMEncoder:
     """The model's BeLLM module, or an error saying why this model cannot be exported as it is."""
     if not isinstance(model, SentenceTransformer) or len(model) == 0 or not isinstance(model[0], BeLLMEncoder):
+        what = (f"a SentenceTransformer whose first module is {type(model[0]).__name__}"
+                if isinstance(model, SentenceTransformer) and len(model) else type(model).__name__)
         raise TypeError(
-            f"export_onnx needs a bellm-st SentenceTransformer (from bellm_st.load or bellm_st.build), "
-            f"got {type(model).__name__}"
+            f"export_onnx needs a bellm-st SentenceTransformer (from bellm_st.load or bellm_st.build), got {what}; "
+            "build one from a plain checkpoint with bellm_st.build(path)"
         )
     encoder: BeLLMEncoder = model[0]
     if hasattr(encoder.auto_model, "peft_config"):
@@ -143,8 +144,9 @@ def export_merged_onnx(name_or_path: str, output_dir: str | os.PathLike) -> Path
     from bellm_st.api import load_default_or
 
     model = load_default_or(name_or_path, device="cpu")
-    model[0].merge_adapter()
-    return export_onnx(model, output_dir)
+    if len(model) and isinstance(model[0], BeLLMEncoder):
+        model[0].merge_adapter()
+    return export_onnx(model, output_dir)  # explains what else it was given
 
 
 class OnnxEncoder:

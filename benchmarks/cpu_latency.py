@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import shutil
 import os
 import re
+import shutil
 import tempfile
 import time
 import warnings

@@ -126,3 +126,13 @@ def test_encoder_rejects_bad_input(exported, tmp_path):
         exported.encode(TEXTS, prompt_name="passage")
     with pytest.raises(ValueError, match="not both"):
         exported.encode(TEXTS, prompt_name="query", prompt="topic: ")
+
+
+def test_cli_export_onnx_explains_a_plain_checkpoint(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from bellm_st.cli import app
+
+    result = CliRunner().invoke(app, ["export", "--onnx", tiny_model_dir, str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "bellm_st.build" in result.output
