@@ -105,9 +105,8 @@ def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike) -> Pa
     names = graph_input_names(encoder)
     sample = encoder.preprocess(list(EXPORT_SAMPLE_TEXTS))  # two lengths: the sample has padding
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    graph = SentenceEmbeddingGraph(model).eval()
     was_training = model.training
-    model.eval()
+    graph = SentenceEmbeddingGraph(model).eval()  # shares the model's modules: the model is in eval mode too
     try:
         with torch.no_grad():
             torch.onnx.export(
