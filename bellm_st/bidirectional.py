@@ -175,8 +175,10 @@ class BidirectionalPatch:
 
     def bidirectional_mask(self, attention_type: str, hidden_states: torch.Tensor, incoming: Any) -> Any:
         """The mask a bi-directional layer uses instead of ``incoming``, built once per forward pass."""
-        if incoming is None:  # no padding: nothing to build, and None says nothing about the shape
-            return self._build_mask(attention_type, hidden_states, None)
+        if incoming is None or torch.compiler.is_compiling():
+            # No padding: nothing to build. Compiling: the graph computes the mask once anyway,
+            # and the memo (Python object identity) would make torch.compile re-trace every step.
+            return self._build_mask(attention_type, hidden_states, incoming)
         last = self._last_masks.get(attention_type)
         if last is not None and last[0] is incoming:
             return last[1]

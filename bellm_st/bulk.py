@@ -239,14 +239,8 @@ def encode_bulk(
 
     source.start()
     try:
-        if len(devices) == 1:
-            work(0)
-        else:
-            workers = [threading.Thread(target=work, args=(slot,), daemon=True) for slot in range(len(devices))]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
+        with _attention_without_cudnn():
+            _run_on_devices(work, len(devices))
     finally:
         source.stopped.set()
         source.join()
@@ -258,3 +252,25 @@ def encode_bulk(
     inverse = torch.from_numpy(np.argsort(order, kind="stable")).to(devices[0])
     embeddings = embeddings[inverse]
     return embeddings.cpu().numpy() if convert_to_numpy else embeddings
+
+
+def _attention_without_cudnn():
+    """SDPA without its cuDNN backend, which builds a new plan for every new batch shape.
+
+    Unpadded bulk batches come in many shapes (one per token length), and cuDNN's per-shape plan
+    building costs far more than the attention itself; flash attention has no such set-up.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def _run_on_devices(work, count: int) -> None:
+    if count == 1:
+        work(0)
+        return
+    workers = [threading.Thread(target=work, args=(slot,), daemon=True) for slot in range(count)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()

@@ -208,6 +208,7 @@ def main() -> None:
                     torch.cuda.reset_peak_memory_stats(device)
                 seconds, embeddings = harness.timed(lambda run=function: run(sentences), device)
                 times[name].append(seconds)
+                print(f"  {name} repeat {repeat}: {len(sentences) / seconds:,.0f} sentences/s", flush=True)
                 if repeat == 0:
                     outputs[name] = np.asarray(embeddings)
                     if device.type == "cuda":

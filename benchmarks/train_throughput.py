@@ -50,6 +50,8 @@ def arguments():
                              "checkpointing, torch.compile, LoRA dropout 0, the step's sequences in 4 length-sorted chunks")
     parser.add_argument("--profile", action="store_true",
                         help="profile 3 steps of the first variant and print the top CUDA kernels")
+    parser.add_argument("--static-length", type=int, default=64,
+                        help="-static variants pad every sequence to this many tokens (one shape: compiles once)")
     parser.add_argument("--batch-sizes", default="256", help="triplets per step (per GPU), comma list")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per variant")
     parser.add_argument("--warmup-steps", type=int, default=5)
@@ -64,10 +66,11 @@ def arguments():
 
 def parse_variant(name: str) -> dict[str, Any]:
     parts = name.split("-")
-    if not parts[0].startswith("k") or not parts[0][1:].isdigit() or not set(parts[1:]) <= {"gc", "compile", "nodrop", "sorted"}:
+    if not parts[0].startswith("k") or not parts[0][1:].isdigit() or not set(parts[1:]) <= {"gc", "compile", "nodrop", "sorted", "static"}:
         raise SystemExit(f"variant {name!r} must look like k2, k2-gc, k0-compile, k16-nodrop-sorted")
     return {"layers": int(parts[0][1:]), "checkpointing": "gc" in parts, "compile": "compile" in parts,
-            "dropout": 0.0 if "nodrop" in parts else None, "sorted_chunks": 4 if "sorted" in parts else 1}
+            "dropout": 0.0 if "nodrop" in parts else None, "sorted_chunks": 4 if "sorted" in parts else 1,
+            "static": "static" in parts}
 
 
 def build_model(path: str, variant: dict[str, Any], args, device: torch.device, dtype: torch.dtype):
@@ -85,7 +88,7 @@ def build_model(path: str, variant: dict[str, Any], args, device: torch.device, 
     model = SentenceTransformer(modules=[encoder], device=str(device))
     model.train()
     if variant["compile"]:
-        encoder.auto_model.compile(dynamic=True)
+        encoder.auto_model.compile(dynamic=not variant["static"])
     return model
 
 
@@ -93,10 +96,11 @@ class Prefetcher(threading.Thread):
     """Tokenises the next steps' triplets (all three columns in one padded batch) while the GPU trains."""
 
     def __init__(self, model, triplets: list[tuple[str, str, str]], batch_size: int, steps: int, pin: bool,
-                 chunks: int = 1):
+                 chunks: int = 1, static_length: int | None = None):
         super().__init__(daemon=True)
         self.model, self.triplets, self.batch_size, self.steps, self.pin = model, triplets, batch_size, steps, pin
         self.chunks = chunks
+        self.static_length = static_length
         self.ready: queue.Queue = queue.Queue(maxsize=4)
 
     def run(self) -> None:
@@ -113,6 +117,8 @@ class Prefetcher(threading.Thread):
                     order = np.argsort(lengths, kind="stable")
                     features = [self.model.preprocess([columns[index] for index in part])
                                 for part in np.array_split(order, self.chunks)]
+                if self.static_length:
+                    features = [pad_to(part, self.static_length, self.model.tokenizer) for part in features]
                 if self.pin:
                     features = [{key: value.pin_memory() for key, value in part.items()} for part in features]
                 self.ready.put((features, order))
@@ -124,6 +130,17 @@ class Prefetcher(threading.Thread):
         if isinstance(item, BaseException):
             raise item
         return item
+
+
+def pad_to(features: dict[str, torch.Tensor], length: int, tokenizer) -> dict[str, torch.Tensor]:
+    """Pad (or cut) every tensor to ``length`` tokens on the tokenizer's padding side."""
+    padded = {}
+    for key, value in features.items():
+        value = value[:, :length] if tokenizer.padding_side == "right" else value[:, -length:]
+        fill = tokenizer.pad_token_id if key == "input_ids" else 0
+        extra = torch.full((value.shape[0], length - value.shape[1]), fill, dtype=value.dtype)
+        padded[key] = torch.cat([value, extra] if tokenizer.padding_side == "right" else [extra, value], dim=1)
+    return padded
 
 
 def contrastive_loss(embeddings: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -172,7 +189,7 @@ def run_variant(name: str, batch_size: int, path: str, triplets, args, device, d
     args._profiled = True
     total_steps += 3 if profiling else 0
     prefetcher = Prefetcher(model, shard, batch_size, total_steps, pin=device.type == "cuda",
-                            chunks=variant["sorted_chunks"])
+                            chunks=variant["sorted_chunks"], static_length=args.static_length if variant["static"] else None)
     prefetcher.start()
     lengths, losses, padded = [], [], []
     start = None
