@@ -27,6 +27,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from bellm_st.inputs import validate_texts
+from bellm_st.kernels import attention_without_cudnn
 from bellm_st.module import BeLLMEncoder
 from bellm_st.tokenization import group_by_length
 
@@ -239,7 +240,7 @@ def encode_bulk(
 
     source.start()
     try:
-        with _attention_without_cudnn():
+        with attention_without_cudnn():
             _run_on_devices(work, len(devices))
     finally:
         source.stopped.set()
@@ -252,17 +253,6 @@ def encode_bulk(
     inverse = torch.from_numpy(np.argsort(order, kind="stable")).to(devices[0])
     embeddings = embeddings[inverse]
     return embeddings.cpu().numpy() if convert_to_numpy else embeddings
-
-
-def _attention_without_cudnn():
-    """SDPA without its cuDNN backend, which builds a new plan for every new batch shape.
-
-    Unpadded bulk batches come in many shapes (one per token length), and cuDNN's per-shape plan
-    building costs far more than the attention itself; flash attention has no such set-up.
-    """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _run_on_devices(work, count: int) -> None:

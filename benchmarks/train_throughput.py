@@ -33,6 +33,7 @@ from torch import distributed
 from torch.nn import functional
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
+from bellm_st.kernels import attention_without_cudnn
 from bellm_st.module import BeLLMEncoder
 
 LOSS_SCALE = 20.0
@@ -50,6 +51,8 @@ def arguments():
                              "checkpointing, torch.compile, LoRA dropout 0, the step's sequences in 4 length-sorted chunks")
     parser.add_argument("--profile", action="store_true",
                         help="profile 3 steps of the first variant and print the top CUDA kernels")
+    parser.add_argument("--cudnn-attention", action="store_true",
+                        help="let SDPA use cuDNN (bellm-st turns it off: it re-plans for every batch shape)")
     parser.add_argument("--static-length", type=int, default=64,
                         help="-static variants pad every sequence to this many tokens (one shape: compiles once)")
     parser.add_argument("--batch-sizes", default="256", help="triplets per step (per GPU), comma list")
@@ -279,6 +282,8 @@ def main() -> None:
     result: dict[str, Any] = {"benchmark": "train_throughput", "environment": harness.environment(),
                               "arguments": vars(args), "dtype": str(dtype), "world_size": world, "variants": {}}
     rows = []
+    if not args.cudnn_attention:
+        attention_without_cudnn().__enter__()  # as bellm-st train does; for the whole process
     for batch_size in batch_sizes:
         for name in args.variants.split(","):
             key = f"{name} b{batch_size}"

@@ -23,6 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import bellm_st
 from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs, sts_evaluator
+from bellm_st.kernels import attention_without_cudnn
 from bellm_st.training.data import dataset_name, load_source
 from bellm_st.training.lora import add_lora, encoder_of
 from bellm_st.training.model_card import add_card_section, render_card_section
@@ -208,7 +209,8 @@ def train(
         evaluator=evaluator,
         callbacks=[SaveRecipeCallback(recipe), *(callbacks or [])],
     )
-    outcome = trainer.train(resume_from_checkpoint=resume_from)
+    with attention_without_cudnn():  # cuDNN re-plans attention for every padded batch shape
+        outcome = trainer.train(resume_from_checkpoint=resume_from)
 
     encoder_of(model).max_seq_length = recipe.max_seq_length
     data_rows = {source.path: len(dataset) for source, dataset in zip(recipe.train_data, datasets.values())}

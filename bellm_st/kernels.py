@@ -1,0 +1,26 @@
+"""Attention-kernel choices that keep BeLLM fast on GPUs.
+
+PyTorch may route scaled-dot-product attention to cuDNN on recent NVIDIA GPUs. cuDNN builds an
+execution plan for every new batch shape, and our batches change shape all the time (bulk
+encoding batches by exact token length; training pads each batch to its own longest text), so
+the plan building costs more than the attention: measured on an H100, unpadded bulk batches ran
+8x slower and LoRA training 2x slower with cuDNN than with flash / memory-efficient attention,
+which need no per-shape set-up.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def attention_without_cudnn() -> AbstractContextManager:
+    """SDPA restricted to flash, memory-efficient and math kernels while the block runs.
+
+    The setting is process-wide while active (PyTorch keeps it in global flags), so enter it
+    once around a whole job, not per thread.
+    """
+    return sdpa_kernel(ATTENTION_BACKENDS)
