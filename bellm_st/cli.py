@@ -134,6 +134,10 @@ def train(
     mixture: str = typer.Option(None, help="proportional or round_robin sampling across training files."),
     seed: int = typer.Option(None),
     gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    gather_across_devices: bool = typer.Option(
+        None, "--gather-across-devices/--no-gather-across-devices",
+        help="Under torchrun, use every GPU's texts as negatives (a larger effective batch).",
+    ),
     eval_steps: int = typer.Option(None),
     save_steps: int = typer.Option(None),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUTPUT_DIR/checkpoints."),
@@ -151,7 +155,8 @@ def train(
             batch_size=batch_size, max_steps=max_steps, epochs=epochs, train_max_seq_length=train_max_seq_length,
             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, contrastive_weight=contrastive_weight,
             angle_weight=angle_weight, cosent_weight=cosent_weight, mixture=mixture, seed=seed,
-            gradient_checkpointing=gradient_checkpointing, eval_steps=eval_steps, save_steps=save_steps,
+            gradient_checkpointing=gradient_checkpointing, gather_across_devices=gather_across_devices,
+            eval_steps=eval_steps, save_steps=save_steps,
         )
         result = run_training(settings, output_dir, data_dir=data_dir, resume=resume, device=device)
     except (TypeError, ValueError, FileNotFoundError) as error:

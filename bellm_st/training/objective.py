@@ -43,6 +43,8 @@ class BeLLMLoss(nn.Module):
         model: the SentenceTransformer being trained.
         contrastive_weight, angle_weight, cosent_weight: weights of the parts; 0 turns a part off.
         contrastive_scale, angle_scale, cosent_scale: inverse temperatures (20 in BeLLM/AnglE).
+        gather_across_devices: under distributed training, rank every GPU's texts as negatives in
+            the contrastive part (a larger effective batch); no effect on one device.
     """
 
     def __init__(
@@ -54,13 +56,16 @@ class BeLLMLoss(nn.Module):
         contrastive_scale: float = 20.0,
         angle_scale: float = 20.0,
         cosent_scale: float = 20.0,
+        gather_across_devices: bool = False,
     ):
         super().__init__()
         if min(contrastive_weight, angle_weight, cosent_weight) < 0:
             raise ValueError("loss weights must be >= 0; use 0 to turn a part off")
         self.model = model
         self.weights = {"contrastive": contrastive_weight, "angle": angle_weight, "cosent": cosent_weight}
-        self.contrastive = MultipleNegativesRankingLoss(model, scale=contrastive_scale)
+        self.contrastive = MultipleNegativesRankingLoss(
+            model, scale=contrastive_scale, gather_across_devices=gather_across_devices
+        )
         self.angle = AnglELoss(model, scale=angle_scale)
         self.cosent = CoSENTLoss(model, scale=cosent_scale)
 
@@ -98,6 +103,7 @@ class BeLLMLoss(nn.Module):
             "contrastive_scale": self.contrastive.scale,
             "angle_scale": self.angle.scale,
             "cosent_scale": self.cosent.scale,
+            "gather_across_devices": self.contrastive.gather_across_devices,
         }
 
     @property

@@ -97,6 +97,9 @@ class Recipe:
     contrastive_scale: float = 20.0
     angle_scale: float = 20.0
     cosent_scale: float = 20.0
+    # With several GPUs (torchrun), each GPU's contrastive loss also ranks the other GPUs' texts
+    # as negatives, so N GPUs train like one GPU with an N times larger batch.
+    gather_across_devices: bool = False
     seed: int = 42
     gradient_checkpointing: bool = False
     eval_steps: int = 100

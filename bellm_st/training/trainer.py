@@ -109,6 +109,7 @@ def training_arguments(
         logging_steps=recipe.logging_steps,
         report_to="none",
         use_cpu=use_cpu,
+        ddp_find_unused_parameters=False,  # every LoRA weight is used each step: skip DDP's extra graph walk
     )
 
 
@@ -199,6 +200,7 @@ def train(
         contrastive_scale=recipe.contrastive_scale,
         angle_scale=recipe.angle_scale,
         cosent_scale=recipe.cosent_scale,
+        gather_across_devices=recipe.gather_across_devices,
     )
     train_dataset = next(iter(datasets.values())) if len(datasets) == 1 else DatasetDict(datasets)
     trainer = SentenceTransformerTrainer(

@@ -153,3 +153,24 @@ def test_cli_train_reports_bad_data_with_file_and_line(tiny_model_dir, tmp_path)
                                       "--data-dir", str(tmp_path), "-o", str(tmp_path / "out"), "--device", "cpu"])
     assert result.exit_code == 2
     assert "bad.tsv, line 2" in result.output.replace("\n", "")
+
+
+def test_distributed_training_with_torchrun_splits_the_data_and_gathers_negatives(tiny_model_dir, data_dir, tmp_path):
+    """`torchrun --nproc_per_node 2 -m bellm_st.cli train` (two CPU processes over gloo) trains one model."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "bellm_st.cli", "train",
+               "--base", tiny_model_dir, "--train-data", "triplets.tsv:triplets", "--no-dev", "--data-dir", str(data_dir),
+               "--max-steps", "2", "--save-steps", "2", "--batch-size", "2", "--lora-r", "4", "-k", "2", "--device", "cpu",
+               "--gather-across-devices", "-o", str(out)]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["epoch"] == 2 * 2 * 2 / len(TRIPLETS)  # 2 steps x 2 triplets x 2 processes of the 8 triplets
+    assert Recipe.load(out).gather_across_devices is True
+    lora_b = [value for name, value in adapter_weights(out).items() if "lora_B" in name]
+    assert lora_b and all(value.abs().sum() > 0 for value in lora_b)
