@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
+from tqdm.auto import tqdm
 
 from bellm_st.inputs import validate_texts
 from bellm_st.kernels import attention_without_cudnn
@@ -151,12 +152,16 @@ class _Tokenizer(threading.Thread):
             yield item
 
 
-def _run_batches(model: SentenceTransformer, source: _Tokenizer, normalize: bool) -> tuple[list[np.ndarray], list[torch.Tensor]]:
+def _run_batches(
+    model: SentenceTransformer, source: _Tokenizer, normalize: bool, progress: Any = None
+) -> tuple[list[np.ndarray], list[torch.Tensor]]:
     """Embed every batch the tokenizer thread hands over; returns the batches' indices and embeddings."""
     device = model.device
     indices_done, embeddings_done = [], []
     with torch.inference_mode():
         for indices, features in source.items():
+            if progress is not None:
+                progress.update(len(indices))
             features = {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
                         for key, value in features.items()}
             embeddings = model(features)["sentence_embedding"].float()
@@ -194,6 +199,7 @@ def encode_bulk(
     normalize_embeddings: bool = False,
     prefetch_batches: int = 4,
     convert_to_numpy: bool = True,
+    show_progress_bar: bool = False,
 ) -> np.ndarray | torch.Tensor:
     """Embed many texts with tokenisation overlapped with the forward pass; same vectors as ``model.encode``.
 
@@ -230,10 +236,11 @@ def encode_bulk(
         consumers=len(devices),
     )
     results: list[tuple[list[np.ndarray], list[torch.Tensor]] | BaseException] = [None] * len(devices)  # type: ignore[list-item]
+    progress = tqdm(total=len(texts), unit="text", desc="Encoding") if show_progress_bar else None
 
     def work(slot: int) -> None:
         try:
-            results[slot] = _run_batches(replicas[slot], source, normalize_embeddings)
+            results[slot] = _run_batches(replicas[slot], source, normalize_embeddings, progress)
         except BaseException as error:  # noqa: BLE001 - raised in the caller's thread below
             results[slot] = error
             source.stopped.set()
@@ -245,6 +252,8 @@ def encode_bulk(
     finally:
         source.stopped.set()
         source.join()
+        if progress is not None:
+            progress.close()
     for result in results:
         if isinstance(result, BaseException):
             raise result

@@ -41,11 +41,18 @@ def encode(
     output: Path = typer.Option(None, "--output", "-o", help="Write vectors to .npy or .jsonl instead of stdout."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     prompt_name: str = typer.Option(None, help="Use the model's named prompt, e.g. query or document."),
-    batch_size: int = typer.Option(32, min=1),
+    batch_size: int = typer.Option(
+        None, min=1, help="Texts per batch (default 32 on CPU; on a GPU, unpadded bulk batches of up to 1024)."
+    ),
     normalize: bool = typer.Option(True, help="L2-normalise the vectors."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
+    bulk: bool = typer.Option(None, "--bulk/--no-bulk", help="Use encode_bulk (default: on a GPU)."),
 ) -> None:
-    """Embed texts and print them as JSON lines (or save them)."""
+    """Embed texts and print them as JSON lines (or save them).
+
+    On a GPU the texts go through `encode_bulk` (tokenisation overlapped with the model, batches
+    without padding): the same vectors, 2-2.5x faster on large files.
+    """
     from bellm_st.inputs import validate_texts
 
     try:
@@ -53,13 +60,18 @@ def encode(
     except (TypeError, ValueError) as error:
         _fail(error)
     encoder = _load_model(model, device)
-    vectors = encoder.encode(
-        items,
-        prompt_name=prompt_name,
-        batch_size=batch_size,
-        normalize_embeddings=normalize,
-        show_progress_bar=len(items) > batch_size,
-    )
+    if prompt_name is not None and prompt_name not in encoder.prompts:
+        _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
+    if bulk if bulk is not None else encoder.device.type == "cuda":
+        from bellm_st.bulk import encode_bulk
+
+        size = batch_size or 1024
+        vectors = encode_bulk(encoder, items, batch_size=size, prompt_name=prompt_name,
+                              normalize_embeddings=normalize, show_progress_bar=len(items) > size)
+    else:
+        size = batch_size or 32
+        vectors = encoder.encode(items, prompt_name=prompt_name, batch_size=size, normalize_embeddings=normalize,
+                                 show_progress_bar=len(items) > size)
     if output is not None and output.suffix == ".npy":
         import numpy as np
 

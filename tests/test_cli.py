@@ -39,6 +39,25 @@ def test_encode_reads_a_file_and_writes_npy(saved_tiny_model, tmp_path):
     assert np.load(target).shape == (2, 32)
 
 
+def test_bulk_path_gives_the_same_vectors_as_encode(saved_tiny_model, tmp_path):
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(f"text number {i} {'word ' * (i % 7)}" for i in range(40)) + "\n", encoding="utf-8")
+    vectors = {}
+    for flag in ("--bulk", "--no-bulk"):
+        target = tmp_path / f"{flag}.npy"
+        result = runner.invoke(app, ["encode", "-f", str(source), "-o", str(target), "--batch-size", "8",
+                                     "--model", saved_tiny_model, flag])
+        assert result.exit_code == 0, result.output
+        vectors[flag] = np.load(target)
+    assert vectors["--bulk"].shape == (40, 32)
+    np.testing.assert_allclose(vectors["--bulk"], vectors["--no-bulk"], atol=1e-5)
+
+
+def test_unknown_prompt_name_exits_2(saved_tiny_model):
+    result = runner.invoke(app, ["encode", "text", "--prompt-name", "nope", "--model", saved_tiny_model])
+    assert result.exit_code == 2 and "nope" in result.stdout
+
+
 def test_similarity_prints_a_matrix(saved_tiny_model):
     result = runner.invoke(app, ["similarity", "A man plays guitar.", "Stocks fell.", "--model", saved_tiny_model])
     assert result.exit_code == 0, result.output
