@@ -76,3 +76,26 @@ def test_a_tokenizer_left_padding_or_truncating_by_itself_is_reset(tiny_model_di
     template = Template.parse(DEFAULT_TEMPLATE)
     features = tokenize_with_template(tokenizer, TEXTS[:2], template, 512)
     assert torch.equal(features["input_ids"], reference(tokenizer, TEXTS[:2], template, False)["input_ids"])
+
+
+@pytest.mark.parametrize("append_eos", [False, True])
+def test_flat_batches_without_the_text_mask_and_groups_by_length(tiny_tokenizer, append_eos):
+    from bellm_st.tokenization import group_by_length, tokenize_flat
+
+    template = Template.parse(DEFAULT_TEMPLATE)
+    texts = TEXTS + ["a long text that has to be truncated " * 8]
+    with_mask = tokenize_flat(tiny_tokenizer, texts, template, max_length=40, append_eos=append_eos)
+    without = tokenize_flat(tiny_tokenizer, texts, template, max_length=40, append_eos=append_eos, with_text_mask=False)
+    assert without.text_mask is None
+    assert (without.ids == with_mask.ids).all() and (without.lengths == with_mask.lengths).all()
+    assert with_mask.lengths.max() == 40  # the long text was cut to fit
+    padded = tokenize_with_template(tiny_tokenizer, texts, template, max_length=40, append_eos=append_eos)
+    seen = []
+    for rows, ids, text_mask in group_by_length(with_mask):
+        assert ids.shape == (len(rows), with_mask.lengths[rows[0]])
+        for row, row_ids, row_mask in zip(rows, ids, text_mask):
+            real = padded["attention_mask"][row].bool()
+            assert row_ids.tolist() == padded["input_ids"][row][real].tolist()
+            assert row_mask.astype(int).tolist() == padded["text_mask"][row][real].tolist()
+        seen.extend(rows.tolist())
+    assert sorted(seen) == list(range(len(texts)))
