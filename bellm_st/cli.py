@@ -279,6 +279,9 @@ def export(
 @app.command()
 def serve(
     model: str = typer.Argument(None, help=MODEL_HELP),
+    onnx: Path = typer.Option(
+        None, "--onnx", help="Serve an ONNX export (from `bellm-st export --onnx`) with ONNX Runtime on CPU instead."
+    ),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on; 0.0.0.0 for every interface."),
     port: int = typer.Option(8000, min=0, max=65535),
     api_key: str = typer.Option(
@@ -301,6 +304,12 @@ def serve(
     """Serve the model as an OpenAI-compatible embeddings API (POST /v1/embeddings)."""
     from bellm_st.api import default_model_name
 
+    if onnx is not None and model is not None:
+        _fail(ValueError(f"got both MODEL={model!r} and --onnx {str(onnx)!r}; serve one: drop MODEL or --onnx"))
+    if onnx is not None and device is not None:
+        _fail(ValueError(f"--device {device} does not apply to --onnx (ONNX Runtime runs on CPU); drop --device"))
+    model_source = str(onnx) if onnx is not None else model
+
     try:
         from bellm_st.serving import ServerSettings
         from bellm_st.serving import serve as run_server
@@ -309,7 +318,8 @@ def serve(
 
     try:
         settings = ServerSettings(
-            model_id=served_model_name or (Path(model).name if model and Path(model).is_dir() else model)
+            model_id=served_model_name
+            or (Path(model_source).name if model_source and Path(model_source).is_dir() else model_source)
             or default_model_name(),
             api_key=api_key,
             max_batch_size=max_batch_size,
@@ -325,7 +335,16 @@ def serve(
         )
     except ValueError as error:
         _fail(error)
-    run_server(_load_model(model, device), settings, host=host, port=port, log_level=log_level)
+    if onnx is None:
+        served = _load_model(model, device)
+    else:
+        try:
+            from bellm_st.onnx_export import OnnxEncoder
+
+            served = OnnxEncoder(onnx)
+        except (FileNotFoundError, ImportError) as error:
+            _fail(error)
+    run_server(served, settings, host=host, port=port, log_level=log_level)
 
 
 def main() -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import uvicorn
-from sentence_transformers import SentenceTransformer
 
 from bellm_st.serving.app import create_app
-from bellm_st.serving.embedder import Embedder
+from bellm_st.serving.embedder import Embedder, ServedModel
 from bellm_st.serving.settings import ServerSettings
 
 
 def uvicorn_server(
-    model: SentenceTransformer | Embedder,
+    model: ServedModel | Embedder,
     settings: ServerSettings,
     *,
     host: str = "127.0.0.1",
@@ -32,7 +31,7 @@ def uvicorn_server(
 
 
 def serve(
-    model: SentenceTransformer | Embedder,
+    model: ServedModel | Embedder,
     settings: ServerSettings,
     *,
     host: str = "127.0.0.1",

@@ -1,4 +1,4 @@
-"""Fixtures: the tiny BeLLM model and a real server (default limits) on loopback."""
+"""Fixtures: the tiny BeLLM model, a real server (default limits) on loopback, a CLI that records what it would serve."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 import bellm_st
+import bellm_st.cli
+import bellm_st.serving
 from bellm_st.serving import ServerSettings
 
 from .serving_support import MODEL_ID, QUERY_TEMPLATE, LiveServer, live_server
@@ -23,3 +25,20 @@ def server(served_model) -> Iterator[LiveServer]:
     """A server with default limits and no authentication."""
     with live_server(served_model, ServerSettings(model_id=MODEL_ID)) as running:
         yield running
+
+
+@pytest.fixture()
+def captured(monkeypatch, served_model):
+    """Record what ``serve`` would load and run, instead of loading a model and listening."""
+    calls = {}
+
+    def load_model(model, device):
+        calls["model_argument"], calls["device"] = model, device
+        return served_model
+
+    def serve(model, settings, *, host, port, log_level):
+        calls.update(model=model, settings=settings, host=host, port=port)
+
+    monkeypatch.setattr(bellm_st.cli, "_load_model", load_model)
+    monkeypatch.setattr(bellm_st.serving, "serve", serve)
+    return calls

@@ -5,29 +5,10 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-import bellm_st.cli
-import bellm_st.serving
 from bellm_st.api import default_model_name
 from bellm_st.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def captured(monkeypatch, served_model):
-    """Record what ``serve`` would load and run, instead of loading a model and listening."""
-    calls = {}
-
-    def load_model(model, device):
-        calls["model_argument"], calls["device"] = model, device
-        return served_model
-
-    def serve(model, settings, *, host, port, log_level):
-        calls.update(model=model, settings=settings, host=host, port=port)
-
-    monkeypatch.setattr(bellm_st.cli, "_load_model", load_model)
-    monkeypatch.setattr(bellm_st.serving, "serve", serve)
-    return calls
 
 
 def test_no_model_serves_the_shipped_default(captured, served_model):
