@@ -87,3 +87,22 @@ def test_a_patched_model_pickles_and_stays_bidirectional():
         assert torch.allclose(copy(input_ids=ids, attention_mask=mask).last_hidden_state, expected, atol=1e-6)
         copy._bellm_patch.remove()
         assert not torch.allclose(copy(input_ids=ids, attention_mask=mask).last_hidden_state, expected, atol=1e-3)
+
+
+def test_bulk_encoding_runs_with_cudnn_attention_off_and_restores_it(tiny_model, monkeypatch):
+    """cuDNN re-plans attention for every batch shape; bulk encoding must not use it, and must put it back."""
+    from bellm_st.bulk import encode_bulk
+
+    seen = []
+    original = tiny_model[0].forward
+
+    def forward(features, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return original(features, **kwargs)
+
+    monkeypatch.setattr(tiny_model[0], "forward", forward)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    encode_bulk(tiny_model, ["a first text", "a second, longer text here"], batch_size=1)
+    assert seen and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
