@@ -36,9 +36,14 @@ _DONE = object()
 TOKENIZE_CHUNK = 16_384  # texts per tokenizer call: large enough to keep every core busy and fill buckets
 
 
+def _longest_first(texts: list[str]) -> np.ndarray:
+    """Indices of ``texts`` by character length, longest first (ties keep their order)."""
+    return np.argsort(-np.fromiter((len(text) for text in texts), dtype=np.int64, count=len(texts)), kind="stable")
+
+
 def _length_sorted_batches(texts: list[str], batch_size: int) -> list[np.ndarray]:
     """Indices of texts grouped longest first, so each batch holds texts of similar length (little padding)."""
-    order = np.argsort(-np.fromiter((len(text) for text in texts), dtype=np.int64, count=len(texts)), kind="stable")
+    order = _longest_first(texts)
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
@@ -69,9 +74,12 @@ def _unpadded_batches(
     token lengths; rows of one length wait in a bucket until it holds a full batch, and the
     buckets' remainders go last.
     """
-    order = np.argsort(-np.fromiter((len(text) for text in texts), dtype=np.int64, count=len(texts)), kind="stable")
+    order = _longest_first(texts)
     buckets: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = {}
     filled: dict[int, int] = {}
+
+    def rows_per_batch(length: int) -> int:
+        return max(1, min(batch_size, max_batch_tokens // length))
 
     def flush(length: int):
         parts = buckets.pop(length)
@@ -79,7 +87,7 @@ def _unpadded_batches(
         indices = np.concatenate([part[0] for part in parts])
         ids = np.concatenate([part[1] for part in parts])
         text_mask = None if parts[0][2] is None else np.concatenate([part[2] for part in parts])
-        rows = max(1, min(batch_size, max_batch_tokens // length))
+        rows = rows_per_batch(length)
         for start in range(0, len(indices), rows):
             features = {
                 "input_ids": torch.from_numpy(ids[start : start + rows]),
@@ -97,7 +105,7 @@ def _unpadded_batches(
             length = ids.shape[1]
             buckets.setdefault(length, []).append((chunk[rows], ids, text_mask))
             filled[length] = filled.get(length, 0) + len(rows)
-            if filled[length] >= max(1, min(batch_size, max_batch_tokens // length)):
+            if filled[length] >= rows_per_batch(length):
                 yield from flush(length)
     for length in sorted(buckets, reverse=True):
         yield from flush(length)

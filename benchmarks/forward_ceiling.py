@@ -91,7 +91,8 @@ def main() -> None:
                     harness.synchronize(device)
                     seconds = (time.perf_counter() - started) / args.steps
                     if args.profile and name == "eager":
-                        result["profile_top_kernels"] = profile(lambda: forward(network, padding_free), device)
+                        result["profile_top_kernels"] = harness.profile_top_ops(
+                            lambda: forward(network, padding_free), device, steps=2, rows=20)
             finally:
                 if name.startswith("compile"):
                     encoder.auto_model = original
@@ -109,21 +110,6 @@ def main() -> None:
                                "cosine_to_first_min"],
                         title=f"forward only, {args.rows} x {args.length} tokens, k={args.layers}, {dtype}")
     harness.write_result("forward_ceiling", result, args.out)
-
-
-def profile(step, device: torch.device, steps: int = 2) -> list[dict[str, Any]]:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch_profile(activities=activities) as profiler:
-        for _ in range(steps):
-            step()
-        harness.synchronize(device)
-    sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(profiler.key_averages().table(sort_by=sort_key, row_limit=20, max_name_column_width=70), flush=True)
-    events = sorted(profiler.key_averages(), key=lambda event: getattr(event, sort_key, 0), reverse=True)[:20]
-    return [{"name": event.key, "calls": event.count, "self_ms": getattr(event, sort_key, 0) / 1000 / steps}
-            for event in events]
 
 
 if __name__ == "__main__":

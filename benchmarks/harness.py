@@ -139,6 +139,25 @@ def timed(function: Callable[[], Any], device: torch.device | str) -> tuple[floa
     return time.perf_counter() - start, result
 
 
+def profile_top_ops(step: Callable[[], Any], device: torch.device, steps: int, rows: int = 25) -> list[dict[str, Any]]:
+    """Run ``step`` ``steps`` times under torch.profiler; print and return the ops with the most self time.
+
+    Device time on a GPU, CPU time otherwise, per step in milliseconds.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(profiler.key_averages().table(sort_by=sort_key, row_limit=rows, max_name_column_width=70), flush=True)
+    events = sorted(profiler.key_averages(), key=lambda event: getattr(event, sort_key, 0), reverse=True)[:rows]
+    return [{"name": event.key, "calls": event.count, "self_ms": getattr(event, sort_key, 0) / 1000 / steps}
+            for event in events]
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 

@@ -154,26 +154,13 @@ def contrastive_loss(embeddings: torch.Tensor, batch_size: int) -> torch.Tensor:
     return functional.cross_entropy(scores, torch.arange(batch_size, device=scores.device))
 
 
-def profile_steps(prefetcher, train_step, device: torch.device, steps: int) -> list[dict[str, Any]]:
-    """Profile a few training steps and return the operators that took the most device (or CPU) time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as profiler:
-        for _ in range(steps):
-            parts, order = prefetcher.next()
-            parts = [{key: value.to(device, non_blocking=True) for key, value in part.items()} for part in parts]
-            train_step(parts, order)
-        harness.synchronize(device)
-    sort_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    table = profiler.key_averages().table(sort_by=sort_key, row_limit=25)
-    print(table, flush=True)
-    events = sorted(profiler.key_averages(), key=lambda event: getattr(event, sort_key, 0), reverse=True)[:25]
-    return [{"name": event.key, "calls": event.count, "self_ms": getattr(event, sort_key, 0) / 1000 / steps}
-            for event in events]
+def to_device(parts: list[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:
+    return [{key: value.to(device, non_blocking=True) for key, value in part.items()} for part in parts]
 
 
-def run_variant(name: str, batch_size: int, path: str, triplets, args, device, dtype, world: int) -> dict[str, Any]:
+def run_variant(
+    name: str, batch_size: int, path: str, triplets, args, device, dtype, world: int, profiling: bool = False
+) -> dict[str, Any]:
     variant = parse_variant(name)
     if world > 1 and variant["sorted_chunks"] > 1:
         raise SystemExit("the -sorted variant runs several forwards per step, which DDP does not allow; use one GPU")
@@ -188,8 +175,6 @@ def run_variant(name: str, batch_size: int, path: str, triplets, args, device, d
     rank = distributed.get_rank() if world > 1 else 0
     shard = triplets[rank::world] if world > 1 else triplets
     total_steps = args.warmup_steps + args.steps
-    profiling = args.profile and not getattr(args, "_profiled", False)
-    args._profiled = True
     total_steps += 3 if profiling else 0
     prefetcher = Prefetcher(model, shard, batch_size, total_steps, pin=device.type == "cuda",
                             chunks=variant["sorted_chunks"], static_length=args.static_length if variant["static"] else None)
@@ -217,7 +202,7 @@ def run_variant(name: str, batch_size: int, path: str, triplets, args, device, d
                 torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
         parts, order = prefetcher.next()
-        parts = [{key: value.to(device, non_blocking=True) for key, value in part.items()} for part in parts]
+        parts = to_device(parts, device)
         if step >= args.warmup_steps:
             lengths.extend(part["attention_mask"].sum(1) for part in parts)
             padded.append(sum(part["input_ids"].numel() for part in parts))
@@ -228,7 +213,11 @@ def run_variant(name: str, batch_size: int, path: str, triplets, args, device, d
     seconds = time.perf_counter() - start
     kernels = None
     if profiling:
-        kernels = profile_steps(prefetcher, train_step, device, steps=3)
+        def profiled_step():
+            parts, order = prefetcher.next()
+            train_step(to_device(parts, device), order)
+
+        kernels = harness.profile_top_ops(profiled_step, device, steps=3)
     prefetcher.join()
     token_lengths = torch.cat(lengths).cpu().numpy()
     parameters = harness.non_embedding_parameters(model[0].decoder)
@@ -288,7 +277,8 @@ def main() -> None:
         for name in args.variants.split(","):
             key = f"{name} b{batch_size}"
             with harness.recorded_failure(result, key):
-                row = run_variant(name, batch_size, path, triplets, args, device, dtype, world)
+                row = run_variant(name, batch_size, path, triplets, args, device, dtype, world,
+                                  profiling=args.profile and not rows and not result.get("errors"))
                 result["variants"][key] = row
                 rows.append(row)
                 if is_main:
