@@ -62,7 +62,8 @@ def encode(
     encoder = _load_model(model, device)
     if prompt_name is not None and prompt_name not in encoder.prompts:
         _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
-    if bulk if bulk is not None else encoder.device.type == "cuda":
+    use_bulk = encoder.device.type == "cuda" if bulk is None else bulk
+    if use_bulk:
         from bellm_st.bulk import encode_bulk
 
         size = batch_size or 1024
