@@ -115,6 +115,26 @@ def key_padding_mask(incoming_mask: Any, batch_size: int, key_length: int) -> to
     return keys.expand(batch_size, key_length) if keys.shape[0] == 1 else keys
 
 
+def same_sequence_function(incoming_mask: torch.Tensor, keys: torch.Tensor, batch_size: int, length: int):
+    """A mask function keeping each query inside the sequence the model's own mask put it in.
+
+    When several texts are packed into one row (position ids restarting at 0, no padding mask),
+    transformers builds a block-diagonal causal mask: a token may attend to earlier tokens of
+    its own text only. The bi-directional version of that is "same text, either direction":
+    query ``q`` and key ``k`` belong together exactly when the causal mask lets one of them see
+    the other. For an ordinary padded batch this allows every pair of real tokens, so the mask
+    is the plain padding mask, as before. Padding queries keep attending to every real key, so
+    no row of the mask is empty (an empty row makes some kernels return NaN).
+    """
+    allowed = incoming_mask if incoming_mask.dtype == torch.bool else incoming_mask == 0
+    allowed = allowed.any(dim=1).expand(batch_size, length, length)  # (batch, queries, keys), heads merged
+
+    def inner_mask(batch_idx, head_idx, q_idx, kv_idx):
+        return allowed[batch_idx, q_idx, kv_idx] | allowed[batch_idx, kv_idx, q_idx] | ~keys[batch_idx, q_idx]
+
+    return inner_mask
+
+
 class _LayerHook:
     """The forward pre-hook of one bi-directional layer.
 
@@ -189,12 +209,16 @@ class BidirectionalPatch:
     def _build_mask(self, attention_type: str, hidden_states: torch.Tensor, incoming: Any) -> Any:
         batch_size, length = hidden_states.shape[:2]
         padding = key_padding_mask(incoming, batch_size, length)
-        if attention_type == SLIDING_ATTENTION:
-            return masking_utils.create_bidirectional_sliding_window_mask(
-                config=self._config, inputs_embeds=hidden_states, attention_mask=padding
-            )
-        return masking_utils.create_bidirectional_mask(
-            config=self._config, inputs_embeds=hidden_states, attention_mask=padding
+        same_sequence = None
+        if isinstance(incoming, torch.Tensor) and incoming.ndim == 4:  # padded or packed rows
+            same_sequence = same_sequence_function(incoming, padding, batch_size, length)
+        create = (
+            masking_utils.create_bidirectional_sliding_window_mask
+            if attention_type == SLIDING_ATTENTION
+            else masking_utils.create_bidirectional_mask
+        )
+        return create(
+            config=self._config, inputs_embeds=hidden_states, attention_mask=padding, and_mask_function=same_sequence
         )
 
     def remove(self) -> None:

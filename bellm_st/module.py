@@ -20,6 +20,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from bellm_st.bidirectional import BidirectionalLayers, find_decoder_layers, make_bidirectional
 from bellm_st.inputs import validate_texts
+from bellm_st.packing import PACKED_FEATURE, pack_rows, unpack_states
 from bellm_st.pooling import PoolingMode, check_pooling, pool
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
 from bellm_st.tokenization import TokenizedBatch, tokenize_flat, tokenize_with_template
@@ -74,6 +75,9 @@ class BeLLMEncoder(InputModule):
         max_seq_length: token budget; longer texts are truncated, the template never.
         model_kwargs: passed to ``AutoModel.from_pretrained`` (``dtype``, ``attn_implementation``...).
         backbone, tokenizer: already-loaded objects to use instead of loading from the path.
+        packing_row_length: pack texts end to end into rows of this many tokens instead of padding
+            each to the longest (same embeddings, no compute on padding; see :mod:`bellm_st.packing`).
+            A run-time choice, not saved with the model; ``bellm-st train`` turns it on.
     """
 
     config_file_name = CONFIG_FILE
@@ -92,6 +96,7 @@ class BeLLMEncoder(InputModule):
         model_kwargs: dict[str, Any] | None = None,
         backbone: PreTrainedModel | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        packing_row_length: int | None = None,
     ):
         super().__init__()
         Template.parse(template)
@@ -111,6 +116,7 @@ class BeLLMEncoder(InputModule):
         self.auto_model = backbone
         self.tokenizer = prepare_tokenizer(tokenizer, max_seq_length)
         self.bidirectional_layers = bidirectional_layers
+        self.packing_row_length = packing_row_length
 
     # -- the bi-directional layer choice -------------------------------------------------------
     @property
@@ -141,8 +147,21 @@ class BeLLMEncoder(InputModule):
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     # -- sentence-transformers contract -------------------------------------------------------
+    @property
+    def packing_row_length(self) -> int | None:
+        return self._packing_row_length
+
+    @packing_row_length.setter
+    def packing_row_length(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"packing_row_length={value!r} must be None (pad each batch) or a positive int, e.g. 256")
+        self._packing_row_length = value
+
     def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
-        return preprocess_texts(self.tokenizer, inputs, self.template, prompt, self.max_seq_length, self.append_eos)
+        if self.packing_row_length is None:
+            return preprocess_texts(self.tokenizer, inputs, self.template, prompt, self.max_seq_length, self.append_eos)
+        batch = self.tokenize_unpadded(validate_texts(inputs, where="texts"), prompt)
+        return pack_rows(batch, self.packing_row_length, self.tokenizer.pad_token_id)
 
     def tokenize_unpadded(self, texts: Sequence[str], prompt: str | None = None) -> TokenizedBatch:
         """Tokenise like :meth:`preprocess` but leave the batch flat and unpadded (for bulk encoding).
@@ -158,9 +177,16 @@ class BeLLMEncoder(InputModule):
     def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
         # A batch known on the host to hold no padding (bulk encoding) passes no mask: the model
         # then never inspects the mask on the device, which would stall the host once per batch.
-        attention_mask = None if features.get("padding_free") is True else features["attention_mask"]
-        outputs = self.auto_model(input_ids=features["input_ids"], attention_mask=attention_mask, use_cache=False)
-        token_embeddings = outputs.last_hidden_state
+        if PACKED_FEATURE in features:
+            # No padding mask: transformers reads the text boundaries from the restarting position ids.
+            outputs = self.auto_model(
+                input_ids=features["input_ids"], position_ids=features["position_ids"], use_cache=False
+            )
+            token_embeddings = unpack_states(outputs.last_hidden_state, features[PACKED_FEATURE])
+        else:
+            attention_mask = None if features.get("padding_free") is True else features["attention_mask"]
+            outputs = self.auto_model(input_ids=features["input_ids"], attention_mask=attention_mask, use_cache=False)
+            token_embeddings = outputs.last_hidden_state
         embedding = pool(token_embeddings, features["attention_mask"], features.get("text_mask"), self.pooling)
         if self.normalize:
             embedding = torch.nn.functional.normalize(embedding, p=2, dim=-1)

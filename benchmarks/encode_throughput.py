@@ -26,6 +26,7 @@ import torch
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
 from bellm_st.bulk import _unpadded_batches, encode_bulk, replicate
+from bellm_st.kernels import compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template
 
@@ -49,6 +50,8 @@ def arguments():
     parser.add_argument("--skip-st-encode", action="store_true", help="only the encode_bulk path for our module")
     parser.add_argument("--compile", action="store_true", help="add ours k=max with torch.compile (bulk path)")
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    parser.add_argument("--compile-layers", action="store_true",
+                        help="add ours k=max with each decoder layer compiled (regional compilation, bulk path)")
     parser.add_argument("--devices", default=None, help="e.g. cuda:0,cuda:1: add multi-device encoding variants")
     parser.add_argument("--check-fp32", type=int, default=1000, help="sentences compared with an fp32 reference (0: skip)")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -174,6 +177,16 @@ def main() -> None:
             print(f"torch.compile warm-up (whole workload once): {seconds:.1f} s", flush=True)
             variants[f"ours-k{top}-bulk-compiled"] = lambda texts: encode_bulk(
                 compiled, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens)
+    if args.compile_layers:
+        with harness.recorded_failure(result, "compile-layers"):
+            regional = our_model(path, top, dtype, args.attn, args.device, args.pooling)
+            compile_decoder_layers(regional[0].decoder)
+            seconds, _ = harness.timed(lambda: encode_bulk(regional, sentences, batch_size=args.bulk_batch_size,
+                                                           max_batch_tokens=args.bulk_max_tokens), device)
+            result["compile_layers_warmup_seconds"] = seconds
+            print(f"per-layer torch.compile warm-up (whole workload once): {seconds:.1f} s", flush=True)
+            variants[f"ours-k{top}-bulk-compiled-layers"] = lambda texts: encode_bulk(
+                regional, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens)
     pool = None
     if args.devices:
         devices = args.devices.split(",")
@@ -237,9 +250,10 @@ def main() -> None:
         rows.append(row)
     result["ratios"] = ratios(result["variants"], layer_counts, outputs)
     with harness.recorded_failure(result, "fp32 reference"):
-        if args.check_fp32 and dtype != torch.float32 and f"ours-k{top}-bulk" in outputs:
-            result["fp32_reference"] = fp32_agreement(path, top, args, sentences[: args.check_fp32],
-                                                      outputs[f"ours-k{top}-bulk"][: args.check_fp32])
+        compared = {name: output[: args.check_fp32] for name, output in outputs.items()
+                    if name.startswith(f"ours-k{top}-bulk")}
+        if args.check_fp32 and dtype != torch.float32 and compared:
+            result["fp32_reference"] = fp32_agreement(path, top, args, sentences[: args.check_fp32], compared)
     if pool is not None:
         with harness.recorded_failure(result, "stop pool"):
             ours.stop_multi_process_pool(pool)
@@ -283,14 +297,19 @@ def ratios(variants: dict[str, dict], layer_counts: list[int], outputs: dict[str
     return found
 
 
-def fp32_agreement(path: str, layers: int, args, sentences: list[str], low_precision: np.ndarray) -> dict[str, float]:
-    """How far the low-precision embeddings are from fp32 ones, and whether the fp32 run has NaNs."""
+def fp32_agreement(
+    path: str, layers: int, args, sentences: list[str], low_precision: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """How far each variant's low-precision embeddings are from one fp32 reference, and whether they hold NaNs."""
     reference_model = our_model(path, layers, torch.float32, args.attn, args.device, args.pooling)
     reference = reference_model.encode(sentences, batch_size=args.batch_size)
     del reference_model
-    cosine = harness.cosine_rows(low_precision, reference)
-    return {"cosine_min": float(cosine.min()), "cosine_mean": float(cosine.mean()),
-            "finite": bool(np.isfinite(low_precision).all())}
+    found = {}
+    for name, output in low_precision.items():
+        cosine = harness.cosine_rows(output, reference)
+        found[name] = {"cosine_min": float(cosine.min()), "cosine_mean": float(cosine.mean()),
+                       "finite": bool(np.isfinite(output).all())}
+    return found
 
 
 if __name__ == "__main__":

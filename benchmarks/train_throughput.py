@@ -29,12 +29,14 @@ from typing import Any
 import harness
 import numpy as np
 import torch
+from peft.helpers import disable_input_dtype_casting
 from torch import distributed
 from torch.nn import functional
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
-from bellm_st.kernels import attention_without_cudnn
+from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
+from bellm_st.packing import DEFAULT_ROW_LENGTH
 
 LOSS_SCALE = 20.0
 
@@ -47,8 +49,11 @@ def arguments():
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--pooling", default=DEFAULT_POOLING)
     parser.add_argument("--variants", default=f"k{DEFAULT_BIDIRECTIONAL_LAYERS},k{DEFAULT_BIDIRECTIONAL_LAYERS}-gc,k0",
-                        help="comma list of k<layers>[-gc][-compile][-nodrop][-sorted]: bi-directional layers, gradient "
-                             "checkpointing, torch.compile, LoRA dropout 0, the step's sequences in 4 length-sorted chunks")
+                        help="comma list of k<layers>[-gc][-compile][-rcompile][-nodrop][-sorted][-static][-packed][-nocast]: "
+                             "bi-directional layers, gradient checkpointing, torch.compile of the model or of each layer, "
+                             "LoRA dropout 0, the step's sequences in 4 length-sorted chunks, one padded shape, texts "
+                             "packed into rows (no padding), LoRA inputs left in bf16 (peft's input casting off)")
+    parser.add_argument("--packing-row-length", type=int, default=DEFAULT_ROW_LENGTH, help="row length of -packed variants")
     parser.add_argument("--profile", action="store_true",
                         help="profile 3 steps of the first variant and print the top CUDA kernels")
     parser.add_argument("--cudnn-attention", action="store_true",
@@ -69,11 +74,15 @@ def arguments():
 
 def parse_variant(name: str) -> dict[str, Any]:
     parts = name.split("-")
-    if not parts[0].startswith("k") or not parts[0][1:].isdigit() or not set(parts[1:]) <= {"gc", "compile", "nodrop", "sorted", "static"}:
+    options = {"gc", "compile", "rcompile", "nodrop", "sorted", "static", "packed", "nocast"}
+    if not parts[0].startswith("k") or not parts[0][1:].isdigit() or not set(parts[1:]) <= options:
         raise SystemExit(f"variant {name!r} must look like k2, k2-gc, k0-compile, k16-nodrop-sorted")
+    if "packed" in parts and ({"sorted", "static"} & set(parts)):
+        raise SystemExit(f"variant {name!r}: -packed has no padding to sort or fix; leave out -sorted and -static")
     return {"layers": int(parts[0][1:]), "checkpointing": "gc" in parts, "compile": "compile" in parts,
             "dropout": 0.0 if "nodrop" in parts else None, "sorted_chunks": 4 if "sorted" in parts else 1,
-            "static": "static" in parts}
+            "static": "static" in parts, "packed": "packed" in parts, "nocast": "nocast" in parts,
+            "compile_layers": "rcompile" in parts}
 
 
 def build_model(path: str, variant: dict[str, Any], args, device: torch.device, dtype: torch.dtype):
@@ -81,7 +90,8 @@ def build_model(path: str, variant: dict[str, Any], args, device: torch.device, 
     from sentence_transformers import SentenceTransformer
 
     encoder = BeLLMEncoder(path, bidirectional_layers=variant["layers"], pooling=args.pooling,
-                           model_kwargs={"dtype": dtype, "attn_implementation": args.attn})
+                           model_kwargs={"dtype": dtype, "attn_implementation": args.attn},
+                           packing_row_length=args.packing_row_length if variant["packed"] else None)
     if variant["checkpointing"]:
         encoder.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     dropout = args.lora_dropout if variant["dropout"] is None else variant["dropout"]
@@ -92,6 +102,8 @@ def build_model(path: str, variant: dict[str, Any], args, device: torch.device, 
     model.train()
     if variant["compile"]:
         encoder.auto_model.compile(dynamic=not variant["static"])
+    if variant["compile_layers"]:
+        compile_decoder_layers(encoder.decoder, dynamic=not variant["static"])
     return model
 
 
@@ -183,12 +195,12 @@ def run_variant(
     start = None
 
     def train_step(parts, order):
-        with autocast:
+        with autocast, disable_input_dtype_casting(model[0].auto_model, active=variant["nocast"]):
             embeddings = torch.cat([network(part)["sentence_embedding"] for part in parts])
             if order is not None:
                 embeddings = embeddings[torch.from_numpy(np.argsort(order)).to(device)]
             loss = contrastive_loss(embeddings, batch_size)
-        loss.backward()
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bellm_st.packing import DEFAULT_ROW_LENGTH
 from bellm_st.pooling import check_pooling
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template
 
@@ -101,6 +102,9 @@ class Recipe:
     # as negatives, so N GPUs train like one GPU with an N times larger batch.
     gather_across_devices: bool = False
     seed: int = 42
+    # Texts of a batch go end to end into rows of this many tokens instead of being padded to the
+    # longest (same gradients; ~3x fewer tokens on NLI). 0 pads as sentence-transformers does.
+    packing_row_length: int = DEFAULT_ROW_LENGTH
     gradient_checkpointing: bool = False
     eval_steps: int = 100
     save_steps: int = 100
@@ -120,6 +124,8 @@ class Recipe:
         for name in ("batch_size", "lora_r", "train_max_seq_length", "max_seq_length", "eval_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
+        if isinstance(self.packing_row_length, bool) or not isinstance(self.packing_row_length, int) or self.packing_row_length < 0:
+            raise ValueError(f"packing_row_length={self.packing_row_length!r} must be 0 (pad) or a positive token count, e.g. 256")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate} must be positive, e.g. 2e-4")
         if not 0 <= self.warmup_ratio < 1:

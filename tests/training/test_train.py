@@ -189,3 +189,33 @@ def test_training_runs_with_cudnn_attention_off(tiny_model_dir, data_dir, tmp_pa
     train(tiny_recipe(tiny_model_dir, max_steps=2), tmp_path / "out", data_dir=data_dir, device="cpu", callbacks=[recorder])
     assert recorder.seen == [False, False]
     assert torch.backends.cuda.cudnn_sdp_enabled()  # restored afterwards
+
+
+def test_packed_training_learns_what_padded_training_learns(tiny_model_dir, data_dir, tmp_path):
+    """Packing changes how texts are laid out, not the gradients: the adapters end up the same."""
+    padded = train(tiny_recipe(tiny_model_dir, packing_row_length=0, max_steps=3, save_steps=3), tmp_path / "padded",
+                   data_dir=data_dir, device="cpu")
+    packed = train(tiny_recipe(tiny_model_dir, packing_row_length=128, max_steps=3, save_steps=3), tmp_path / "packed",
+                   data_dir=data_dir, device="cpu")
+    assert packed.training_loss == pytest.approx(padded.training_loss, rel=1e-4)
+    expected, found = adapter_weights(tmp_path / "padded"), adapter_weights(tmp_path / "packed")
+    assert expected.keys() == found.keys()
+    for name in expected:
+        assert torch.allclose(found[name], expected[name], atol=1e-4), name
+    # the saved model pads again at inference (packing is a run-time choice)
+    assert SentenceTransformer(str(tmp_path / "packed"), trust_remote_code=True, device="cpu")[0].packing_row_length is None
+
+
+def test_resume_accepts_a_changed_packing_row_length(tiny_model_dir, data_dir, tmp_path):
+    recipe = tiny_recipe(tiny_model_dir, packing_row_length=0, max_steps=4)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "out", data_dir=data_dir, device="cpu", callbacks=[StopAtStep(3)])
+    result = train(recipe.with_changes(packing_row_length=256), tmp_path / "out", data_dir=data_dir,
+                   resume=True, device="cpu")
+    assert result.global_step == 4
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_recipe_refuses_a_bad_packing_row_length(value):
+    with pytest.raises(ValueError, match="packing_row_length"):
+        Recipe(packing_row_length=value)
