@@ -47,6 +47,9 @@ def encode(
     normalize: bool = typer.Option(True, help="L2-normalise the vectors."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
     bulk: bool = typer.Option(None, "--bulk/--no-bulk", help="Use encode_bulk (default: on a GPU)."),
+    compile_layers: bool = typer.Option(
+        False, "--compile", help="torch.compile each decoder layer first: ~20 s of warm-up, then faster on large files."
+    ),
 ) -> None:
     """Embed texts and print them as JSON lines (or save them).
 
@@ -63,6 +66,13 @@ def encode(
     if prompt_name is not None and prompt_name not in encoder.prompts:
         _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
     use_bulk = encoder.device.type == "cuda" if bulk is None else bulk
+    if compile_layers:
+        from bellm_st.kernels import compile_decoder_layers
+        from bellm_st.module import BeLLMEncoder
+
+        if not isinstance(encoder[0], BeLLMEncoder):
+            _fail(ValueError(f"--compile works on BeLLM models; {model!r} starts with {type(encoder[0]).__name__}"))
+        compile_decoder_layers(encoder[0].decoder)
     if use_bulk:
         from bellm_st.bulk import encode_bulk
 

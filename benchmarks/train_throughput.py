@@ -18,6 +18,7 @@ CPU smoke: python benchmarks/train_throughput.py --device cpu --batch-sizes 4 --
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -283,18 +284,20 @@ def main() -> None:
     result: dict[str, Any] = {"benchmark": "train_throughput", "environment": harness.environment(),
                               "arguments": vars(args), "dtype": str(dtype), "world_size": world, "variants": {}}
     rows = []
-    if not args.cudnn_attention:
-        attention_without_cudnn().__enter__()  # as bellm-st train does; for the whole process
-    for batch_size in batch_sizes:
-        for name in args.variants.split(","):
-            key = f"{name} b{batch_size}"
-            with harness.recorded_failure(result, key):
-                row = run_variant(name, batch_size, path, triplets, args, device, dtype, world,
-                                  profiling=args.profile and not rows and not result.get("errors"))
-                result["variants"][key] = row
-                rows.append(row)
-                if is_main:
-                    print(f"{key}: {row['triplets_per_s']:,.0f} triplets/s, peak {row['peak_memory_gib']} GiB", flush=True)
+    # As bellm-st train does. A `with` block: a context manager entered by hand and dropped is
+    # finalised at once, which silently restored cuDNN in earlier versions of this script.
+    with contextlib.nullcontext() if args.cudnn_attention else attention_without_cudnn():
+        for batch_size in batch_sizes:
+            for name in args.variants.split(","):
+                key = f"{name} b{batch_size}"
+                with harness.recorded_failure(result, key):
+                    row = run_variant(name, batch_size, path, triplets, args, device, dtype, world,
+                                      profiling=args.profile and not rows and not result.get("errors"))
+                    result["variants"][key] = row
+                    rows.append(row)
+                    if is_main:
+                        print(f"{key}: {row['triplets_per_s']:,.0f} triplets/s, peak {row['peak_memory_gib']} GiB",
+                              flush=True)
     if args.baseline and is_main:
         with harness.recorded_failure(result, "baseline"):
             with open(args.baseline, encoding="utf-8") as baseline:

@@ -53,6 +53,20 @@ def test_bulk_path_gives_the_same_vectors_as_encode(saved_tiny_model, tmp_path):
     np.testing.assert_allclose(vectors["--bulk"], vectors["--no-bulk"], atol=1e-5)
 
 
+def test_compiled_layers_give_the_same_vectors(saved_tiny_model, tmp_path):
+    """`--compile` (torch.compile per decoder layer, dynamic shapes) changes speed, not the vectors."""
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(f"text number {i} {'word ' * (i % 5)}" for i in range(20)) + "\n", encoding="utf-8")
+    vectors = {}
+    for flags in (["--bulk", "--compile"], ["--no-bulk"]):
+        target = tmp_path / f"{flags[-1]}.npy"
+        result = runner.invoke(app, ["encode", "-f", str(source), "-o", str(target), "--batch-size", "8",
+                                     "--model", saved_tiny_model, *flags])
+        assert result.exit_code == 0, result.output
+        vectors[flags[-1]] = np.load(target)
+    np.testing.assert_allclose(vectors["--compile"], vectors["--no-bulk"], atol=1e-5)
+
+
 def test_unknown_prompt_name_exits_2(saved_tiny_model):
     result = runner.invoke(app, ["encode", "text", "--prompt-name", "nope", "--model", saved_tiny_model])
     assert result.exit_code == 2 and "nope" in result.stdout

@@ -8,10 +8,10 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from bellm_st.module import BeLLMEncoder
-from bellm_st.packing import first_fit_rows, pack_rows
+from bellm_st.packing import first_fit_rows, merge_packed, pack_rows
 from bellm_st.tokenization import TokenizedBatch
 
-from conftest import CORPUS, TINY_ARCHITECTURES, tiny_backbone
+from tests.conftest import CORPUS, TINY_ARCHITECTURES, tiny_backbone
 
 TEXTS = CORPUS + ["Stocks fell.", "A dog runs.", "Rain again today in the whole north of the country, and snow."]
 
@@ -133,3 +133,29 @@ def test_packing_is_not_saved_with_the_model(tiny_model, tmp_path):
 def test_bad_packing_row_length_is_refused(tiny_model, value):
     with pytest.raises(ValueError, match="packing_row_length"):
         tiny_model[0].packing_row_length = value
+
+
+def test_merged_packed_columns_give_each_column_its_own_embeddings(tiny_tokenizer):
+    encoder = encoder_for(tiny_tokenizer, "llama", 2, pooling="mean_text", packing=100)
+    columns = [TEXTS[:4], TEXTS[4:7], TEXTS[7:]]  # the last holds the 67-token text: wider rows than the others
+    features = [encoder.preprocess(column) for column in columns]
+    assert len({part["input_ids"].shape[1] for part in features}) == 1  # all fit in rows of 100...
+    encoder.packing_row_length = 60
+    features = [encoder.preprocess(column) for column in columns]
+    assert len({part["input_ids"].shape[1] for part in features}) == 2  # ...now one column's rows are wider
+    merged = merge_packed(features, tiny_tokenizer.pad_token_id)
+    separately = torch.cat([embed(encoder, column) for column in columns])
+    assert torch.allclose(encoder(merged)["sentence_embedding"], separately, atol=1e-5)
+
+
+def test_loss_on_packed_columns_equals_loss_on_padded_columns(tiny_model):
+    from bellm_st.training.objective import BeLLMLoss
+
+    loss = BeLLMLoss(tiny_model)
+    columns = [TEXTS[:3], TEXTS[3:6], TEXTS[6:9]]
+    padded = loss([tiny_model.preprocess(column) for column in columns], None)
+    tiny_model[0].packing_row_length = 100
+    packed = loss([tiny_model.preprocess(column) for column in columns], None)
+    assert padded.keys() == packed.keys() == {"contrastive", "angle"}
+    for name in padded:
+        assert torch.allclose(packed[name], padded[name], atol=1e-5), name

@@ -25,6 +25,8 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.sentence_transformer.losses import AnglELoss, CoSENTLoss, MultipleNegativesRankingLoss
 from torch import Tensor, nn
 
+from bellm_st.packing import is_packed, merge_packed
+
 
 def contrastive_batch_as_pairs(embeddings: list[Tensor]) -> tuple[list[Tensor], Tensor]:
     """(anchor, positive, negative...) columns -> (left, right) pairs labelled 1 for positives, 0 for negatives."""
@@ -62,6 +64,8 @@ class BeLLMLoss(nn.Module):
         if min(contrastive_weight, angle_weight, cosent_weight) < 0:
             raise ValueError("loss weights must be >= 0; use 0 to turn a part off")
         self.model = model
+        # Read now: under DDP the trainer swaps self.model for the wrapped model, which has no modules to index.
+        self.pad_token_id = getattr(getattr(model[0], "tokenizer", None), "pad_token_id", None) or 0
         self.weights = {"contrastive": contrastive_weight, "angle": angle_weight, "cosent": cosent_weight}
         self.contrastive = MultipleNegativesRankingLoss(
             model, scale=contrastive_scale, gather_across_devices=gather_across_devices
@@ -70,8 +74,15 @@ class BeLLMLoss(nn.Module):
         self.cosent = CoSENTLoss(model, scale=cosent_scale)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> dict[str, Tensor]:
-        embeddings = embed_columns(self.model, sentence_features)
-        return self.compute_loss_from_embeddings(embeddings, labels)
+        return self.compute_loss_from_embeddings(self.embed(list(sentence_features)), labels)
+
+    def embed(self, columns: list[dict[str, Tensor]]) -> list[Tensor]:
+        """One embedding tensor per text column: packed columns in one forward pass, others as sentence-transformers does."""
+        if not all(is_packed(features) for features in columns):
+            return embed_columns(self.model, columns)
+        merged = merge_packed(columns, self.pad_token_id)
+        embeddings = self.model(merged)["sentence_embedding"]
+        return list(embeddings.split([len(features["attention_mask"]) for features in columns]))
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> dict[str, Tensor]:
         """The weighted parts that apply to this batch's shape (contrastive needs unlabelled columns)."""
