@@ -160,6 +160,9 @@ def train(
     packing_row_length: int = typer.Option(
         None, min=0, help="Pack each batch's texts into rows of this many tokens (default 256; 0 pads instead)."
     ),
+    compile_layers: bool = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile each decoder layer (faster steps on GPUs after ~30 s)."
+    ),
     gather_across_devices: bool = typer.Option(
         None, "--gather-across-devices/--no-gather-across-devices",
         help="Under torchrun, use every GPU's texts as negatives (a larger effective batch).",
@@ -182,7 +185,7 @@ def train(
             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, contrastive_weight=contrastive_weight,
             angle_weight=angle_weight, cosent_weight=cosent_weight, mixture=mixture, seed=seed,
             gradient_checkpointing=gradient_checkpointing, gather_across_devices=gather_across_devices,
-            packing_row_length=packing_row_length,
+            packing_row_length=packing_row_length, compile_layers=compile_layers,
             eval_steps=eval_steps, save_steps=save_steps,
         )
         result = run_training(settings, output_dir, data_dir=data_dir, resume=resume, device=device)

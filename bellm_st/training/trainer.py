@@ -24,7 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import bellm_st
 from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs, sts_evaluator
-from bellm_st.kernels import attention_without_cudnn
+from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.training.data import dataset_name, load_source
 from bellm_st.training.lora import add_lora, encoder_of
 from bellm_st.training.model_card import add_card_section, render_card_section
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FOLDER = "checkpoints"
 SCORES_FILE = "dev_scores.json"
-RUN_TIME_FIELDS = ("data_dir", "packing_row_length")  # may change on resume: they do not change what is learned
+RUN_TIME_FIELDS = ("data_dir", "packing_row_length", "compile_layers")  # may change on resume: they do not change what is learned
 
 
 @dataclass
@@ -192,6 +192,8 @@ def build_trainable_model(recipe: Recipe, device: str) -> SentenceTransformer:
     logger.info("LoRA: %d trainable parameters", trainable)
     if recipe.gradient_checkpointing:
         enable_activation_checkpointing(model)
+    if recipe.compile_layers:
+        compile_decoder_layers(encoder_of(model).decoder)
     return model
 
 

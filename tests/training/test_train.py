@@ -219,3 +219,17 @@ def test_resume_accepts_a_changed_packing_row_length(tiny_model_dir, data_dir, t
 def test_recipe_refuses_a_bad_packing_row_length(value):
     with pytest.raises(ValueError, match="packing_row_length"):
         Recipe(packing_row_length=value)
+
+
+def test_compiled_layers_train_like_eager_layers(tiny_model_dir, data_dir, tmp_path):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    eager = train(tiny_recipe(tiny_model_dir, max_steps=2, save_steps=2), tmp_path / "eager", data_dir=data_dir, device="cpu")
+    compiled = train(tiny_recipe(tiny_model_dir, max_steps=2, save_steps=2, compile_layers=True), tmp_path / "compiled",
+                     data_dir=data_dir, device="cpu")
+    assert counters["stats"]["unique_graphs"] >= 2  # causal and bi-directional layers, forward and backward
+    assert compiled.training_loss == pytest.approx(eager.training_loss, rel=1e-4)
+    expected, found = adapter_weights(tmp_path / "eager"), adapter_weights(tmp_path / "compiled")
+    for name in expected:
+        assert torch.allclose(found[name], expected[name], atol=1e-4), name
