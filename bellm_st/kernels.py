@@ -44,5 +44,12 @@ def compile_decoder_layers(backbone: nn.Module, dynamic: bool = True) -> int:
     """
     layers = find_decoder_layers(backbone)
     for layer in layers:
-        layer.forward = torch.compile(layer.forward, dynamic=dynamic)
+        if "forward" not in vars(layer):  # not compiled yet
+            layer.forward = torch.compile(layer.forward, dynamic=dynamic)
     return len(layers)
+
+
+def uncompile_decoder_layers(backbone: nn.Module) -> None:
+    """Undo :func:`compile_decoder_layers`: the layers run eagerly again (and the model pickles again)."""
+    for layer in find_decoder_layers(backbone):
+        vars(layer).pop("forward", None)

@@ -106,3 +106,19 @@ def test_bulk_encoding_runs_with_cudnn_attention_off_and_restores_it(tiny_model,
     assert seen and not any(seen)
     assert torch.backends.cuda.cudnn_sdp_enabled() == before
     assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+
+
+def test_compiled_layers_can_be_made_eager_again(tiny_model):
+    from bellm_st.bidirectional import find_decoder_layers
+    from bellm_st.kernels import compile_decoder_layers, uncompile_decoder_layers
+
+    decoder = tiny_model[0].decoder
+    assert compile_decoder_layers(decoder) == len(find_decoder_layers(decoder))
+    compiled_forwards = [layer.forward for layer in find_decoder_layers(decoder)]
+    assert compile_decoder_layers(decoder) == len(compiled_forwards)  # a second call does not wrap twice
+    assert [layer.forward for layer in find_decoder_layers(decoder)] == compiled_forwards
+    uncompile_decoder_layers(decoder)
+    assert all("forward" not in vars(layer) for layer in find_decoder_layers(decoder))
+    import pickle
+
+    pickle.dumps(tiny_model)  # eager layers pickle again (multi-process encoding sends the model to workers)

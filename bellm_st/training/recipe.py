@@ -108,6 +108,8 @@ class Recipe:
     # torch.compile each decoder layer (bellm_st.kernels.compile_decoder_layers): fused element-wise
     # work and fewer kernel launches, after ~30 s of compiling. Off by default: it pays on GPUs.
     compile_layers: bool = False
+    # Processes preparing batches ahead of the GPU; None: 4 on a GPU machine of 8+ cores, else 0.
+    dataloader_workers: int | None = None
     gradient_checkpointing: bool = False
     eval_steps: int = 100
     save_steps: int = 100
@@ -129,6 +131,10 @@ class Recipe:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
         if isinstance(self.packing_row_length, bool) or not isinstance(self.packing_row_length, int) or self.packing_row_length < 0:
             raise ValueError(f"packing_row_length={self.packing_row_length!r} must be 0 (pad) or a positive token count, e.g. 256")
+        if self.dataloader_workers is not None and (
+            isinstance(self.dataloader_workers, bool) or not isinstance(self.dataloader_workers, int) or self.dataloader_workers < 0
+        ):
+            raise ValueError(f"dataloader_workers={self.dataloader_workers!r} must be None (automatic) or an int >= 0")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate} must be positive, e.g. 2e-4")
         if not 0 <= self.warmup_ratio < 1:

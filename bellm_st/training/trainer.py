@@ -24,7 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import bellm_st
 from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs, sts_evaluator
-from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers
+from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers, uncompile_decoder_layers
 from bellm_st.training.data import dataset_name, load_source
 from bellm_st.training.lora import add_lora, encoder_of
 from bellm_st.training.model_card import add_card_section, render_card_section
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FOLDER = "checkpoints"
 SCORES_FILE = "dev_scores.json"
-RUN_TIME_FIELDS = ("data_dir", "packing_row_length", "compile_layers")  # may change on resume: they do not change what is learned
+RUN_TIME_FIELDS = ("data_dir", "packing_row_length", "compile_layers", "dataloader_workers")  # may change on resume: they do not change what is learned
 
 
 @dataclass
@@ -84,11 +84,23 @@ def enable_activation_checkpointing(model: SentenceTransformer) -> None:
         backbone.gradient_checkpointing_enable({"use_reentrant": False})
 
 
+def dataloader_workers(recipe: Recipe, on_gpu: bool) -> int:
+    """Processes that tokenise and pack the next batches while the GPU trains (recipe value, or automatic).
+
+    Automatic: 4 on a GPU machine with at least 8 cores, where the main process would otherwise
+    tokenise between steps; none on CPU, where the workers would take the training's own cores.
+    """
+    if recipe.dataloader_workers is not None:
+        return recipe.dataloader_workers
+    return 4 if on_gpu and (os.cpu_count() or 1) >= 8 else 0
+
+
 def training_arguments(
     recipe: Recipe, checkpoint_dir: Path, has_evaluator: bool, use_cpu: bool
 ) -> SentenceTransformerTrainingArguments:
     """The trainer's arguments from the recipe: bf16 on GPUs that support it, fp32 elsewhere."""
-    bf16 = not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    on_gpu = not use_cpu and torch.cuda.is_available()
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
     return SentenceTransformerTrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=recipe.epochs,
@@ -111,6 +123,7 @@ def training_arguments(
         logging_steps=recipe.logging_steps,
         report_to="none",
         use_cpu=use_cpu,
+        dataloader_num_workers=dataloader_workers(recipe, on_gpu),
         ddp_find_unused_parameters=False,  # every LoRA weight is used each step: skip DDP's extra graph walk
     )
 
@@ -249,8 +262,11 @@ def train(
     with attention_without_cudnn():  # cuDNN re-plans attention for every padded batch shape
         outcome = trainer.train(resume_from_checkpoint=resume_from)
 
+    # Back to an ordinary inference model: padded batches, eager layers (no recompiling for no-grad
+    # passes; the returned model pickles), the full token budget.
     encoder_of(model).max_seq_length = recipe.max_seq_length
     encoder_of(model).packing_row_length = None
+    uncompile_decoder_layers(encoder_of(model).decoder)
     data_rows = {source.path: len(dataset) for source, dataset in zip(recipe.train_data, datasets.values())}
     dev_scores: dict[str, float] = {}
     if trainer.is_world_process_zero():

@@ -233,3 +233,16 @@ def test_compiled_layers_train_like_eager_layers(tiny_model_dir, data_dir, tmp_p
     expected, found = adapter_weights(tmp_path / "eager"), adapter_weights(tmp_path / "compiled")
     for name in expected:
         assert torch.allclose(found[name], expected[name], atol=1e-4), name
+
+
+def test_dataloader_workers_follow_the_recipe_or_the_machine(monkeypatch):
+    from bellm_st.training.trainer import dataloader_workers
+
+    assert dataloader_workers(Recipe(dataloader_workers=3), on_gpu=False) == 3
+    assert dataloader_workers(Recipe(), on_gpu=False) == 0  # workers would take the CPU training's own cores
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert dataloader_workers(Recipe(), on_gpu=True) == 4
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert dataloader_workers(Recipe(), on_gpu=True) == 0
+    with pytest.raises(ValueError, match="dataloader_workers"):
+        Recipe(dataloader_workers=-1)
