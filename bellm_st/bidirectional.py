@@ -115,24 +115,33 @@ def key_padding_mask(incoming_mask: Any, batch_size: int, key_length: int) -> to
     return keys.expand(batch_size, key_length) if keys.shape[0] == 1 else keys
 
 
-def same_sequence_function(incoming_mask: torch.Tensor, keys: torch.Tensor, batch_size: int, length: int):
-    """A mask function keeping each query inside the sequence the model's own mask put it in.
+def restrict_to_own_sequence(mask: Any, incoming_mask: torch.Tensor, keys: torch.Tensor | None, dtype: torch.dtype) -> Any:
+    """Keep each query inside the sequence the model's own (causal) mask put it in.
 
     When several texts are packed into one row (position ids restarting at 0, no padding mask),
     transformers builds a block-diagonal causal mask: a token may attend to earlier tokens of
     its own text only. The bi-directional version of that is "same text, either direction":
     query ``q`` and key ``k`` belong together exactly when the causal mask lets one of them see
     the other. For an ordinary padded batch this allows every pair of real tokens, so the mask
-    is the plain padding mask, as before. Padding queries keep attending to every real key, so
-    no row of the mask is empty (an empty row makes some kernels return NaN).
+    stays as it was. Padding queries keep whatever the mask gave them, so no row becomes empty
+    (an empty row makes some kernels return NaN).
+
+    Applied to the finished mask as one element-wise step rather than through transformers'
+    ``and_mask_function``, which switches mask building to a vmap path that cost 10% of
+    ``encode`` on an H100.
     """
     allowed = incoming_mask if incoming_mask.dtype == torch.bool else incoming_mask == 0
-    allowed = allowed.any(dim=1).expand(batch_size, length, length)  # (batch, queries, keys), heads merged
-
-    def inner_mask(batch_idx, head_idx, q_idx, kv_idx):
-        return allowed[batch_idx, q_idx, kv_idx] | allowed[batch_idx, kv_idx, q_idx] | ~keys[batch_idx, q_idx]
-
-    return inner_mask
+    allowed = allowed.any(dim=1, keepdim=True)  # (batch, 1, queries, keys): heads merged
+    same = allowed | allowed.transpose(-1, -2)
+    if keys is not None:
+        same = same | ~keys[:, None, :, None]  # padding queries: unrestricted
+    if mask is None:  # no padding anywhere: the sequences are the only restriction
+        if incoming_mask.dtype == torch.bool:
+            return same
+        mask = torch.zeros(same.shape, dtype=dtype, device=same.device)  # an additive (eager) mask
+    if mask.dtype == torch.bool:
+        return mask & same
+    return mask.masked_fill(~same, torch.finfo(mask.dtype).min)
 
 
 class _LayerHook:
@@ -209,17 +218,15 @@ class BidirectionalPatch:
     def _build_mask(self, attention_type: str, hidden_states: torch.Tensor, incoming: Any) -> Any:
         batch_size, length = hidden_states.shape[:2]
         padding = key_padding_mask(incoming, batch_size, length)
-        same_sequence = None
-        if isinstance(incoming, torch.Tensor) and incoming.ndim == 4:  # padded or packed rows
-            same_sequence = same_sequence_function(incoming, padding, batch_size, length)
         create = (
             masking_utils.create_bidirectional_sliding_window_mask
             if attention_type == SLIDING_ATTENTION
             else masking_utils.create_bidirectional_mask
         )
-        return create(
-            config=self._config, inputs_embeds=hidden_states, attention_mask=padding, and_mask_function=same_sequence
-        )
+        mask = create(config=self._config, inputs_embeds=hidden_states, attention_mask=padding)
+        if isinstance(incoming, torch.Tensor) and incoming.ndim == 4:  # padded or packed rows
+            mask = restrict_to_own_sequence(mask, incoming, padding, hidden_states.dtype)
+        return mask
 
     def remove(self) -> None:
         """Make the patched layers causal again."""
