@@ -44,12 +44,26 @@ def compile_decoder_layers(backbone: nn.Module, dynamic: bool = True) -> int:
     """
     layers = find_decoder_layers(backbone)
     for layer in layers:
-        if "forward" not in vars(layer):  # not compiled yet
-            layer.forward = torch.compile(layer.forward, dynamic=dynamic)
+        replaced = vars(layer).get("forward")  # an instance forward set by someone else (accelerate), or None
+        if getattr(replaced, "_bellm_compiled", False):
+            continue
+        compiled = torch.compile(layer.forward, dynamic=dynamic)
+        compiled._bellm_compiled = True
+        compiled._bellm_replaced = replaced
+        layer.forward = compiled
     return len(layers)
 
 
 def uncompile_decoder_layers(backbone: nn.Module) -> None:
-    """Undo :func:`compile_decoder_layers`: the layers run eagerly again (and the model pickles again)."""
+    """Undo :func:`compile_decoder_layers`: the layers run eagerly again (and the model pickles again).
+
+    Only our compiled forwards are removed; a forward someone else had set comes back.
+    """
     for layer in find_decoder_layers(backbone):
-        vars(layer).pop("forward", None)
+        compiled = vars(layer).get("forward")
+        if not getattr(compiled, "_bellm_compiled", False):
+            continue
+        if compiled._bellm_replaced is None:
+            del layer.forward
+        else:
+            layer.forward = compiled._bellm_replaced

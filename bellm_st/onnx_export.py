@@ -103,7 +103,11 @@ def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike) -> Pa
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     names = graph_input_names(encoder)
-    sample = encoder.preprocess(list(EXPORT_SAMPLE_TEXTS))  # two lengths: the sample has padding
+    # Two lengths, so the sample has padding; always padded (the graph takes padded batches) even
+    # if the module packs its batches (packing_row_length).
+    sample = preprocess_texts(
+        encoder.tokenizer, list(EXPORT_SAMPLE_TEXTS), encoder.template, None, encoder.max_seq_length, encoder.append_eos
+    )
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     was_training = model.training
     graph = SentenceEmbeddingGraph(model).eval()  # shares the model's modules: the model is in eval mode too

@@ -22,6 +22,9 @@ from bellm_st.tokenization import TokenizedBatch
 
 DEFAULT_ROW_LENGTH = 256  # a few NLI sentences per row; attention over a row stays a small share of the FLOPs
 PACKED_FEATURE = "token_index"  # the key that marks packed features
+# transformers keeps packed texts apart through the mask it builds for these; its flash-attention
+# path splits sequences by position ids only when a batch has a single row.
+PACKING_ATTENTION = ("sdpa", "eager")
 
 
 def first_fit_rows(lengths: np.ndarray, row_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,12 +112,13 @@ def _widen_rows(features: dict[str, torch.Tensor], row_length: int, pad_token_id
     rows, current = features["input_ids"].shape
     if current == row_length:
         return features
-    extra = torch.arange(row_length - current, dtype=features["position_ids"].dtype).expand(rows, -1)
+    position_ids = features["position_ids"]
+    extra = torch.arange(row_length - current, dtype=position_ids.dtype, device=position_ids.device).expand(rows, -1)
     row_of_index = features[PACKED_FEATURE] // current
     return {
         **features,
         "input_ids": _pad_columns(features["input_ids"], row_length, pad_token_id),
-        "position_ids": torch.cat([features["position_ids"], extra], dim=1),
+        "position_ids": torch.cat([position_ids, extra], dim=1),
         PACKED_FEATURE: features[PACKED_FEATURE] + row_of_index * (row_length - current),
     }
 

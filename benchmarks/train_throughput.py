@@ -37,7 +37,7 @@ from torch.nn import functional
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
 from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
-from bellm_st.packing import DEFAULT_ROW_LENGTH
+from bellm_st.packing import DEFAULT_ROW_LENGTH, merge_packed
 
 LOSS_SCALE = 20.0
 
@@ -125,7 +125,11 @@ class Prefetcher(threading.Thread):
                 start = (step * self.batch_size) % len(self.triplets)
                 batch = [self.triplets[(start + offset) % len(self.triplets)] for offset in range(self.batch_size)]
                 columns = [text for column in zip(*batch) for text in column]  # anchors, positives, negatives
-                if self.chunks == 1:
+                if self.model[0].packing_row_length is not None:  # as bellm-st train: each column packed, then merged
+                    parts = [self.model.preprocess(list(column)) for column in zip(*batch)]
+                    features = [merge_packed(parts, self.model[0].tokenizer.pad_token_id)]
+                    order = None
+                elif self.chunks == 1:
                     features = [self.model.preprocess(columns)]
                     order = None
                 else:  # length-sorted chunks, each padded to its own longest: less padding, more passes
@@ -196,11 +200,12 @@ def run_variant(
     start = None
 
     def train_step(parts, order):
-        with autocast, disable_input_dtype_casting(model[0].auto_model, active=variant["nocast"]):
-            embeddings = torch.cat([network(part)["sentence_embedding"] for part in parts])
-            if order is not None:
-                embeddings = embeddings[torch.from_numpy(np.argsort(order)).to(device)]
-            loss = contrastive_loss(embeddings, batch_size)
+        with disable_input_dtype_casting(model[0].auto_model, active=variant["nocast"]):
+            with autocast:
+                embeddings = torch.cat([network(part)["sentence_embedding"] for part in parts])
+                if order is not None:
+                    embeddings = embeddings[torch.from_numpy(np.argsort(order)).to(device)]
+                loss = contrastive_loss(embeddings, batch_size)
             loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

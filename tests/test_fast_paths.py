@@ -122,3 +122,18 @@ def test_compiled_layers_can_be_made_eager_again(tiny_model):
     import pickle
 
     pickle.dumps(tiny_model)  # eager layers pickle again (multi-process encoding sends the model to workers)
+
+
+def test_uncompiling_restores_a_forward_set_by_someone_else(tiny_model):
+    from bellm_st.bidirectional import find_decoder_layers
+    from bellm_st.kernels import compile_decoder_layers, uncompile_decoder_layers
+
+    decoder = tiny_model[0].decoder
+    layer = find_decoder_layers(decoder)[0]
+    wrapped = layer.forward  # stands for accelerate's device-dispatch forward
+    layer.forward = wrapped
+    compile_decoder_layers(decoder)
+    assert layer.forward is not wrapped
+    uncompile_decoder_layers(decoder)
+    assert vars(layer)["forward"] is wrapped
+    assert all("forward" not in vars(other) for other in find_decoder_layers(decoder)[1:])

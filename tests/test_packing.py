@@ -159,3 +159,22 @@ def test_loss_on_packed_columns_equals_loss_on_padded_columns(tiny_model):
     assert padded.keys() == packed.keys() == {"contrastive", "angle"}
     for name in padded:
         assert torch.allclose(packed[name], padded[name], atol=1e-5), name
+
+
+def test_merging_on_a_device_keeps_every_tensor_there(tiny_tokenizer):
+    """Columns of different row widths are widened where they live (the loss merges on the GPU)."""
+    encoder = encoder_for(tiny_tokenizer, "llama", 2, packing=60)
+    features = [encoder.preprocess(column) for column in (TEXTS[:4], TEXTS[7:])]
+    assert features[0]["input_ids"].shape[1] != features[1]["input_ids"].shape[1]
+    on_meta = [{key: value.to("meta") for key, value in part.items()} for part in features]
+    merged = merge_packed(on_meta, tiny_tokenizer.pad_token_id)
+    assert all(value.device.type == "meta" for value in merged.values())
+    assert merged["input_ids"].shape == merge_packed(features, tiny_tokenizer.pad_token_id)["input_ids"].shape
+
+
+def test_packing_refuses_attention_that_would_mix_texts(tiny_tokenizer):
+    encoder = encoder_for(tiny_tokenizer, "llama", 2, packing=100)
+    features = encoder.preprocess(TEXTS)
+    encoder.decoder.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="packed batches need attn_implementation"):
+        encoder(features)

@@ -92,7 +92,9 @@ def dataloader_workers(recipe: Recipe, on_gpu: bool) -> int:
     """
     if recipe.dataloader_workers is not None:
         return recipe.dataloader_workers
-    return 4 if on_gpu and (os.cpu_count() or 1) >= 8 else 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores_per_process = cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: one process per GPU
+    return 4 if on_gpu and cores_per_process >= 8 else 0
 
 
 def training_arguments(
@@ -259,14 +261,17 @@ def train(
         evaluator=evaluator,
         callbacks=[SaveRecipeCallback(recipe), *extra_callbacks, *(callbacks or [])],
     )
-    with attention_without_cudnn():  # cuDNN re-plans attention for every padded batch shape
-        outcome = trainer.train(resume_from_checkpoint=resume_from)
-
-    # Back to an ordinary inference model: padded batches, eager layers (no recompiling for no-grad
-    # passes; the returned model pickles), the full token budget.
-    encoder_of(model).max_seq_length = recipe.max_seq_length
-    encoder_of(model).packing_row_length = None
-    uncompile_decoder_layers(encoder_of(model).decoder)
+    try:
+        with attention_without_cudnn():  # cuDNN re-plans attention for every padded batch shape
+            outcome = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        # Back to an ordinary inference model, even after a failed run: padded batches, eager layers
+        # (no recompiling for no-grad passes; the model pickles), PEFT's casting, the full token budget.
+        for callback in extra_callbacks:
+            callback.on_train_end(args, trainer.state, trainer.control)
+        encoder_of(model).max_seq_length = recipe.max_seq_length
+        encoder_of(model).packing_row_length = None
+        uncompile_decoder_layers(encoder_of(model).decoder)
     data_rows = {source.path: len(dataset) for source, dataset in zip(recipe.train_data, datasets.values())}
     dev_scores: dict[str, float] = {}
     if trainer.is_world_process_zero():

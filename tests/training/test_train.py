@@ -240,9 +240,12 @@ def test_dataloader_workers_follow_the_recipe_or_the_machine(monkeypatch):
 
     assert dataloader_workers(Recipe(dataloader_workers=3), on_gpu=False) == 3
     assert dataloader_workers(Recipe(), on_gpu=False) == 0  # workers would take the CPU training's own cores
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
     assert dataloader_workers(Recipe(), on_gpu=True) == 4
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun, 4 GPUs sharing the 16 cores
+    assert dataloader_workers(Recipe(), on_gpu=True) == 0
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert dataloader_workers(Recipe(), on_gpu=True) == 0
     with pytest.raises(ValueError, match="dataloader_workers"):
         Recipe(dataloader_workers=-1)
