@@ -167,26 +167,26 @@ def main() -> None:
         rows, tokens = (int(value) for value in config.split(":"))
         variants[f"ours-k{top}-bulk-b{rows}-t{tokens}"] = with_layers(
             top, lambda texts, rows=rows, tokens=tokens: encode_bulk(ours, texts, batch_size=rows, max_batch_tokens=tokens))
-    if args.compile:
-        with harness.recorded_failure(result, "compile"):
+    def add_compiled(variant: str, failure_key: str, warmup_key: str, what: str, compile_model) -> None:
+        """A bulk variant of a freshly compiled model, warmed up on the whole workload once."""
+        with harness.recorded_failure(result, failure_key):
             compiled = our_model(path, top, dtype, args.attn, args.device, args.pooling)
-            compiled[0].auto_model.compile(dynamic=True, mode=args.compile_mode)
-            seconds, _ = harness.timed(lambda: encode_bulk(compiled, sentences, batch_size=args.bulk_batch_size,
-                                                           max_batch_tokens=args.bulk_max_tokens), device)
-            result["compile_warmup_seconds"] = seconds
-            print(f"torch.compile warm-up (whole workload once): {seconds:.1f} s", flush=True)
-            variants[f"ours-k{top}-bulk-compiled"] = lambda texts: encode_bulk(
-                compiled, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens)
+            compile_model(compiled)
+
+            def bulk(texts: list[str]) -> np.ndarray:
+                return encode_bulk(compiled, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens)
+
+            seconds, _ = harness.timed(lambda: bulk(sentences), device)
+            result[warmup_key] = seconds
+            print(f"{what} warm-up (whole workload once): {seconds:.1f} s", flush=True)
+            variants[variant] = bulk
+
+    if args.compile:
+        add_compiled(f"ours-k{top}-bulk-compiled", "compile", "compile_warmup_seconds", "torch.compile",
+                     lambda model: model[0].auto_model.compile(dynamic=True, mode=args.compile_mode))
     if args.compile_layers:
-        with harness.recorded_failure(result, "compile-layers"):
-            regional = our_model(path, top, dtype, args.attn, args.device, args.pooling)
-            compile_decoder_layers(regional[0].decoder)
-            seconds, _ = harness.timed(lambda: encode_bulk(regional, sentences, batch_size=args.bulk_batch_size,
-                                                           max_batch_tokens=args.bulk_max_tokens), device)
-            result["compile_layers_warmup_seconds"] = seconds
-            print(f"per-layer torch.compile warm-up (whole workload once): {seconds:.1f} s", flush=True)
-            variants[f"ours-k{top}-bulk-compiled-layers"] = lambda texts: encode_bulk(
-                regional, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens)
+        add_compiled(f"ours-k{top}-bulk-compiled-layers", "compile-layers", "compile_layers_warmup_seconds",
+                     "per-layer torch.compile", lambda model: compile_decoder_layers(model[0].decoder))
     pool = None
     if args.devices:
         devices = args.devices.split(",")
