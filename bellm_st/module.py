@@ -20,7 +20,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from bellm_st.bidirectional import BidirectionalLayers, find_decoder_layers, make_bidirectional
 from bellm_st.inputs import validate_texts
-from bellm_st.packing import PACKED_FEATURE, PACKING_ATTENTION, pack_rows, unpack_states
+from bellm_st.packing import PACKED_FEATURE, PACKING_ATTENTION, is_packed, pack_rows, unpack_states
 from bellm_st.pooling import PoolingMode, check_pooling, pool
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
 from bellm_st.tokenization import TokenizedBatch, tokenize_flat, tokenize_with_template
@@ -177,7 +177,7 @@ class BeLLMEncoder(InputModule):
     def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
         # A batch known on the host to hold no padding (bulk encoding) passes no mask: the model
         # then never inspects the mask on the device, which would stall the host once per batch.
-        if PACKED_FEATURE in features:
+        if is_packed(features):
             attention = self.decoder.config._attn_implementation
             if attention not in PACKING_ATTENTION:
                 raise ValueError(

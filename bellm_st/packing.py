@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bellm_st.tokenization import TokenizedBatch
+from bellm_st.tokenization import TokenizedBatch, pad_batch
 
 DEFAULT_ROW_LENGTH = 256  # a few NLI sentences per row; attention over a row stays a small share of the FLOPs
 PACKED_FEATURE = "token_index"  # the key that marks packed features
@@ -57,7 +57,7 @@ def pack_rows(batch: TokenizedBatch, row_length: int, pad_token_id: int) -> dict
     lengths = batch.lengths
     row_length = max(row_length, int(lengths.max()))
     row_of, offset_of, used = first_fit_rows(lengths, row_length)
-    rows, texts, longest = len(used), len(lengths), int(lengths.max())
+    rows, texts = len(used), len(lengths)
 
     within = np.arange(len(batch.ids)) - np.repeat(batch.starts, lengths)  # position of each token in its text
     row_of_token = np.repeat(row_of, lengths)
@@ -70,21 +70,16 @@ def pack_rows(batch: TokenizedBatch, row_length: int, pad_token_id: int) -> dict
     position_ids = columns - used[:, None]  # the unused tail counts from 0 again...
     position_ids[row_of_token, column_of_token] = within  # ...and every text from its own start
 
-    token_index = np.zeros((texts, longest), dtype=np.int64)
+    token_index = np.zeros((texts, int(lengths.max())), dtype=np.int64)
     token_index[text_of_token, within] = row_of_token * row_length + column_of_token
-    attention_mask = np.zeros((texts, longest), dtype=np.int64)
-    attention_mask[text_of_token, within] = 1
-    features = {
+    unpacked = pad_batch(batch, pad_token_id, "right")  # the masks pooling reads, one row per text
+    masks = {key: value for key, value in unpacked.items() if key in ("attention_mask", "text_mask")}
+    return {
         "input_ids": torch.from_numpy(input_ids),
         "position_ids": torch.from_numpy(position_ids),
         PACKED_FEATURE: torch.from_numpy(token_index),
-        "attention_mask": torch.from_numpy(attention_mask),
+        **masks,
     }
-    if batch.text_mask is not None:
-        text_mask = np.zeros((texts, longest), dtype=np.int64)
-        text_mask[text_of_token, within] = batch.text_mask
-        features["text_mask"] = torch.from_numpy(text_mask)
-    return features
 
 
 def unpack_states(packed_states: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:

@@ -185,7 +185,7 @@ def tokenize_with_template(
     used by ``mean_text`` pooling).
     """
     batch = tokenize_flat(tokenizer, texts, template, max_length, append_eos)
-    return _pad(batch, tokenizer.pad_token_id, tokenizer.padding_side)
+    return pad_batch(batch, tokenizer.pad_token_id, tokenizer.padding_side)
 
 
 def group_by_length(batch: TokenizedBatch) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
@@ -206,7 +206,7 @@ def group_by_length(batch: TokenizedBatch) -> list[tuple[np.ndarray, np.ndarray,
     return groups
 
 
-def _pad(batch: TokenizedBatch, pad_token_id: int, padding_side: str) -> dict[str, torch.Tensor]:
+def pad_batch(batch: TokenizedBatch, pad_token_id: int, padding_side: str) -> dict[str, torch.Tensor]:
     """Scatter the flat batch into ``(rows, longest)`` tensors, padding on ``padding_side``."""
     rows, length = len(batch.lengths), int(batch.lengths.max())
     row_of_token = np.repeat(np.arange(rows), batch.lengths)
