@@ -34,6 +34,7 @@ from bellm_st.tokenization import group_by_length
 
 _DONE = object()
 TOKENIZE_CHUNK = 16_384  # texts per tokenizer call: large enough to keep every core busy and fill buckets
+PENDING_BATCHES = 2  # batches' worth of rows that may wait in length buckets before the fullest goes out
 
 
 def _longest_first(texts: list[str]) -> np.ndarray:
@@ -66,13 +67,17 @@ def _padded_batches(model: SentenceTransformer, texts: list[str], prompt: str | 
 
 
 def _unpadded_batches(
-    encoder: BeLLMEncoder, texts: list[str], prompt: str | None, batch_size: int, max_batch_tokens: int
+    encoder: BeLLMEncoder, texts: list[str], prompt: str | None, batch_size: int, max_batch_tokens: int,
+    pending_batches: int | None,
 ):
     """Batches whose rows all have the same token length, so none needs padding.
 
     Texts are taken longest first (by characters) in large chunks, so each chunk covers few
-    token lengths; rows of one length wait in a bucket until it holds a full batch, and the
-    buckets' remainders go last.
+    token lengths; rows of one length wait in a bucket until it holds a full batch. Rows must
+    not wait too long, though: a chunk spreads over a dozen token lengths, so with large batches
+    most buckets would fill only at the very end, and the model would idle while the whole
+    collection is tokenised. Once more than ``pending_batches`` batches' worth of rows wait, the
+    fullest bucket goes out as it is (``None`` waits for full buckets); the rest go last.
     """
     order = _longest_first(texts)
     buckets: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = {}
@@ -107,6 +112,9 @@ def _unpadded_batches(
             filled[length] = filled.get(length, 0) + len(rows)
             if filled[length] >= rows_per_batch(length):
                 yield from flush(length)
+        if pending_batches is not None:
+            while filled and sum(filled.values()) > pending_batches * batch_size:
+                yield from flush(max(filled, key=filled.__getitem__))
     for length in sorted(buckets, reverse=True):
         yield from flush(length)
 
@@ -234,7 +242,7 @@ def encode_bulk(
         replica.eval()
     prompt = _resolve_prompt(model, prompt, prompt_name)
     if isinstance(model[0], BeLLMEncoder):
-        batches = _unpadded_batches(model[0], texts, prompt, batch_size, max_batch_tokens)
+        batches = _unpadded_batches(model[0], texts, prompt, batch_size, max_batch_tokens, PENDING_BATCHES)
     else:
         batches = _padded_batches(model, texts, prompt, batch_size)
     source = _Tokenizer(

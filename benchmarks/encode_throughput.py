@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
+from bellm_st import bulk
 from bellm_st.bulk import _unpadded_batches, encode_bulk, replicate
-from bellm_st.kernels import compile_decoder_layers
+from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template
 
@@ -52,6 +53,12 @@ def arguments():
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--compile-layers", action="store_true",
                         help="add ours k=max with each decoder layer compiled (regional compilation, bulk path)")
+    parser.add_argument("--forward-only", action="store_true",
+                        help="add the compiled-layers model (or the eager one) timed on batches tokenised beforehand and "
+                             "already on the device: the forward passes alone, to see what the pipeline costs")
+    parser.add_argument("--wait-full", action="store_true",
+                        help="add the compiled-layers bulk variant with batches that wait for full length buckets "
+                             "(the policy before bounded pending rows)")
     parser.add_argument("--devices", default=None, help="e.g. cuda:0,cuda:1: add multi-device encoding variants")
     parser.add_argument("--check-fp32", type=int, default=1000, help="sentences compared with an fp32 reference (0: skip)")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -145,7 +152,7 @@ def main() -> None:
 
     def tokenize_only(texts: list[str]) -> np.ndarray:
         """The host side of encode_bulk alone: tokenise in chunks and group into unpadded batches."""
-        for _ in _unpadded_batches(encoder, texts, None, args.bulk_batch_size, args.bulk_max_tokens):
+        for _ in _unpadded_batches(encoder, texts, None, args.bulk_batch_size, args.bulk_max_tokens, bulk.PENDING_BATCHES):
             pass
         return np.zeros((1, 1))
 
@@ -173,13 +180,49 @@ def main() -> None:
             compiled = our_model(path, top, dtype, args.attn, args.device, args.pooling)
             compile_model(compiled)
 
-            def bulk(texts: list[str]) -> np.ndarray:
+            def bulk_encode(texts: list[str]) -> np.ndarray:
                 return encode_bulk(compiled, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens)
 
-            seconds, _ = harness.timed(lambda: bulk(sentences), device)
+            seconds, _ = harness.timed(lambda: bulk_encode(sentences), device)
             result[warmup_key] = seconds
             print(f"{what} warm-up (whole workload once): {seconds:.1f} s", flush=True)
-            variants[variant] = bulk
+            variants[variant] = bulk_encode
+            if args.wait_full:
+                variants[f"{variant}-waitfull"] = with_pending_batches(None, bulk_encode)
+            if args.forward_only:
+                variants[f"{variant}-forward-only"] = forward_only(compiled)
+
+    def with_pending_batches(pending: int | None, function: Callable[[list[str]], np.ndarray]):
+        def run(texts: list[str]) -> np.ndarray:
+            saved, bulk.PENDING_BATCHES = bulk.PENDING_BATCHES, pending
+            try:
+                return function(texts)
+            finally:
+                bulk.PENDING_BATCHES = saved
+        return run
+
+    def forward_only(model) -> Callable[[list[str]], np.ndarray]:
+        """The model run over encode_bulk's batches, tokenised beforehand and already on the device.
+
+        Only the workload's own texts are prepared (other text lists, e.g. the warm-up's, run
+        end to end), so the timing holds the forward passes and pooling alone.
+        """
+        prepared = [(indices, {key: value.to(device) if isinstance(value, torch.Tensor) else value
+                               for key, value in features.items()})
+                    for indices, features in _unpadded_batches(model[0], sentences, None, args.bulk_batch_size,
+                                                               args.bulk_max_tokens, bulk.PENDING_BATCHES)]
+
+        def run(texts: list[str]) -> np.ndarray:
+            if texts is not sentences:
+                return encode_bulk(model, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens)
+            order, pieces = [], []
+            with torch.inference_mode(), attention_without_cudnn():
+                for indices, features in prepared:
+                    order.append(indices)
+                    pieces.append(model(dict(features))["sentence_embedding"].float())
+            embeddings = torch.cat(pieces)[torch.from_numpy(np.argsort(np.concatenate(order), kind="stable")).to(device)]
+            return embeddings.cpu().numpy()
+        return run
 
     if args.compile:
         add_compiled(f"ours-k{top}-bulk-compiled", "compile", "compile_warmup_seconds", "torch.compile",
@@ -187,6 +230,8 @@ def main() -> None:
     if args.compile_layers:
         add_compiled(f"ours-k{top}-bulk-compiled-layers", "compile-layers", "compile_layers_warmup_seconds",
                      "per-layer torch.compile", lambda model: compile_decoder_layers(model[0].decoder))
+    if args.forward_only and not args.compile_layers:
+        variants[f"ours-k{top}-bulk-forward-only"] = with_layers(top, forward_only(ours))
     pool = None
     if args.devices:
         devices = args.devices.split(",")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
+from bellm_st.kernels import compile_decoder_layers, uncompile_decoder_layers
 from bellm_st.module import BeLLMEncoder
 
 
@@ -32,8 +33,9 @@ def arguments():
     parser.add_argument("--length", type=int, default=28, help="tokens per row (the benchmark sentences average ~28)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--variants", default="eager,eager-mask,compile",
-                        help="eager (no mask, as encode_bulk runs), eager-mask (all-ones mask given), compile, "
-                             "compile-max-autotune")
+                        help="eager (no mask, as encode_bulk runs), eager-mask (all-ones mask given), compile "
+                             "(whole model, static shape), compile-max-autotune, compile-layers (each decoder layer, "
+                             "dynamic shapes, as encode --compile runs)")
     parser.add_argument("--profile", action="store_true", help="print the top kernels of the eager variant")
     parser.add_argument("--peak-tflops", type=float, default=None)
     return parser.parse_args()
@@ -72,7 +74,10 @@ def main() -> None:
         with harness.recorded_failure(result, name):
             network, padding_free = model, name != "eager-mask"
             started = time.perf_counter()
-            if name.startswith("compile"):
+            whole_model = name in ("compile", "compile-max-autotune")
+            if name == "compile-layers":
+                compile_decoder_layers(encoder.decoder)
+            if whole_model:
                 mode = "max-autotune-no-cudagraphs" if name == "compile-max-autotune" else None
                 network = SentenceTransformer(modules=[encoder], device=str(device)).eval()
                 compiled = torch.compile(encoder.auto_model, dynamic=False, mode=mode)
@@ -94,8 +99,9 @@ def main() -> None:
                         result["profile_top_kernels"] = harness.profile_top_ops(
                             lambda: forward(network, padding_free), device, steps=2, rows=20)
             finally:
-                if name.startswith("compile"):
+                if whole_model:
                     encoder.auto_model = original
+                uncompile_decoder_layers(encoder.decoder)
             output = output.float().cpu().numpy()
             if reference is None:
                 reference = output

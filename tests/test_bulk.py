@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bellm_st
-from bellm_st.bulk import encode_bulk, replicate
+from bellm_st.bulk import _unpadded_batches, encode_bulk, replicate
 
 TEXTS = [text[:cut] for text in (
     "A man is playing a guitar.",
@@ -117,3 +117,36 @@ def test_other_models_get_padded_batches(tiny_model_dir):
     plain = SentenceTransformer(modules=[transformer, st_models.Pooling(transformer.get_embedding_dimension(), "mean")],
                                 device="cpu")
     np.testing.assert_allclose(encode_bulk(plain, TEXTS, batch_size=4), plain.encode(TEXTS, batch_size=6), atol=1e-5)
+
+
+@pytest.mark.parametrize("pending_batches", [1, None])
+def test_rows_do_not_wait_for_the_whole_collection(model, pending_batches):
+    """Partly filled buckets go out once too many rows wait, so the model need not idle while
+    everything is tokenised; with no bound, batches this large would only leave at the end."""
+    encoder = model[0]
+    chunks_tokenised = []
+    original = encoder.tokenize_unpadded
+
+    def counting(texts, **kwargs):
+        chunks_tokenised.append(len(texts))
+        return original(texts, **kwargs)
+
+    encoder.tokenize_unpadded = counting
+    try:
+        texts = TEXTS * 4
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("bellm_st.bulk.TOKENIZE_CHUNK", 4)
+            batches = _unpadded_batches(encoder, texts, None, batch_size=40, max_batch_tokens=100_000,
+                                        pending_batches=pending_batches)
+            first_indices, _ = next(batches)
+            chunks_before_first_batch = len(chunks_tokenised)
+            rest = [indices for indices, _ in batches]
+    finally:
+        del encoder.tokenize_unpadded
+    all_chunks = -(-len(texts) // 4)
+    if pending_batches is None:
+        assert chunks_before_first_batch == all_chunks
+    else:
+        assert chunks_before_first_batch < all_chunks
+    every_row = np.sort(np.concatenate([first_indices, *rest]))
+    np.testing.assert_array_equal(every_row, np.arange(len(texts)))
