@@ -144,6 +144,30 @@ def restrict_to_own_sequence(mask: Any, incoming_mask: torch.Tensor, keys: torch
     return mask.masked_fill(~same, torch.finfo(mask.dtype).min)
 
 
+def bidirectional_from_causal(incoming_mask: torch.Tensor) -> torch.Tensor:
+    """The bi-directional version of the model's own 4-D causal mask, built from that mask alone.
+
+    A query and a key belong together when the causal mask lets one of them see the other (the
+    same text of a padded row, or of a packed row); keys no query may see are padding and stay
+    hidden; padding queries see every real key, so no row is empty (an empty row makes some
+    kernels return NaN). A handful of element-wise operations on a mask that already exists,
+    with no host round trip: transformers' own builder checks ``padding_mask.all()`` on the
+    device, which makes the host wait for the layers below before it may launch the rest.
+    Full attention only: a sliding window's bi-directional extent is transformers' choice
+    (``|q - k| <= window``), which the causal mask does not carry.
+    """
+    allowed = incoming_mask if incoming_mask.dtype == torch.bool else incoming_mask == 0
+    allowed = allowed.any(dim=1, keepdim=True)  # (batch, 1, queries, keys): heads merged
+    real_keys = allowed.any(dim=-2, keepdim=True)  # (batch, 1, 1, keys)
+    together = allowed | allowed.transpose(-1, -2)
+    mask = real_keys & (together | ~real_keys.transpose(-1, -2))
+    if incoming_mask.dtype == torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=incoming_mask.dtype, device=mask.device).masked_fill(
+        ~mask, torch.finfo(incoming_mask.dtype).min
+    )
+
+
 class _LayerHook:
     """The forward pre-hook of one bi-directional layer.
 
@@ -216,6 +240,9 @@ class BidirectionalPatch:
         return outgoing
 
     def _build_mask(self, attention_type: str, hidden_states: torch.Tensor, incoming: Any) -> Any:
+        four_d = isinstance(incoming, torch.Tensor) and incoming.ndim == 4  # padded or packed rows
+        if four_d and attention_type != SLIDING_ATTENTION:
+            return bidirectional_from_causal(incoming)
         batch_size, length = hidden_states.shape[:2]
         padding = key_padding_mask(incoming, batch_size, length)
         create = (
@@ -224,7 +251,7 @@ class BidirectionalPatch:
             else masking_utils.create_bidirectional_mask
         )
         mask = create(config=self._config, inputs_embeds=hidden_states, attention_mask=padding)
-        if isinstance(incoming, torch.Tensor) and incoming.ndim == 4:  # padded or packed rows
+        if four_d:
             mask = restrict_to_own_sequence(mask, incoming, padding, hidden_states.dtype)
         return mask
 

@@ -56,6 +56,8 @@ def arguments():
     parser.add_argument("--forward-only", action="store_true",
                         help="add the compiled-layers model (or the eager one) timed on batches tokenised beforehand and "
                              "already on the device: the forward passes alone, to see what the pipeline costs")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one pass of each forward-only and compiled variant: kernel time against wall time")
     parser.add_argument("--wait-full", action="store_true",
                         help="add the compiled-layers bulk variant with batches that wait for full length buckets "
                              "(the policy before bounded pending rows)")
@@ -294,6 +296,13 @@ def main() -> None:
         result["variants"][name] = row
         rows.append(row)
     result["ratios"] = ratios(result["variants"], layer_counts, outputs)
+    if args.profile and device.type == "cuda":
+        result["profiles"] = {}
+        for name, function in variants.items():
+            if "compiled" in name or "forward-only" in name:
+                with harness.recorded_failure(result, f"{name} profile"):
+                    result["profiles"][name] = harness.device_busy_profile(lambda run=function: run(sentences), device)
+                    print(f"profile {name}: {result['profiles'][name]}", flush=True)
     with harness.recorded_failure(result, "fp32 reference"):
         compared = {name: output[: args.check_fp32] for name, output in outputs.items()
                     if name.startswith(f"ours-k{top}-bulk")}

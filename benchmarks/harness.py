@@ -158,6 +158,28 @@ def profile_top_ops(step: Callable[[], Any], device: torch.device, steps: int, r
             for event in events]
 
 
+def device_busy_profile(step: Callable[[], Any], device: torch.device) -> dict[str, Any]:
+    """Run ``step`` once under torch.profiler: wall time, the GPU's kernel time and the host's waits.
+
+    When the kernel time is well below the wall time the device idles, and the counts of
+    synchronising calls and device-to-host copies say whether the host made it wait.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        synchronize(device)
+        started = time.perf_counter()
+        step()
+        synchronize(device)
+        wall = time.perf_counter() - started
+    kernel_us = sum(event.self_device_time_total for event in profiler.key_averages()
+                    if event.device_type == torch.autograd.DeviceType.CUDA)
+    waits = {event.key: event.count for event in profiler.key_averages()
+             if any(word in event.key for word in ("Synchronize", "cudaMemcpy", "aten::item", "aten::_local_scalar_dense"))}
+    return {"wall_ms": 1000 * wall, "kernel_ms": kernel_us / 1000, "busy_fraction": kernel_us / 1e6 / wall,
+            "host_waits": waits}
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 

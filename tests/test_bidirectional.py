@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, BertConfig, BertModel
+from transformers import AutoModelForCausalLM, BertConfig, BertModel, masking_utils
 
-from bellm_st.bidirectional import bidirectional_layer_indices, make_bidirectional
+from bellm_st.bidirectional import (
+    bidirectional_from_causal,
+    bidirectional_layer_indices,
+    find_decoder_layers,
+    key_padding_mask,
+    make_bidirectional,
+    restrict_to_own_sequence,
+)
 from tests.conftest import TINY_ARCHITECTURES, tiny_backbone, tiny_config
 
 ARCHITECTURES = list(TINY_ARCHITECTURES)
@@ -166,3 +173,46 @@ def test_gradient_checkpointing_recomputes_the_bidirectional_layers_correctly():
     assert plain.keys() == checkpointed.keys()
     for name in plain:
         assert torch.allclose(plain[name], checkpointed[name], atol=1e-5), name
+
+
+def incoming_mask_of_first_layer(model, input_ids, **inputs):
+    """The 4-D causal mask transformers hands to the decoder layers for this batch."""
+    seen = {}
+
+    def grab(module, args, kwargs):
+        seen["mask"] = kwargs["attention_mask"]
+
+    handle = find_decoder_layers(model)[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, use_cache=False, **inputs)
+    finally:
+        handle.remove()
+    return seen["mask"]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("layout", ["left", "right", "packed"])
+def test_mask_built_from_the_causal_mask_equals_transformers_bidirectional_mask(implementation, layout):
+    """Our few element-wise steps give exactly what transformers' bi-directional builder plus the
+    per-text restriction give, padding queries included (the rows that must not go empty)."""
+    model = tiny_backbone("llama", implementation)
+    input_ids = torch.arange(5, 29).reshape(3, 8)
+    if layout == "packed":
+        inputs = {"position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 0, 1, 2, 3, 0, 1]])}
+    else:
+        lengths = torch.tensor([8, 5, 2])
+        columns = torch.arange(8)
+        real = columns < lengths[:, None] if layout == "right" else columns >= 8 - lengths[:, None]
+        inputs = {"attention_mask": real.long()}
+    incoming = incoming_mask_of_first_layer(model, input_ids, **inputs)
+    assert isinstance(incoming, torch.Tensor) and incoming.ndim == 4
+    hidden = torch.zeros((3, 8, model.config.hidden_size))
+    keys = key_padding_mask(incoming, 3, 8)
+    expected = masking_utils.create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=keys)
+    expected = restrict_to_own_sequence(expected, incoming, keys, hidden.dtype)
+    actual = bidirectional_from_causal(incoming)
+    assert actual.dtype == expected.dtype
+    assert torch.equal(actual.expand_as(expected), expected)
+    allowed = actual if actual.dtype == torch.bool else actual == 0
+    assert bool(allowed.any(dim=-1).all()), "a query row was left with no key"
