@@ -153,8 +153,10 @@ def bidirectional_from_causal(incoming_mask: torch.Tensor) -> torch.Tensor:
     kernels return NaN). A handful of element-wise operations on a mask that already exists,
     with no host round trip: transformers' own builder checks ``padding_mask.all()`` on the
     device, which makes the host wait for the layers below before it may launch the rest.
-    Full attention only: a sliding window's bi-directional extent is transformers' choice
-    (``|q - k| <= window``), which the causal mask does not carry.
+    A sliding-window layer's causal mask reaches ``window - 1`` tokens back, so its
+    bi-directional version reaches as far in both directions (transformers' own bi-directional
+    sliding mask reaches ``window``; keeping each query inside its own text always trimmed that
+    to the causal reach, so this is what padded and packed batches got before as well).
     """
     allowed = incoming_mask if incoming_mask.dtype == torch.bool else incoming_mask == 0
     allowed = allowed.any(dim=1, keepdim=True)  # (batch, 1, queries, keys): heads merged
@@ -240,8 +242,7 @@ class BidirectionalPatch:
         return outgoing
 
     def _build_mask(self, attention_type: str, hidden_states: torch.Tensor, incoming: Any) -> Any:
-        four_d = isinstance(incoming, torch.Tensor) and incoming.ndim == 4  # padded or packed rows
-        if four_d and attention_type != SLIDING_ATTENTION:
+        if isinstance(incoming, torch.Tensor) and incoming.ndim == 4:  # padded or packed rows
             return bidirectional_from_causal(incoming)
         batch_size, length = hidden_states.shape[:2]
         padding = key_padding_mask(incoming, batch_size, length)
@@ -251,8 +252,6 @@ class BidirectionalPatch:
             else masking_utils.create_bidirectional_mask
         )
         mask = create(config=self._config, inputs_embeds=hidden_states, attention_mask=padding)
-        if four_d:
-            mask = restrict_to_own_sequence(mask, incoming, padding, hidden_states.dtype)
         return mask
 
     def remove(self) -> None:

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from bellm_st.inputs import validate_texts
 from bellm_st.kernels import attention_without_cudnn
 from bellm_st.module import BeLLMEncoder
-from bellm_st.tokenization import group_by_length
+from bellm_st.tokenization import TokenizedBatch, group_by_length
+from bellm_st.varlen import flat_attention_unsupported, flat_features
 
 _DONE = object()
 TOKENIZE_CHUNK = 16_384  # texts per tokenizer call: large enough to keep every core busy and fill buckets
@@ -117,6 +118,55 @@ def _unpadded_batches(
                 yield from flush(max(filled, key=filled.__getitem__))
     for length in sorted(buckets, reverse=True):
         yield from flush(length)
+
+
+def _flat_batches(encoder: BeLLMEncoder, texts: list[str], prompt: str | None, batch_size: int, max_batch_tokens: int):
+    """Flat batches (:mod:`bellm_st.varlen`) in input order: texts end to end, each batch as full as the limits allow.
+
+    No sorting or length buckets are needed, since texts of any length share a batch without
+    padding; a chunk's last texts wait for the next chunk so that only the final batch is partial.
+    """
+    waiting = _Waiting()
+    for chunk_start in range(0, len(texts), TOKENIZE_CHUNK):
+        chunk = np.arange(chunk_start, min(chunk_start + TOKENIZE_CHUNK, len(texts)))
+        waiting.add(chunk, encoder.tokenize_unpadded([texts[index] for index in chunk], prompt=prompt))
+        while (taken := waiting.take(batch_size, max_batch_tokens, final=False)) is not None:
+            yield taken[0], flat_features(taken[1])
+    while (taken := waiting.take(batch_size, max_batch_tokens, final=True)) is not None:
+        yield taken[0], flat_features(taken[1])
+
+
+class _Waiting:
+    """Tokenised texts not yet batched, end to end, with their positions in the input."""
+
+    def __init__(self) -> None:
+        self.indices = np.zeros(0, dtype=np.int64)
+        self.batch = TokenizedBatch(np.zeros(0, dtype=np.int64), None, np.zeros(0, dtype=np.int64))
+
+    def add(self, indices: np.ndarray, batch: TokenizedBatch) -> None:
+        text_mask = None if batch.text_mask is None else np.concatenate(
+            [self.batch.text_mask if self.batch.text_mask is not None else np.zeros(0, dtype=bool), batch.text_mask])
+        self.indices = np.concatenate([self.indices, indices])
+        self.batch = TokenizedBatch(np.concatenate([self.batch.ids, batch.ids]), text_mask,
+                                    np.concatenate([self.batch.lengths, batch.lengths]))
+
+    def take(self, batch_size: int, max_batch_tokens: int, final: bool) -> tuple[np.ndarray, TokenizedBatch] | None:
+        """The next batch: as many texts as fit both limits (at least one); ``None`` when not yet full, unless final."""
+        lengths = self.batch.lengths
+        if not len(lengths):
+            return None
+        fitting = int(np.searchsorted(np.cumsum(lengths), max_batch_tokens, side="right"))
+        count = min(max(fitting, 1), batch_size)
+        if count == len(lengths) and not final:  # the limits were not reached: wait for more texts
+            return None
+        tokens = int(lengths[:count].sum())
+        batch = self.batch
+        taken = TokenizedBatch(batch.ids[:tokens], None if batch.text_mask is None else batch.text_mask[:tokens],
+                               lengths[:count])
+        self.batch = TokenizedBatch(batch.ids[tokens:], None if batch.text_mask is None else batch.text_mask[tokens:],
+                                    lengths[count:])
+        indices, self.indices = self.indices[:count], self.indices[count:]
+        return indices, taken
 
 
 class _Tokenizer(threading.Thread):
@@ -216,6 +266,7 @@ def encode_bulk(
     prefetch_batches: int = 4,
     convert_to_numpy: bool = True,
     show_progress_bar: bool = False,
+    flat_batches: bool | None = None,
 ) -> np.ndarray | torch.Tensor:
     """Embed many texts with tokenisation overlapped with the forward pass; same vectors as ``model.encode``.
 
@@ -225,6 +276,11 @@ def encode_bulk(
     copies of one model on different devices (see :func:`replicate`), each takes the next
     tokenised batch, one thread per device. Returns float32 vectors in the order of ``texts``:
     a numpy array, or a tensor on the first model's device.
+
+    BeLLM models on a CUDA device in half precision get flat batches (texts of any length end to
+    end, variable-length flash attention; :mod:`bellm_st.varlen`), other BeLLM models batches of
+    one exact token length. ``flat_batches`` forces either (``True`` also runs where the flash
+    kernel is missing, through a slow exact stand-in).
     """
     texts = validate_texts(texts, where="texts")
     if batch_size < 1:
@@ -241,7 +297,9 @@ def encode_bulk(
     for replica in replicas:
         replica.eval()
     prompt = _resolve_prompt(model, prompt, prompt_name)
-    if isinstance(model[0], BeLLMEncoder):
+    if isinstance(model[0], BeLLMEncoder) and _use_flat_batches(replicas, flat_batches):
+        batches = _flat_batches(model[0], texts, prompt, batch_size, max_batch_tokens)
+    elif isinstance(model[0], BeLLMEncoder):
         batches = _unpadded_batches(model[0], texts, prompt, batch_size, max_batch_tokens, PENDING_BATCHES)
     else:
         batches = _padded_batches(model, texts, prompt, batch_size)
@@ -278,6 +336,13 @@ def encode_bulk(
     inverse = torch.from_numpy(np.argsort(order, kind="stable")).to(devices[0])
     embeddings = embeddings[inverse]
     return embeddings.cpu().numpy() if convert_to_numpy else embeddings
+
+
+def _use_flat_batches(replicas: list[SentenceTransformer], flat_batches: bool | None) -> bool:
+    """Flat batches where every replica can run them fast; ``flat_batches`` overrides (True also where slow)."""
+    if flat_batches is not None:
+        return flat_batches
+    return all(flat_attention_unsupported(replica[0].decoder, replica.device) is None for replica in replicas)
 
 
 def _run_on_devices(work, count: int) -> None:

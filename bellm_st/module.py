@@ -21,9 +21,10 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from bellm_st.bidirectional import BidirectionalLayers, find_decoder_layers, make_bidirectional
 from bellm_st.inputs import validate_texts
 from bellm_st.packing import PACKED_FEATURE, PACKING_ATTENTION, is_packed, pack_rows, unpack_states
-from bellm_st.pooling import PoolingMode, check_pooling, pool
+from bellm_st.pooling import PoolingMode, check_pooling, pool, pool_flat
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
 from bellm_st.tokenization import TokenizedBatch, tokenize_flat, tokenize_with_template
+from bellm_st.varlen import FLAT_FEATURE, flat_attention, is_flat
 
 CONFIG_FILE = "bellm_config.json"
 ADAPTER_FOLDER = "adapter"
@@ -174,9 +175,20 @@ class BeLLMEncoder(InputModule):
             with_text_mask=self.pooling == "mean_text",
         )
 
-    def forward(self, features: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
-        # A batch known on the host to hold no padding (bulk encoding) passes no mask: the model
-        # then never inspects the mask on the device, which would stall the host once per batch.
+    def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
+        if is_flat(features):
+            token_embeddings, embedding = self._embed_flat(features)
+        else:
+            token_embeddings = self._token_states(features)
+            embedding = pool(token_embeddings, features["attention_mask"], features.get("text_mask"), self.pooling)
+        if self.normalize:
+            embedding = torch.nn.functional.normalize(embedding, p=2, dim=-1)
+        features["token_embeddings"] = token_embeddings
+        features["sentence_embedding"] = embedding
+        return features
+
+    def _token_states(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The last hidden states of a padded (or packed, then unpacked) batch: (texts, tokens, hidden)."""
         if is_packed(features):
             attention = self.decoder.config._attn_implementation
             if attention not in PACKING_ATTENTION:
@@ -188,17 +200,25 @@ class BeLLMEncoder(InputModule):
             outputs = self.auto_model(
                 input_ids=features["input_ids"], position_ids=features["position_ids"], use_cache=False
             )
-            token_embeddings = unpack_states(outputs.last_hidden_state, features[PACKED_FEATURE])
-        else:
-            attention_mask = None if features.get("padding_free") is True else features["attention_mask"]
-            outputs = self.auto_model(input_ids=features["input_ids"], attention_mask=attention_mask, use_cache=False)
-            token_embeddings = outputs.last_hidden_state
-        embedding = pool(token_embeddings, features["attention_mask"], features.get("text_mask"), self.pooling)
-        if self.normalize:
-            embedding = torch.nn.functional.normalize(embedding, p=2, dim=-1)
-        features["token_embeddings"] = token_embeddings
-        features["sentence_embedding"] = embedding
-        return features
+            return unpack_states(outputs.last_hidden_state, features[PACKED_FEATURE])
+        # A batch known on the host to hold no padding (bulk encoding) passes no mask: the model
+        # then never inspects the mask on the device, which would stall the host once per batch.
+        attention_mask = None if features.get("padding_free") is True else features["attention_mask"]
+        outputs = self.auto_model(input_ids=features["input_ids"], attention_mask=attention_mask, use_cache=False)
+        return outputs.last_hidden_state
+
+    def _embed_flat(self, features: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A flat batch (see :mod:`bellm_st.varlen`): the states as one row, and one pooled vector per text."""
+        bounds, longest = features[FLAT_FEATURE], features["max_length"]
+        with flat_attention(self.decoder):
+            outputs = self.auto_model(
+                input_ids=features["input_ids"], position_ids=features["position_ids"], use_cache=False,
+                cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest,
+            )
+        text_mask = features.get("text_mask")
+        embedding = pool_flat(outputs.last_hidden_state[0], features["sequence_index"], bounds,
+                              None if text_mask is None else text_mask[0], self.pooling)
+        return outputs.last_hidden_state, embedding
 
     def get_embedding_dimension(self) -> int:
         return self.decoder.config.get_text_config().hidden_size

@@ -48,3 +48,30 @@ def pool(
     if text_mask is None:
         raise ValueError("pooling='mean_text' needs the `text_mask` feature produced by BeLLMEncoder.preprocess")
     return masked_mean(states, text_mask)
+
+
+def pool_flat(
+    states: torch.Tensor,
+    sequence_index: torch.Tensor,
+    bounds: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    pooling: PoolingMode,
+) -> torch.Tensor:
+    """Reduce the ``(tokens, hidden)`` states of a flat batch (texts end to end) to ``(texts, hidden)`` in float32.
+
+    ``sequence_index`` gives each token's text, ``bounds`` the texts' start offsets plus the end.
+    """
+    states = states.float()
+    texts = bounds.shape[0] - 1
+    if pooling == "last":
+        return states[bounds[1:].long() - 1]
+    if pooling == "mean":
+        weights = torch.ones(states.shape[0], dtype=states.dtype, device=states.device)
+    elif text_mask is None:
+        raise ValueError("pooling='mean_text' needs the `text_mask` feature produced by BeLLMEncoder.preprocess")
+    else:
+        weights = text_mask.to(states.dtype)
+    sums = torch.zeros((texts, states.shape[1]), dtype=states.dtype, device=states.device)
+    sums.index_add_(0, sequence_index, states * weights[:, None])
+    counts = torch.zeros(texts, dtype=states.dtype, device=states.device).index_add_(0, sequence_index, weights)
+    return sums / counts.clamp(min=1)[:, None]
