@@ -93,57 +93,6 @@ def attention_modules(layer: nn.Module) -> list[nn.Module]:
     return [module for module in layer.modules() if hasattr(module, "is_causal")]
 
 
-def key_padding_mask(incoming_mask: Any, batch_size: int, key_length: int) -> torch.Tensor | None:
-    """Which key positions hold real tokens, read from the mask the model built for this layer.
-
-    A causal mask always lets a real token see itself, so a key is real exactly when at least
-    one query may attend to it. ``None`` means the model saw no padding at all.
-    """
-    if incoming_mask is None:
-        return None
-    if not isinstance(incoming_mask, torch.Tensor):
-        raise NotImplementedError(
-            f"bi-directional layers do not support attention masks of type {type(incoming_mask).__name__} "
-            "(flex attention); load the model with attn_implementation='sdpa' or 'eager'"
-        )
-    if incoming_mask.ndim == 2:  # flash attention receives the 2-D padding mask itself
-        return incoming_mask.bool()
-    if incoming_mask.ndim != 4:
-        raise ValueError(f"unexpected attention mask of shape {tuple(incoming_mask.shape)}")
-    allowed = incoming_mask if incoming_mask.dtype == torch.bool else incoming_mask == 0
-    keys = allowed.any(dim=-2).any(dim=1)  # (batch, keys)
-    return keys.expand(batch_size, key_length) if keys.shape[0] == 1 else keys
-
-
-def restrict_to_own_sequence(mask: Any, incoming_mask: torch.Tensor, keys: torch.Tensor | None, dtype: torch.dtype) -> Any:
-    """Keep each query inside the sequence the model's own (causal) mask put it in.
-
-    When several texts are packed into one row (position ids restarting at 0, no padding mask),
-    transformers builds a block-diagonal causal mask: a token may attend to earlier tokens of
-    its own text only. The bi-directional version of that is "same text, either direction":
-    query ``q`` and key ``k`` belong together exactly when the causal mask lets one of them see
-    the other. For an ordinary padded batch this allows every pair of real tokens, so the mask
-    stays as it was. Padding queries keep whatever the mask gave them, so no row becomes empty
-    (an empty row makes some kernels return NaN).
-
-    Applied to the finished mask as one element-wise step rather than through transformers'
-    ``and_mask_function``, which switches mask building to a vmap path that cost 10% of
-    ``encode`` on an H100.
-    """
-    allowed = incoming_mask if incoming_mask.dtype == torch.bool else incoming_mask == 0
-    allowed = allowed.any(dim=1, keepdim=True)  # (batch, 1, queries, keys): heads merged
-    same = allowed | allowed.transpose(-1, -2)
-    if keys is not None:
-        same = same | ~keys[:, None, :, None]  # padding queries: unrestricted
-    if mask is None:  # no padding anywhere: the sequences are the only restriction
-        if incoming_mask.dtype == torch.bool:
-            return same
-        mask = torch.zeros(same.shape, dtype=dtype, device=same.device)  # an additive (eager) mask
-    if mask.dtype == torch.bool:
-        return mask & same
-    return mask.masked_fill(~same, torch.finfo(mask.dtype).min)
-
-
 def bidirectional_from_causal(incoming_mask: torch.Tensor) -> torch.Tensor:
     """The bi-directional version of the model's own 4-D causal mask, built from that mask alone.
 
@@ -244,8 +193,16 @@ class BidirectionalPatch:
     def _build_mask(self, attention_type: str, hidden_states: torch.Tensor, incoming: Any) -> Any:
         if isinstance(incoming, torch.Tensor) and incoming.ndim == 4:  # padded or packed rows
             return bidirectional_from_causal(incoming)
-        batch_size, length = hidden_states.shape[:2]
-        padding = key_padding_mask(incoming, batch_size, length)
+        if incoming is not None and not isinstance(incoming, torch.Tensor):
+            raise NotImplementedError(
+                f"bi-directional layers do not support attention masks of type {type(incoming).__name__} "
+                "(flex attention); load the model with attn_implementation='sdpa' or 'eager'"
+            )
+        if incoming is not None and incoming.ndim != 2:
+            raise ValueError(f"unexpected attention mask of shape {tuple(incoming.shape)}")
+        # No mask (no padding), or flash attention's 2-D padding mask: transformers' builder
+        # gives the bi-directional equivalent (or None).
+        padding = None if incoming is None else incoming.bool()
         create = (
             masking_utils.create_bidirectional_sliding_window_mask
             if attention_type == SLIDING_ATTENTION

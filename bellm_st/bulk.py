@@ -297,12 +297,7 @@ def encode_bulk(
     for replica in replicas:
         replica.eval()
     prompt = _resolve_prompt(model, prompt, prompt_name)
-    if isinstance(model[0], BeLLMEncoder) and _use_flat_batches(replicas, flat_batches):
-        batches = _flat_batches(model[0], texts, prompt, batch_size, max_batch_tokens)
-    elif isinstance(model[0], BeLLMEncoder):
-        batches = _unpadded_batches(model[0], texts, prompt, batch_size, max_batch_tokens, PENDING_BATCHES)
-    else:
-        batches = _padded_batches(model, texts, prompt, batch_size)
+    batches = _batches(replicas, texts, prompt, batch_size, max_batch_tokens, flat_batches)
     source = _Tokenizer(
         batches,
         pin_memory=any(device.type == "cuda" for device in devices),
@@ -336,6 +331,17 @@ def encode_bulk(
     inverse = torch.from_numpy(np.argsort(order, kind="stable")).to(devices[0])
     embeddings = embeddings[inverse]
     return embeddings.cpu().numpy() if convert_to_numpy else embeddings
+
+
+def _batches(replicas: list[SentenceTransformer], texts: list[str], prompt: str | None, batch_size: int,
+             max_batch_tokens: int, flat_batches: bool | None):
+    """The batches ``encode_bulk`` runs: flat or exact-length ones for BeLLM models, padded ones otherwise."""
+    model = replicas[0]
+    if not isinstance(model[0], BeLLMEncoder):
+        return _padded_batches(model, texts, prompt, batch_size)
+    if _use_flat_batches(replicas, flat_batches):
+        return _flat_batches(model[0], texts, prompt, batch_size, max_batch_tokens)
+    return _unpadded_batches(model[0], texts, prompt, batch_size, max_batch_tokens, PENDING_BATCHES)
 
 
 def _use_flat_batches(replicas: list[SentenceTransformer], flat_batches: bool | None) -> bool:

@@ -5,7 +5,7 @@ training step's tokens were padding. A packed batch lays the texts end to end in
 length (first-fit, longest first), restarting the position ids at 0 for each text. transformers
 recognises that layout from the position ids and gives every causal layer a block-diagonal mask
 (a token sees earlier tokens of its own text only); the bi-directional patch turns the same mask
-into "own text, either direction" (:func:`bellm_st.bidirectional.restrict_to_own_sequence`). So a
+into "own text, either direction" (:func:`bellm_st.bidirectional.bidirectional_from_causal`). So a
 packed batch gives the same embeddings as a padded one.
 
 The features also carry ``token_index``, which maps each text's tokens back to their place in

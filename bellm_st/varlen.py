@@ -25,7 +25,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -63,14 +62,17 @@ def is_flat(features: dict[str, Any]) -> bool:
     return FLAT_FEATURE in features
 
 
-@lru_cache(maxsize=1)
-def _varlen_kernel() -> tuple[Any, frozenset[str]] | None:
+def _load_varlen_kernel() -> tuple[Any, frozenset[str]] | None:
     """PyTorch's variable-length flash attention and the keywords this release's version takes."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
+# Looked up once at import, so that compiled layers trace straight to the kernel.
+_VARLEN_KERNEL = _load_varlen_kernel()
 
 
 def flat_attention_unsupported(model: PreTrainedModel, device: torch.device) -> str | None:
@@ -80,7 +82,7 @@ def flat_attention_unsupported(model: PreTrainedModel, device: torch.device) -> 
         return "the model caps its attention logits, which the kernel does not do"
     if device.type != "cuda":
         return "the variable-length flash kernel needs a CUDA device"
-    if _varlen_kernel() is None:
+    if _VARLEN_KERNEL is None:
         return "this PyTorch has no torch.nn.attention.varlen"
     if model.dtype not in FLAT_DTYPES:
         return f"the flash kernel computes in fp16 or bf16, the model is {model.dtype}"
@@ -148,7 +150,7 @@ def varlen_attention_forward(
     is_causal = kwargs.get("is_causal")
     window = _window(module.is_causal if is_causal is None else is_causal, sliding_window)
     groups = query.shape[1] // key.shape[1]
-    kernel = _varlen_kernel()
+    kernel = _VARLEN_KERNEL
     if query.is_cuda and kernel is not None and query.dtype in FLAT_DTYPES:
         varlen_attn, accepted = kernel
         options: dict[str, Any] = {"scale": scaling}

@@ -26,7 +26,7 @@ import torch
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
 from bellm_st import bulk
-from bellm_st.bulk import _unpadded_batches, encode_bulk, replicate
+from bellm_st.bulk import encode_bulk, replicate
 from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template
@@ -58,6 +58,8 @@ def arguments():
                              "already on the device: the forward passes alone, to see what the pipeline costs")
     parser.add_argument("--profile", action="store_true",
                         help="profile one pass of each forward-only and compiled variant: kernel time against wall time")
+    parser.add_argument("--compare-buckets", action="store_true",
+                        help="add each bulk variant of the default k again with exact-length batches instead of flat ones")
     parser.add_argument("--wait-full", action="store_true",
                         help="add the compiled-layers bulk variant with batches that wait for full length buckets "
                              "(the policy before bounded pending rows)")
@@ -153,8 +155,8 @@ def main() -> None:
         return run
 
     def tokenize_only(texts: list[str]) -> np.ndarray:
-        """The host side of encode_bulk alone: tokenise in chunks and group into unpadded batches."""
-        for _ in _unpadded_batches(encoder, texts, None, args.bulk_batch_size, args.bulk_max_tokens, bulk.PENDING_BATCHES):
+        """The host side of encode_bulk alone: tokenise in chunks and form its batches (flat or by length)."""
+        for _ in bulk._batches([ours], texts, None, args.bulk_batch_size, args.bulk_max_tokens, None):
             pass
         return np.zeros((1, 1))
 
@@ -172,6 +174,10 @@ def main() -> None:
             layers, lambda texts: encode_bulk(ours, texts, batch_size=args.bulk_batch_size,
                                               max_batch_tokens=args.bulk_max_tokens))
     top = layer_counts[-1]
+    if args.compare_buckets:
+        variants[f"ours-k{top}-bulk-buckets"] = with_layers(
+            top, lambda texts: encode_bulk(ours, texts, batch_size=args.bulk_batch_size,
+                                           max_batch_tokens=args.bulk_max_tokens, flat_batches=False))
     for config in (args.bulk_configs.split(",") if args.bulk_configs else []):
         rows, tokens = (int(value) for value in config.split(":"))
         variants[f"ours-k{top}-bulk-b{rows}-t{tokens}"] = with_layers(
@@ -189,8 +195,14 @@ def main() -> None:
             result[warmup_key] = seconds
             print(f"{what} warm-up (whole workload once): {seconds:.1f} s", flush=True)
             variants[variant] = bulk_encode
+            if args.compare_buckets:
+                variants[f"{variant}-buckets"] = lambda texts: encode_bulk(
+                    compiled, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens,
+                    flat_batches=False)
             if args.wait_full:
-                variants[f"{variant}-waitfull"] = with_pending_batches(None, bulk_encode)
+                variants[f"{variant}-waitfull"] = with_pending_batches(None, lambda texts: encode_bulk(
+                    compiled, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens,
+                    flat_batches=False))
             if args.forward_only:
                 variants[f"{variant}-forward-only"] = forward_only(compiled)
 
@@ -211,8 +223,8 @@ def main() -> None:
         """
         prepared = [(indices, {key: value.to(device) if isinstance(value, torch.Tensor) else value
                                for key, value in features.items()})
-                    for indices, features in _unpadded_batches(model[0], sentences, None, args.bulk_batch_size,
-                                                               args.bulk_max_tokens, bulk.PENDING_BATCHES)]
+                    for indices, features in bulk._batches([model], sentences, None, args.bulk_batch_size,
+                                                           args.bulk_max_tokens, None)]
 
         def run(texts: list[str]) -> np.ndarray:
             if texts is not sentences:
@@ -345,6 +357,10 @@ def ratios(variants: dict[str, dict], layer_counts: list[int], outputs: dict[str
     for name, value in speed.items():
         if single and name.endswith("dev") and name.startswith(f"ours-k{top}-"):
             found[f"{name} / ours-k{top}-bulk (one device)"] = value / single
+    for name in outputs:
+        if name.endswith("-buckets") and name[: -len("-buckets")] in outputs:
+            found[f"cosine {name[: -len('-buckets')]} vs {name} (min)"] = float(
+                harness.cosine_rows(outputs[name[: -len("-buckets")]], outputs[name]).min())
     if f"ours-k{top}" in outputs and f"ours-k{top}-bulk" in outputs:
         found[f"cosine bulk vs encode k={top} (min)"] = float(
             harness.cosine_rows(outputs[f"ours-k{top}"], outputs[f"ours-k{top}-bulk"]).min())

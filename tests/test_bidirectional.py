@@ -10,9 +10,7 @@ from bellm_st.bidirectional import (
     bidirectional_from_causal,
     bidirectional_layer_indices,
     find_decoder_layers,
-    key_padding_mask,
     make_bidirectional,
-    restrict_to_own_sequence,
 )
 from tests.conftest import TINY_ARCHITECTURES, tiny_backbone, tiny_config
 
@@ -191,6 +189,19 @@ def incoming_mask_of_first_layer(model, input_ids, **inputs):
     return seen["mask"]
 
 
+def reference_bidirectional_mask(config, hidden, incoming):
+    """transformers' bi-directional mask over the real keys, then each query kept to its own text:
+    a query and a key belong together when the causal mask lets one see the other; padding
+    queries keep every real key."""
+    allowed = (incoming if incoming.dtype == torch.bool else incoming == 0).any(dim=1, keepdim=True)
+    keys = allowed.any(dim=-2).squeeze(1)  # (batch, keys): keys some query may see
+    mask = masking_utils.create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=keys)
+    same = allowed | allowed.transpose(-1, -2) | ~keys[:, None, :, None]
+    if mask is None:  # no padding: the texts are the only restriction, in the incoming mask's form
+        mask = torch.ones_like(same) if incoming.dtype == torch.bool else torch.zeros(same.shape, dtype=incoming.dtype)
+    return mask & same if mask.dtype == torch.bool else mask.masked_fill(~same, torch.finfo(mask.dtype).min)
+
+
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 @pytest.mark.parametrize("layout", ["left", "right", "packed"])
 def test_mask_built_from_the_causal_mask_equals_transformers_bidirectional_mask(implementation, layout):
@@ -208,9 +219,7 @@ def test_mask_built_from_the_causal_mask_equals_transformers_bidirectional_mask(
     incoming = incoming_mask_of_first_layer(model, input_ids, **inputs)
     assert isinstance(incoming, torch.Tensor) and incoming.ndim == 4
     hidden = torch.zeros((3, 8, model.config.hidden_size))
-    keys = key_padding_mask(incoming, 3, 8)
-    expected = masking_utils.create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=keys)
-    expected = restrict_to_own_sequence(expected, incoming, keys, hidden.dtype)
+    expected = reference_bidirectional_mask(model.config, hidden, incoming)
     actual = bidirectional_from_causal(incoming)
     assert actual.dtype == expected.dtype
     assert torch.equal(actual.expand_as(expected), expected)
