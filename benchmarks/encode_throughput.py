@@ -42,7 +42,8 @@ def arguments():
     parser.add_argument("--bulk-batch-size", type=int, default=1024, help="most texts per encode_bulk batch")
     parser.add_argument("--bulk-max-tokens", type=int, default=65_536, help="most tokens per encode_bulk batch")
     parser.add_argument("--bulk-configs", default=None,
-                        help="extra encode_bulk batch limits for the default k, e.g. 4096:131072,8192:262144 (rows:tokens)")
+                        help="extra encode_bulk batch limits for the default k (and the compiled variants), "
+                             "e.g. 4096:131072,8192:262144 (rows:tokens)")
     parser.add_argument("--layers", default=f"0,1,2,{DEFAULT_BIDIRECTIONAL_LAYERS}",
                         help="bi-directional layer counts k to compare (the last one is the library default)")
     parser.add_argument("--pooling", default=DEFAULT_POOLING, help="pooling of our module (and of the plain model)")
@@ -195,6 +196,10 @@ def main() -> None:
             result[warmup_key] = seconds
             print(f"{what} warm-up (whole workload once): {seconds:.1f} s", flush=True)
             variants[variant] = bulk_encode
+            for config in (args.bulk_configs.split(",") if args.bulk_configs else []):
+                rows, tokens = (int(value) for value in config.split(":"))
+                variants[f"{variant}-b{rows}-t{tokens}"] = lambda texts, rows=rows, tokens=tokens: encode_bulk(
+                    compiled, texts, batch_size=rows, max_batch_tokens=tokens)
             if args.compare_buckets:
                 variants[f"{variant}-buckets"] = lambda texts: encode_bulk(
                     compiled, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens,

@@ -88,6 +88,13 @@ def main() -> None:
                 elapsed, _ = harness.timed(forwards, device)
                 seconds[layers].append(elapsed / args.steps)
         ratios = np.array(seconds[args.layers]) / np.array(seconds[0])
+        if device.type == "cuda":  # kernel time does not depend on how busy the host is
+            result["kernel_ms_per_forward"] = {}
+            for layers in seconds:
+                encoder.bidirectional_layers = layers
+                profiled = harness.device_busy_profile(forwards, device)
+                result["kernel_ms_per_forward"][f"k={layers}"] = profiled["kernel_ms"] / args.steps
+            print(f"GPU kernel ms per forward: {result['kernel_ms_per_forward']}", flush=True)
         result["forward_ms"] = {f"k={layers}": 1000 * float(np.median(values)) for layers, values in seconds.items()}
         result["overhead_pct_median"] = 100 * (float(np.median(ratios)) - 1)
         result["overhead_pct_quartiles"] = [100 * (float(q) - 1) for q in np.percentile(ratios, [25, 75])]
