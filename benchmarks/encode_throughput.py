@@ -320,6 +320,9 @@ def main() -> None:
                 with harness.recorded_failure(result, f"{name} profile"):
                     result["profiles"][name] = harness.device_busy_profile(lambda run=function: run(sentences), device)
                     print(f"profile {name}: {result['profiles'][name]}", flush=True)
+                    if "forward-only" in name:
+                        result["profiles"][f"{name} top kernels"] = harness.profile_top_ops(
+                            lambda run=function: run(sentences), device, steps=1, rows=25)
     with harness.recorded_failure(result, "fp32 reference"):
         compared = {name: output[: args.check_fp32] for name, output in outputs.items()
                     if name.startswith(f"ours-k{top}-bulk")}
