@@ -54,12 +54,6 @@ def compile_decoder_layers(backbone: nn.Module, dynamic: bool = True) -> int:
     return len(layers)
 
 
-def layers_compiled(backbone: nn.Module) -> bool:
-    """Whether :func:`compile_decoder_layers` compiled this backbone's layers (and they still are)."""
-    layers = find_decoder_layers(backbone)
-    return bool(len(layers)) and getattr(vars(layers[0]).get("forward"), "_bellm_compiled", False)
-
-
 def uncompile_decoder_layers(backbone: nn.Module) -> None:
     """Undo :func:`compile_decoder_layers`: the layers run eagerly again (and the model pickles again).
 

@@ -24,9 +24,7 @@ from bellm_st.packing import PACKED_FEATURE, PACKING_ATTENTION, is_packed, pack_
 from bellm_st.pooling import PoolingMode, check_pooling, pool, pool_flat
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
 from bellm_st.tokenization import TokenizedBatch, tokenize_flat, tokenize_with_template
-from bellm_st import varlen
-from bellm_st.kernels import layers_compiled
-from bellm_st.varlen import BLOCK_MASKS, FLAT_FEATURE, flat_attention, is_flat, text_block_masks
+from bellm_st.varlen import FLAT_FEATURE, flat_attention, is_flat
 
 CONFIG_FILE = "bellm_config.json"
 ADAPTER_FOLDER = "adapter"
@@ -212,15 +210,10 @@ class BeLLMEncoder(InputModule):
     def _embed_flat(self, features: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """A flat batch (see :mod:`bellm_st.varlen`): the states as one row, and one pooled vector per text."""
         bounds, longest = features[FLAT_FEATURE], features["max_length"]
-        extra = {}
-        # Flex attention pays only when compiled (eagerly it is a slow reference), and its CPU
-        # code generation failed here, so: compiled layers on a GPU.
-        if varlen.USE_FLEX_WHEN_COMPILED and features["input_ids"].is_cuda and layers_compiled(self.decoder):
-            extra[BLOCK_MASKS] = text_block_masks(features["sequence_index"], bounds)
         with flat_attention(self.decoder):
             outputs = self.auto_model(
                 input_ids=features["input_ids"], position_ids=features["position_ids"], use_cache=False,
-                cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest, **extra,
+                cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest,
             )
         text_mask = features.get("text_mask")
         embedding = pool_flat(outputs.last_hidden_state[0], features["sequence_index"], bounds,

@@ -37,9 +37,6 @@ from bellm_st.tokenization import TokenizedBatch
 
 VARLEN_ATTENTION = "bellm_varlen"
 FLAT_FEATURE = "cu_seq_lens"  # the key that marks flat features
-BLOCK_MASKS = "bellm_block_masks"  # keyword carrying flex-attention block masks to the layers
-FLEX_BLOCK = 128  # tokens per flex-attention tile
-USE_FLEX_WHEN_COMPILED = True  # compiled layers on a GPU tile short texts together (benchmarks turn it off to compare)
 FLAT_DTYPES = (torch.float16, torch.bfloat16)  # what the flash kernel computes in
 
 
@@ -133,44 +130,6 @@ def _reference_attention(query, key, value, bounds, window, scaling) -> torch.Te
     return torch.cat(outputs, dim=1)
 
 
-def text_block_masks(sequence_index: torch.Tensor, bounds: torch.Tensor) -> dict[str, Any]:
-    """Flex-attention block masks keeping each text of a flat row to itself: causal and both ways.
-
-    Why: the variable-length flash kernel gives every text at least one 128-row tile of its own,
-    so with ~28-token texts most of each tile is idle, and attention took 27% of the GPU time of
-    a compiled forward pass on an H100 (657 of 2,475 ms per 100,000 sentences). Flex attention
-    tiles the row itself and skips tiles no text spans, so several short texts share a tile.
-    The tile lists come straight from the text boundaries: no token-by-token mask is built and
-    no value is read back.
-    """
-    from torch.nn.attention.flex_attention import BlockMask
-
-    tokens = sequence_index.shape[0]
-    tiles = -(-tokens // FLEX_BLOCK)
-    device = sequence_index.device
-    tile_first = torch.arange(tiles, device=device) * FLEX_BLOCK
-    tile_last = torch.clamp(tile_first + FLEX_BLOCK, max=tokens) - 1
-    bounds = bounds.long()
-    key_first = bounds[sequence_index[tile_first]] // FLEX_BLOCK  # first tile of the first text in the tile
-    key_last = (bounds[sequence_index[tile_last] + 1] - 1) // FLEX_BLOCK  # last tile of its last text
-    # Row i lists the key tiles of query tile i first (a contiguous run), then the others; the
-    # layout flex attention expects has one column per key tile.
-    indices = (key_first[:, None] + torch.arange(tiles, device=device)) % tiles
-    counts = (key_last - key_first + 1).to(torch.int32)
-
-    def same_text(batch, head, query, key):
-        return sequence_index[query] == sequence_index[key]
-
-    def same_text_causal(batch, head, query, key):
-        return (sequence_index[query] == sequence_index[key]) & (query >= key)
-
-    return {
-        name: BlockMask.from_kv_blocks(counts[None, None], indices[None, None].to(torch.int32), BLOCK_SIZE=FLEX_BLOCK,
-                                       mask_mod=mask_mod, seq_lengths=(tokens, tokens))
-        for name, mask_mod in (("bidirectional", same_text), ("causal", same_text_causal))
-    }
-
-
 def varlen_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -191,13 +150,6 @@ def varlen_attention_forward(
     is_causal = kwargs.get("is_causal")
     window = _window(module.is_causal if is_causal is None else is_causal, sliding_window)
     groups = query.shape[1] // key.shape[1]
-    block_masks = kwargs.get(BLOCK_MASKS)
-    if block_masks is not None and sliding_window is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        mask = block_masks["causal" if window == (-1, 0) else "bidirectional"]
-        output = flex_attention(query, key, value, block_mask=mask, scale=scaling, enable_gqa=groups > 1)
-        return output.transpose(1, 2), None
     kernel = _VARLEN_KERNEL
     if query.is_cuda and kernel is not None and query.dtype in FLAT_DTYPES:
         varlen_attn, accepted = kernel

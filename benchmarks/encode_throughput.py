@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
-from bellm_st import bulk, varlen
+from bellm_st import bulk
 from bellm_st.bulk import encode_bulk, replicate
 from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
@@ -59,8 +59,6 @@ def arguments():
                              "already on the device: the forward passes alone, to see what the pipeline costs")
     parser.add_argument("--profile", action="store_true",
                         help="profile one pass of each forward-only and compiled variant: kernel time against wall time")
-    parser.add_argument("--no-flex", action="store_true",
-                        help="compiled layers keep the variable-length flash kernel instead of flex attention")
     parser.add_argument("--compare-buckets", action="store_true",
                         help="add each bulk variant of the default k again with exact-length batches instead of flat ones")
     parser.add_argument("--wait-full", action="store_true",
@@ -119,8 +117,6 @@ def padded_tokens(lengths: np.ndarray, batch_size: int) -> int:
 
 def main() -> None:
     args = arguments()
-    if args.no_flex:
-        varlen.USE_FLEX_WHEN_COMPILED = False
     device = torch.device(args.device)
     dtype = harness.parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
     peak = args.peak_tflops or (harness.H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)

@@ -12,16 +12,12 @@ import torch
 
 import bellm_st
 from bellm_st.bulk import _flat_batches, encode_bulk
-from bellm_st.kernels import compile_decoder_layers, layers_compiled, uncompile_decoder_layers
 from bellm_st.varlen import (
-    BLOCK_MASKS,
-    FLEX_BLOCK,
     VARLEN_ATTENTION,
     _window,
     flat_attention,
     flat_attention_unsupported,
     flat_features,
-    text_block_masks,
 )
 from tests.conftest import TINY_ARCHITECTURES
 from tests.test_packing import TEXTS, embed, encoder_for
@@ -123,42 +119,3 @@ def test_bulk_flat_batches_fill_both_limits_in_input_order(tiny_model_dir, monke
     expected = model.encode(texts, batch_size=4)
     np.testing.assert_allclose(encode_bulk(model, texts, batch_size=5, max_batch_tokens=200, flat_batches=True),
                                expected, atol=1e-5)
-
-
-@pytest.mark.parametrize("layers", [0, 2])
-def test_flex_tiles_keep_texts_apart_like_the_exact_attention(tiny_tokenizer, layers):
-    """The flex-attention path (what compiled layers use) equals the per-text attention, with texts
-    straddling 128-token tiles and several texts per tile."""
-    encoder = encoder_for(tiny_tokenizer, "llama", layers, pooling="mean")
-    features = flat_features(encoder.tokenize_unpadded(TEXTS * 2))
-    bounds, longest = features["cu_seq_lens"], features["max_length"]
-    assert features["input_ids"].shape[1] > 4 * FLEX_BLOCK
-    inputs = dict(input_ids=features["input_ids"], position_ids=features["position_ids"], use_cache=False,
-                  cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest)
-    masks = text_block_masks(features["sequence_index"], bounds)
-    with torch.no_grad(), flat_attention(encoder.decoder):
-        exact = encoder.auto_model(**inputs).last_hidden_state
-        tiled = encoder.auto_model(**inputs, **{BLOCK_MASKS: masks}).last_hidden_state
-    assert torch.allclose(tiled, exact, atol=1e-5)
-
-
-def test_compiled_layers_give_the_padded_embeddings_on_flat_batches(tiny_tokenizer):
-    """On CPU compiled layers keep the exact per-text attention (flex attention is for GPUs)."""
-    encoder = encoder_for(tiny_tokenizer, "llama", 2, pooling="mean")
-    with torch.no_grad():
-        padded = embed(encoder, TEXTS)
-    compile_decoder_layers(encoder.decoder)
-    try:
-        flat = embed_flat(encoder, TEXTS)
-    finally:
-        uncompile_decoder_layers(encoder.decoder)
-    assert torch.allclose(flat, padded, atol=1e-4)
-
-
-def test_layers_compiled_reports_the_compiled_state(tiny_tokenizer):
-    encoder = encoder_for(tiny_tokenizer, "llama", 2)
-    assert not layers_compiled(encoder.decoder)
-    compile_decoder_layers(encoder.decoder)
-    assert layers_compiled(encoder.decoder)
-    uncompile_decoder_layers(encoder.decoder)
-    assert not layers_compiled(encoder.decoder)
