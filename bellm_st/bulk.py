@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import copy
 import queue
-import sys
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -37,10 +35,6 @@ from bellm_st.varlen import flat_attention_unsupported, flat_features
 
 _DONE = object()
 TOKENIZE_CHUNK = 16_384  # texts per tokenizer call: large enough to keep every core busy and fill buckets
-# While encode_bulk runs, Python hands the GIL between threads this often (its default is 5 ms).
-# The tokenizer thread's Python work (one id list per text) holds the GIL, and the thread that
-# launches GPU kernels would otherwise wait up to 5 ms each time for it. Restored afterwards.
-GIL_SWITCH_SECONDS = 0.0005
 PENDING_BATCHES = 2  # batches' worth of rows that may wait in length buckets before the fullest goes out
 
 
@@ -320,16 +314,15 @@ def encode_bulk(
             results[slot] = error
             source.stopped.set()
 
-    with _gil_switch_interval(GIL_SWITCH_SECONDS):
-        source.start()
-        try:
-            with attention_without_cudnn():
-                _run_on_devices(work, len(devices))
-        finally:
-            source.stopped.set()
-            source.join()
-            if progress is not None:
-                progress.close()
+    source.start()
+    try:
+        with attention_without_cudnn():
+            _run_on_devices(work, len(devices))
+    finally:
+        source.stopped.set()
+        source.join()
+        if progress is not None:
+            progress.close()
     for result in results:
         if isinstance(result, BaseException):
             raise result
@@ -356,20 +349,6 @@ def _use_flat_batches(replicas: list[SentenceTransformer], flat_batches: bool | 
     if flat_batches is not None:
         return flat_batches
     return all(flat_attention_unsupported(replica[0].decoder, replica.device) is None for replica in replicas)
-
-
-@contextmanager
-def _gil_switch_interval(seconds: float | None) -> Iterator[None]:
-    """Python's thread switch interval set to ``seconds`` while the block runs (``None`` leaves it)."""
-    if seconds is None:
-        yield
-        return
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
 
 
 def _run_on_devices(work, count: int) -> None:

@@ -59,8 +59,6 @@ def arguments():
                              "already on the device: the forward passes alone, to see what the pipeline costs")
     parser.add_argument("--profile", action="store_true",
                         help="profile one pass of each forward-only and compiled variant: kernel time against wall time")
-    parser.add_argument("--compare-gil", action="store_true",
-                        help="add the compiled-layers bulk variant with Python's default thread switch interval")
     parser.add_argument("--compare-buckets", action="store_true",
                         help="add each bulk variant of the default k again with exact-length batches instead of flat ones")
     parser.add_argument("--wait-full", action="store_true",
@@ -206,24 +204,20 @@ def main() -> None:
                 variants[f"{variant}-buckets"] = lambda texts: encode_bulk(
                     compiled, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens,
                     flat_batches=False)
-            if args.compare_gil:
-                variants[f"{variant}-gil-default"] = with_bulk_setting("GIL_SWITCH_SECONDS", None, bulk_encode)
             if args.wait_full:
-                variants[f"{variant}-waitfull"] = with_bulk_setting("PENDING_BATCHES", None, lambda texts: encode_bulk(
+                variants[f"{variant}-waitfull"] = with_pending_batches(None, lambda texts: encode_bulk(
                     compiled, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens,
                     flat_batches=False))
             if args.forward_only:
                 variants[f"{variant}-forward-only"] = forward_only(compiled)
 
-    def with_bulk_setting(name: str, value: Any, function: Callable[[list[str]], np.ndarray]):
-        """``function`` run with one of ``bellm_st.bulk``'s module settings changed."""
+    def with_pending_batches(pending: int | None, function: Callable[[list[str]], np.ndarray]):
         def run(texts: list[str]) -> np.ndarray:
-            saved = getattr(bulk, name)
-            setattr(bulk, name, value)
+            saved, bulk.PENDING_BATCHES = bulk.PENDING_BATCHES, pending
             try:
                 return function(texts)
             finally:
-                setattr(bulk, name, saved)
+                bulk.PENDING_BATCHES = saved
         return run
 
     def forward_only(model) -> Callable[[list[str]], np.ndarray]:

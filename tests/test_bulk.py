@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -152,22 +150,3 @@ def test_rows_do_not_wait_for_the_whole_collection(model, pending_batches):
         assert chunks_before_first_batch < all_chunks
     every_row = np.sort(np.concatenate([first_indices, *rest]))
     np.testing.assert_array_equal(every_row, np.arange(len(texts)))
-
-
-def test_threads_switch_faster_while_encoding_and_the_interval_comes_back(model, monkeypatch):
-    seen = []
-    original = model[0].forward
-
-    def forward(features, **kwargs):
-        seen.append(sys.getswitchinterval())
-        return original(features, **kwargs)
-
-    monkeypatch.setattr(model[0], "forward", forward)
-    before = sys.getswitchinterval()
-    encode_bulk(model, TEXTS)
-    assert seen and all(interval == bellm_st.bulk.GIL_SWITCH_SECONDS for interval in seen)
-    assert sys.getswitchinterval() == before
-    monkeypatch.setattr(model[0], "forward", lambda features, **kwargs: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        encode_bulk(model, TEXTS)
-    assert sys.getswitchinterval() == before
