@@ -74,8 +74,9 @@ def linear_layers(model: Any) -> list[LinearLayer]:
     ]
 
 
-def calibrate(model: Any, encoder: OnnxEncoder, texts: Sequence[str], layers: Sequence[LinearLayer],
-              batch_size: int = 16) -> dict[str, np.ndarray]:
+def calibrate(
+    model: Any, encoder: OnnxEncoder, texts: Sequence[str], layers: Sequence[LinearLayer], batch_size: int = 16
+) -> dict[str, np.ndarray]:
     """Largest magnitude of each input channel of each linear layer over the real tokens of ``texts``.
 
     The graph runs with the layers' inputs as extra outputs, so the statistics come from the
@@ -127,7 +128,19 @@ class GraphBuilder:
         return self.onnx.helper.make_node(op_type, inputs, [output], name=output, domain=domain, **attributes)
 
 
-def quantise_activations(builder: GraphBuilder, name: str, outliers: np.ndarray, channels: int) -> tuple[list[Any], dict[str, str]]:
+@dataclass(frozen=True)
+class SplitActivations:
+    """Graph names of one activation tensor's two parts, shared by every layer that reads it."""
+
+    uint8: str  # the non-outlier channels, per-token quantised around zero point 128
+    scale: str  # one scale per token, [..., 1]
+    zero_point: str
+    outliers: str  # the outlier channels, fp32
+
+
+def quantise_activations(
+    builder: GraphBuilder, name: str, outliers: np.ndarray, channels: int
+) -> tuple[list[Any], SplitActivations]:
     """Nodes that split one activation tensor into its fp32 outlier channels and per-token uint8 rest."""
     prefix = f"{QUANTISED_PREFIX}/{name}"
     keep = np.ones(channels, dtype=np.float32)
@@ -148,11 +161,13 @@ def quantise_activations(builder: GraphBuilder, name: str, outliers: np.ndarray,
         builder.node("Gather", [name, builder.constant(prefix + "/outlier_index", outliers.astype(np.int64))],
                      prefix + "/outliers", axis=-1),
     ]
-    return nodes, {"uint8": prefix + "/uint8", "scale": prefix + "/scale", "outliers": prefix + "/outliers",
-                   "zero_point": builder.constant(prefix + "/zero_point", np.array(128, np.uint8))}
+    zero_point = builder.constant(prefix + "/zero_point", np.array(128, np.uint8))
+    return nodes, SplitActivations(prefix + "/uint8", prefix + "/scale", zero_point, prefix + "/outliers")
 
 
-def quantise_linear(builder: GraphBuilder, node: Any, weight: np.ndarray, outliers: np.ndarray, activations: dict[str, str]) -> list[Any]:
+def quantise_linear(
+    builder: GraphBuilder, node: Any, weight: np.ndarray, outliers: np.ndarray, activations: SplitActivations
+) -> list[Any]:
     """Nodes that replace one linear MatMul: uint8 matmul of the rest plus fp32 matmul of the outliers."""
     prefix = f"{QUANTISED_PREFIX}/{node.name}"
     rest = weight.copy()
@@ -160,13 +175,14 @@ def quantise_linear(builder: GraphBuilder, node: Any, weight: np.ndarray, outlie
     quantised, scale, zero_point = quantise_weight(rest)
     return [
         builder.node("MatMulIntegerToFloat", [
-            activations["uint8"], builder.constant(prefix + "/weight", quantised), activations["scale"],
-            builder.constant(prefix + "/weight_scale", scale), activations["zero_point"],
+            activations.uint8, builder.constant(prefix + "/weight", quantised), activations.scale,
+            builder.constant(prefix + "/weight_scale", scale), activations.zero_point,
             builder.constant(prefix + "/weight_zero_point", zero_point),
         ], prefix + "/int8"),
-        builder.node("MatMul", [activations["outliers"], builder.constant(prefix + "/outlier_weight", weight[outliers])],
+        builder.node("MatMul", [activations.outliers, builder.constant(prefix + "/outlier_weight", weight[outliers])],
                      prefix + "/fp32"),
-        builder.onnx.helper.make_node("Add", [prefix + "/int8", prefix + "/fp32"], list(node.output), name=prefix + "/sum"),
+        builder.onnx.helper.make_node("Add", [prefix + "/int8", prefix + "/fp32"], list(node.output),
+                                      name=prefix + "/sum"),
     ]
 
 
@@ -194,9 +210,13 @@ def quantize_onnx(
     onnx = _require("onnx")
     folder, output_dir = Path(folder), Path(output_dir)
     if not (folder / ONNX_FILE).is_file():
-        raise FileNotFoundError(f"{folder} holds no {ONNX_FILE}; export one first with bellm_st.onnx_export.export_onnx")
+        raise FileNotFoundError(
+            f"{folder} holds no {ONNX_FILE}; export one first with bellm_st.onnx_export.export_onnx"
+        )
     if output_dir.resolve() == folder.resolve():
-        raise ValueError(f"output_dir={str(output_dir)!r} is the source folder; write the int8 copy to another folder")
+        raise ValueError(
+            f"output_dir={str(output_dir)!r} is the source folder; write the int8 copy to another folder"
+        )
     if isinstance(outlier_channels, bool) or not isinstance(outlier_channels, int) or outlier_channels < 0:
         raise ValueError(f"outlier_channels={outlier_channels!r} must be an int >= 0")
     if isinstance(keep_float, str):
@@ -213,7 +233,7 @@ def quantize_onnx(
     largest = calibrate(model, OnnxEncoder(folder), texts, layers)
     weights = {initializer.name: initializer for initializer in model.graph.initializer}
     builder = GraphBuilder(onnx)
-    activations: dict[str, dict[str, str]] = {}
+    activations: dict[str, SplitActivations] = {}
     outliers: dict[str, np.ndarray] = {}
     replaced = {id(layer.node): layer for layer in layers}
     nodes = []

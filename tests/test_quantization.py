@@ -59,16 +59,23 @@ def test_one_layer_matches_per_token_int8_arithmetic():
     import onnxruntime
 
     rng = np.random.default_rng(1)
-    inputs, weight, outliers = rng.standard_normal((2, 5, 8)).astype(np.float32), rng.standard_normal((8, 6)).astype(np.float32), np.array([2, 5])
+    inputs = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    weight = rng.standard_normal((8, 6)).astype(np.float32)
+    outliers = np.array([2, 5])
     inputs[..., 2] *= 50  # an outlier channel
     builder = GraphBuilder(onnx)
     matmul = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="linear")
     nodes, activations = quantise_activations(builder, "x", outliers, 8)
     nodes += quantise_linear(builder, matmul, weight, outliers, activations)
-    graph = onnx.helper.make_graph(nodes, "one-layer", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 5, 8])],
-                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], builder.initializers)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1)])
-    output = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": inputs})[0]
+    graph = onnx.helper.make_graph(
+        nodes, "one-layer", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 5, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], builder.initializers,
+    )
+    opsets = [onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1)]
+    session = onnxruntime.InferenceSession(
+        onnx.helper.make_model(graph, opset_imports=opsets).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    output = session.run(None, {"x": inputs})[0]
 
     rest = inputs.copy()
     rest[..., outliers] = 0
