@@ -67,6 +67,25 @@ def test_compiled_layers_give_the_same_vectors(saved_tiny_model, tmp_path):
     np.testing.assert_allclose(vectors["--compile"], vectors["--no-bulk"], atol=1e-5)
 
 
+def test_dtype_choice_changes_precision_not_meaning(saved_tiny_model, tmp_path):
+    """fp32 is what auto gives on a CPU; bf16 weights give nearly the same vectors."""
+    vectors = {}
+    for dtype in ("auto", "fp32", "bf16"):
+        target = tmp_path / f"{dtype}.npy"
+        result = runner.invoke(app, ["encode", "A man plays guitar.", "Stocks fell.", "-o", str(target),
+                                     "--model", saved_tiny_model, "--dtype", dtype, "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        vectors[dtype] = np.load(target)
+    np.testing.assert_array_equal(vectors["auto"], vectors["fp32"])
+    assert not np.array_equal(vectors["bf16"], vectors["fp32"])
+    assert (vectors["bf16"] * vectors["fp32"]).sum(axis=1).min() > 0.99  # normalised vectors: cosine
+
+
+def test_unknown_dtype_exits_2_and_names_the_choices(saved_tiny_model):
+    result = runner.invoke(app, ["encode", "text", "--dtype", "int4", "--model", saved_tiny_model])
+    assert result.exit_code == 2 and "int4" in result.stdout and "bf16" in result.stdout
+
+
 def test_unknown_prompt_name_exits_2(saved_tiny_model):
     result = runner.invoke(app, ["encode", "text", "--prompt-name", "nope", "--model", saved_tiny_model])
     assert result.exit_code == 2 and "nope" in result.stdout
