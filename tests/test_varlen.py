@@ -119,3 +119,18 @@ def test_bulk_flat_batches_fill_both_limits_in_input_order(tiny_model_dir, monke
     expected = model.encode(texts, batch_size=4)
     np.testing.assert_allclose(encode_bulk(model, texts, batch_size=5, max_batch_tokens=200, flat_batches=True),
                                expected, atol=1e-5)
+
+
+def test_a_lora_wrapped_backbone_runs_flat_batches(tiny_tokenizer):
+    """peft's wrapper passes the text boundaries through to the attention (training-time folders keep it)."""
+    from peft import LoraConfig, get_peft_model
+
+    from bellm_st.module import BeLLMEncoder
+    from tests.conftest import tiny_backbone
+
+    backbone = get_peft_model(tiny_backbone("llama"),
+                              LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    encoder = BeLLMEncoder(backbone=backbone, tokenizer=tiny_tokenizer, bidirectional_layers=2, pooling="mean")
+    with torch.no_grad():
+        padded = embed(encoder, TEXTS)
+    assert torch.allclose(embed_flat(encoder, TEXTS), padded, atol=1e-5)
