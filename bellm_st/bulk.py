@@ -338,6 +338,8 @@ def _batches(replicas: list[SentenceTransformer], texts: list[str], prompt: str 
     """The batches ``encode_bulk`` runs: flat or exact-length ones for BeLLM models, padded ones otherwise."""
     model = replicas[0]
     if not isinstance(model[0], BeLLMEncoder):
+        if flat_batches:
+            raise ValueError(f"flat_batches=True needs a BeLLM model; this one starts with {type(model[0]).__name__}")
         return _padded_batches(model, texts, prompt, batch_size)
     if _use_flat_batches(replicas, flat_batches):
         return _flat_batches(model[0], texts, prompt, batch_size, max_batch_tokens)

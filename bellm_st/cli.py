@@ -45,7 +45,8 @@ def inference_dtype(name: str, device) -> "torch.dtype":
     import torch
 
     if name == "auto":
-        on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        # Native bf16 only (Ampere and newer): older GPUs would emulate it, slowly.
+        on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
         return torch.bfloat16 if on_gpu else torch.float32
     if name not in INFERENCE_DTYPES:
         raise ValueError(f"--dtype {name!r} is not one of auto, {', '.join(INFERENCE_DTYPES)}")
@@ -89,11 +90,10 @@ def encode(
         items = validate_texts(_read_texts(texts or [], file), where="texts")
     except (TypeError, ValueError) as error:
         _fail(error)
+    if dtype != "auto" and dtype not in INFERENCE_DTYPES:  # before the minutes a model may take to load
+        _fail(ValueError(f"--dtype {dtype!r} is not one of auto, {', '.join(INFERENCE_DTYPES)}"))
     encoder = _load_model(model, device)
-    try:
-        encoder.to(inference_dtype(dtype, encoder.device))
-    except ValueError as error:
-        _fail(error)
+    encoder.to(inference_dtype(dtype, encoder.device))
     if prompt_name is not None and prompt_name not in encoder.prompts:
         _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
     use_bulk = encoder.device.type == "cuda" if bulk is None else bulk

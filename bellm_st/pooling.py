@@ -61,17 +61,20 @@ def pool_flat(
 
     ``sequence_index`` gives each token's text, ``bounds`` the texts' start offsets plus the end.
     """
-    states = states.float()
     texts = bounds.shape[0] - 1
-    if pooling == "last":
-        return states[bounds[1:].long() - 1]
+    if pooling == "last":  # pick the rows first: a batch's states in float32 can take gigabytes
+        return states[bounds[1:].long() - 1].float()
     if pooling == "mean":
-        weights = torch.ones(states.shape[0], dtype=states.dtype, device=states.device)
+        weighted, weights = states.float(), None
     elif text_mask is None:
         raise ValueError("pooling='mean_text' needs the `text_mask` feature produced by BeLLMEncoder.preprocess")
     else:
-        weights = text_mask.to(states.dtype)
-    sums = torch.zeros((texts, states.shape[1]), dtype=states.dtype, device=states.device)
-    sums.index_add_(0, sequence_index, states * weights[:, None])
-    counts = torch.zeros(texts, dtype=states.dtype, device=states.device).index_add_(0, sequence_index, weights)
+        weights = text_mask.to(torch.float32)
+        weighted = states.to(torch.float32, copy=True).mul_(weights[:, None])
+    sums = torch.zeros((texts, states.shape[1]), dtype=torch.float32, device=states.device)
+    sums.index_add_(0, sequence_index, weighted)
+    if weights is None:
+        counts = (bounds[1:] - bounds[:-1]).to(torch.float32)
+    else:
+        counts = torch.zeros(texts, dtype=torch.float32, device=states.device).index_add_(0, sequence_index, weights)
     return sums / counts.clamp(min=1)[:, None]

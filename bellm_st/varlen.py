@@ -23,6 +23,7 @@ the same result slowly (tests, and a check of the kernel on the GPU).
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -75,6 +76,10 @@ def _load_varlen_kernel() -> tuple[Any, frozenset[str]] | None:
 _VARLEN_KERNEL = _load_varlen_kernel()
 
 
+def _has_sliding_layers(config: Any) -> bool:
+    return bool(getattr(config, "sliding_window", None)) or "sliding_attention" in (getattr(config, "layer_types", None) or ())
+
+
 def flat_attention_unsupported(model: PreTrainedModel, device: torch.device) -> str | None:
     """Why flat batches cannot run on ``model`` here (``None`` when they can)."""
     config = text_config(model)
@@ -82,8 +87,17 @@ def flat_attention_unsupported(model: PreTrainedModel, device: torch.device) -> 
         return "the model caps its attention logits, which the kernel does not do"
     if device.type != "cuda":
         return "the variable-length flash kernel needs a CUDA device"
+    if torch.version.hip is not None:
+        return "the variable-length flash kernel was not verified on ROCm"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return "the variable-length flash kernel needs an Ampere (compute capability 8.0) or newer GPU"
     if _VARLEN_KERNEL is None:
         return "this PyTorch has no torch.nn.attention.varlen"
+    accepted = _VARLEN_KERNEL[1]
+    if "scale" not in accepted:
+        return "this PyTorch's varlen attention takes no scale (it came in later releases)"
+    if _has_sliding_layers(config) and "window_size" not in accepted:
+        return "the model has sliding-window layers and this PyTorch's varlen attention takes no window"
     if model.dtype not in FLAT_DTYPES:
         return f"the flash kernel computes in fp16 or bf16, the model is {model.dtype}"
     if config._attn_implementation != "sdpa":
@@ -130,6 +144,31 @@ def _reference_attention(query, key, value, bounds, window, scaling) -> torch.Te
     return torch.cat(outputs, dim=1)
 
 
+def _kernel_attention(kernel: tuple[Any, frozenset[str]], query, key, value, bounds, longest, window, scaling):
+    """PyTorch's varlen kernel on (1, heads, tokens, dim) inputs; (1, tokens, heads, dim) out.
+
+    Only keywords this release's kernel takes are passed: grouped key/value heads are repeated
+    where it has no ``enable_gqa``, and a plain causal flag stands in for ``window_size`` where
+    the model needs no window (:func:`flat_attention_unsupported` refuses the other cases).
+    """
+    varlen_attn, accepted = kernel
+    groups = query.shape[1] // key.shape[1]
+    options: dict[str, Any] = {"scale": scaling}
+    if "window_size" in accepted:
+        options["window_size"] = window
+    elif window in ((-1, 0), (-1, -1)):
+        options["is_causal"] = window == (-1, 0)
+    else:
+        raise NotImplementedError("this PyTorch's varlen attention has no sliding window")
+    if groups > 1 and "enable_gqa" in accepted:
+        options["enable_gqa"] = True
+    elif groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    output = varlen_attn(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
+                         bounds, bounds, longest, longest, **options)
+    return output.unsqueeze(0)
+
+
 def varlen_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -150,23 +189,8 @@ def varlen_attention_forward(
     is_causal = kwargs.get("is_causal")
     window = _window(module.is_causal if is_causal is None else is_causal, sliding_window)
     groups = query.shape[1] // key.shape[1]
-    kernel = _VARLEN_KERNEL
-    if query.is_cuda and kernel is not None and query.dtype in FLAT_DTYPES:
-        varlen_attn, accepted = kernel
-        options: dict[str, Any] = {"scale": scaling}
-        if "window_size" in accepted:
-            options["window_size"] = window
-        elif window == (-1, 0) or window == (-1, -1):
-            options["is_causal"] = window == (-1, 0)
-        else:
-            raise NotImplementedError("this PyTorch's varlen attention has no sliding window")
-        if groups > 1 and "enable_gqa" in accepted:
-            options["enable_gqa"] = True
-        elif groups > 1:
-            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-        output = varlen_attn(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
-                             bounds, bounds, longest, longest, **options)
-        return output.unsqueeze(0), None
+    if query.is_cuda and _VARLEN_KERNEL is not None and query.dtype in FLAT_DTYPES:
+        return _kernel_attention(_VARLEN_KERNEL, query, key, value, bounds, longest, window, scaling), None
     if groups > 1:
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     output = _reference_attention(query[0], key[0], value[0], bounds, window, scaling)
@@ -178,18 +202,33 @@ def register_varlen_attention() -> None:
     AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
 
 
+register_varlen_attention()
+
+_SWITCH_LOCK = threading.Lock()
+_SWITCHED: dict[int, tuple[int, str]] = {}  # id(config) -> (flat forwards running, implementation to restore)
+
+
 @contextmanager
 def flat_attention(model: PreTrainedModel) -> Iterator[None]:
     """Run ``model`` with the variable-length attention while the block lasts.
 
-    The switch is on the model's config, so the same model object must not run other forwards
-    concurrently meanwhile (``encode_bulk``'s replicas on several devices are separate objects).
+    The switch is on the model's config. Flat forwards of one model in several threads share it
+    (counted, so the last to finish restores the original), but an ordinary padded forward of
+    the same model object must not run meanwhile: it would find no mask built and stop with an
+    error. ``encode_bulk``'s replicas on several devices are separate objects.
     """
-    register_varlen_attention()
     config = text_config(model)
-    previous = config._attn_implementation
-    config._attn_implementation = VARLEN_ATTENTION
+    with _SWITCH_LOCK:
+        running, original = _SWITCHED.get(id(config), (0, config._attn_implementation))
+        _SWITCHED[id(config)] = (running + 1, original)
+        config._attn_implementation = VARLEN_ATTENTION
     try:
         yield
     finally:
-        config._attn_implementation = previous
+        with _SWITCH_LOCK:
+            running, original = _SWITCHED[id(config)]
+            if running == 1:
+                del _SWITCHED[id(config)]
+                config._attn_implementation = original
+            else:
+                _SWITCHED[id(config)] = (running - 1, original)

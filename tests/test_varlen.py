@@ -11,9 +11,12 @@ import pytest
 import torch
 
 import bellm_st
+from bellm_st import varlen
 from bellm_st.bulk import _flat_batches, encode_bulk
 from bellm_st.varlen import (
     VARLEN_ATTENTION,
+    _kernel_attention,
+    _reference_attention,
     _window,
     flat_attention,
     flat_attention_unsupported,
@@ -87,9 +90,11 @@ def test_soft_capped_attention_is_refused(tiny_tokenizer):
     assert "caps its attention logits" in flat_attention_unsupported(encoder.decoder, torch.device("cuda"))
 
 
-def test_flat_batches_are_only_chosen_where_the_kernel_runs(tiny_tokenizer):
+def test_flat_batches_are_only_chosen_where_the_kernel_runs(tiny_tokenizer, monkeypatch):
     encoder = encoder_for(tiny_tokenizer, "llama", 2)
     assert "CUDA" in flat_attention_unsupported(encoder.decoder, torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", reference_kernel({"scale", "window_size"}, []))
     assert "fp16 or bf16" in flat_attention_unsupported(encoder.decoder, torch.device("cuda"))
 
 
@@ -134,3 +139,82 @@ def test_a_lora_wrapped_backbone_runs_flat_batches(tiny_tokenizer):
     with torch.no_grad():
         padded = embed(encoder, TEXTS)
     assert torch.allclose(embed_flat(encoder, TEXTS), padded, atol=1e-5)
+
+
+def reference_kernel(accepted: set[str], calls: list[dict]):
+    """A stand-in for PyTorch's varlen_attn that takes only ``accepted`` keywords and computes exactly."""
+    from bellm_st.varlen import _reference_attention
+
+    def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, **options):
+        assert set(options) <= accepted, f"passed {set(options) - accepted} to a kernel without them"
+        calls.append(options)
+        if "window_size" in options:
+            window = options["window_size"]
+        else:
+            window = (-1, 0) if options.get("is_causal") else (-1, -1)
+        if key.shape[1] != query.shape[1]:
+            assert options.get("enable_gqa"), "grouped heads given to a kernel that was not told"
+            groups = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        output = _reference_attention(query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1),
+                                      cu_seq_q, window, options.get("scale"))
+        return output.transpose(0, 1)
+
+    return varlen_attn, frozenset(accepted)
+
+
+@pytest.mark.parametrize("accepted", [
+    {"scale", "window_size", "enable_gqa", "return_aux"},  # torch 2.13
+    {"scale", "window_size", "return_aux"},  # torch 2.11: no enable_gqa
+    {"scale", "is_causal", "return_aux"},  # a release with neither window nor grouped heads
+])
+@pytest.mark.parametrize("window", [(-1, 0), (-1, -1)])
+def test_the_kernel_gets_only_keywords_its_release_takes(accepted, window):
+    torch.manual_seed(0)
+    query, key, value = torch.randn(1, 4, 12, 8), torch.randn(1, 2, 12, 8), torch.randn(1, 2, 12, 8)  # grouped heads
+    bounds = torch.tensor([0, 5, 12], dtype=torch.int32)
+    calls = []
+    output = _kernel_attention(reference_kernel(accepted, calls), query, key, value, bounds, 7, window, 0.3)
+    expected = _reference_attention(query[0], key[0].repeat_interleave(2, 0), value[0].repeat_interleave(2, 0),
+                                    bounds, window, 0.3).transpose(0, 1).unsqueeze(0)
+    assert calls and calls[0]["scale"] == 0.3
+    assert torch.allclose(output, expected, atol=1e-6)
+
+
+def test_flat_batches_need_a_recent_gpu_and_kernel(tiny_tokenizer, monkeypatch):
+    encoder = encoder_for(tiny_tokenizer, "llama", 2)
+    encoder.auto_model.to(torch.bfloat16)
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", reference_kernel({"scale", "window_size"}, []))
+    assert flat_attention_unsupported(encoder.decoder, cuda) is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert "Ampere" in flat_attention_unsupported(encoder.decoder, cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", reference_kernel({"is_causal"}, []))
+    assert "no scale" in flat_attention_unsupported(encoder.decoder, cuda)
+    sliding = encoder_for(tiny_tokenizer, "gemma3_text", 2)
+    sliding.auto_model.to(torch.bfloat16)
+    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", reference_kernel({"scale", "is_causal"}, []))
+    assert "no window" in flat_attention_unsupported(sliding.decoder, cuda)
+    assert flat_attention_unsupported(encoder.decoder, cuda) is None
+
+
+def test_overlapping_flat_forwards_restore_the_original_attention_once_both_end(tiny_tokenizer):
+    encoder = encoder_for(tiny_tokenizer, "llama", 2)
+    config = encoder.decoder.config
+    first, second = flat_attention(encoder.decoder), flat_attention(encoder.decoder)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first to start ends first, as two threads may
+    assert config._attn_implementation == VARLEN_ATTENTION  # the other is still running
+    second.__exit__(None, None, None)
+    assert config._attn_implementation == "sdpa"
+
+
+def test_flat_batches_on_a_model_that_is_not_bellm_are_refused(tiny_model_dir):
+    from sentence_transformers import SentenceTransformer, models
+
+    plain = SentenceTransformer(modules=[models.Transformer(tiny_model_dir), models.Pooling(64)], device="cpu")
+    with pytest.raises(ValueError, match="needs a BeLLM model"):
+        encode_bulk(plain, ["a text"], flat_batches=True)
