@@ -277,7 +277,7 @@ def encode_bulk(
     tokenised batch, one thread per device. Returns float32 vectors in the order of ``texts``:
     a numpy array, or a tensor on the first model's device.
 
-    BeLLM models on a CUDA device in half precision get flat batches (texts of any length end to
+    BeLLM models on an Ampere-or-newer CUDA GPU in half precision get flat batches (texts of any length end to
     end, variable-length flash attention; :mod:`bellm_st.varlen`), other BeLLM models batches of
     one exact token length. ``flat_batches`` forces either (``True`` also runs where the flash
     kernel is missing, through a slow exact stand-in).
