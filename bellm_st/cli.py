@@ -53,6 +53,12 @@ def inference_dtype(name: str, device) -> "torch.dtype":
     return getattr(torch, INFERENCE_DTYPES[name])
 
 
+def _check_dtype(name: str) -> None:
+    """Refuse an unknown ``--dtype`` before the minutes a model may take to load."""
+    if name != "auto" and name not in INFERENCE_DTYPES:
+        _fail(ValueError(f"--dtype {name!r} is not one of auto, {', '.join(INFERENCE_DTYPES)}"))
+
+
 def _fail(error: Exception) -> None:
     console.print(f"[red]error:[/red] {error}")
     raise typer.Exit(code=2)
@@ -90,8 +96,7 @@ def encode(
         items = validate_texts(_read_texts(texts or [], file), where="texts")
     except (TypeError, ValueError) as error:
         _fail(error)
-    if dtype != "auto" and dtype not in INFERENCE_DTYPES:  # before the minutes a model may take to load
-        _fail(ValueError(f"--dtype {dtype!r} is not one of auto, {', '.join(INFERENCE_DTYPES)}"))
+    _check_dtype(dtype)
     encoder = _load_model(model, device)
     encoder.to(inference_dtype(dtype, encoder.device))
     if prompt_name is not None and prompt_name not in encoder.prompts:
@@ -352,6 +357,9 @@ def serve(
     max_payload_bytes: int = typer.Option(16 * 1024 * 1024, min=1),
     graceful_shutdown_seconds: float = typer.Option(30.0, min=0, help="How long shutdown waits for requests."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
+    dtype: str = typer.Option(
+        "auto", help="Weights' precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16."
+    ),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Serve the model as an OpenAI-compatible embeddings API (POST /v1/embeddings)."""
@@ -361,6 +369,9 @@ def serve(
         _fail(ValueError(f"got both MODEL={model!r} and --onnx {str(onnx)!r}; serve one: drop MODEL or --onnx"))
     if onnx is not None and device is not None:
         _fail(ValueError(f"--device {device} does not apply to --onnx (ONNX Runtime runs on CPU); drop --device"))
+    if onnx is not None and dtype != "auto":
+        _fail(ValueError(f"--dtype {dtype} does not apply to --onnx (the graph keeps its own precision); drop --dtype"))
+    _check_dtype(dtype)
     model_source = str(onnx) if onnx is not None else model
 
     try:
@@ -390,6 +401,7 @@ def serve(
         _fail(error)
     if onnx is None:
         served = _load_model(model, device)
+        served.to(inference_dtype(dtype, served.device))
     else:
         try:
             from bellm_st.onnx_export import OnnxEncoder

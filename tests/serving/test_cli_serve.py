@@ -50,6 +50,8 @@ def test_flags_reach_the_settings(captured, tmp_path, monkeypatch):
         (["--queue-full-status", "500"], "use 429 or 503"),
         (["--max-items-per-request", "5000"], "exceeds max_queue_items"),
         (["--api-key", "  "], "api_key is blank"),
+        (["--dtype", "int4"], "is not one of auto, fp32, bf16, fp16"),
+        (["--onnx", "somewhere", "--dtype", "bf16"], "does not apply to --onnx"),
     ],
 )
 def test_bad_flags_exit_2_before_loading_a_model(captured, flags, message):
