@@ -208,8 +208,7 @@ class BidirectionalPatch:
             if attention_type == SLIDING_ATTENTION
             else masking_utils.create_bidirectional_mask
         )
-        mask = create(config=self._config, inputs_embeds=hidden_states, attention_mask=padding)
-        return mask
+        return create(config=self._config, inputs_embeds=hidden_states, attention_mask=padding)
 
     def remove(self) -> None:
         """Make the patched layers causal again."""

@@ -141,30 +141,21 @@ class _Waiting:
 
     def __init__(self) -> None:
         self.indices = np.zeros(0, dtype=np.int64)
-        self.batch = TokenizedBatch(np.zeros(0, dtype=np.int64), None, np.zeros(0, dtype=np.int64))
+        self.batch: TokenizedBatch | None = None
 
     def add(self, indices: np.ndarray, batch: TokenizedBatch) -> None:
-        text_mask = None if batch.text_mask is None else np.concatenate(
-            [self.batch.text_mask if self.batch.text_mask is not None else np.zeros(0, dtype=bool), batch.text_mask])
         self.indices = np.concatenate([self.indices, indices])
-        self.batch = TokenizedBatch(np.concatenate([self.batch.ids, batch.ids]), text_mask,
-                                    np.concatenate([self.batch.lengths, batch.lengths]))
+        self.batch = batch if self.batch is None else TokenizedBatch.concatenate([self.batch, batch])
 
     def take(self, batch_size: int, max_batch_tokens: int, final: bool) -> tuple[np.ndarray, TokenizedBatch] | None:
         """The next batch: as many texts as fit both limits (at least one); ``None`` when not yet full, unless final."""
-        lengths = self.batch.lengths
-        if not len(lengths):
+        if self.batch is None or not len(self.batch.lengths):
             return None
-        fitting = int(np.searchsorted(np.cumsum(lengths), max_batch_tokens, side="right"))
+        fitting = int(np.searchsorted(np.cumsum(self.batch.lengths), max_batch_tokens, side="right"))
         count = min(max(fitting, 1), batch_size)
-        if count == len(lengths) and not final:  # the limits were not reached: wait for more texts
+        if count == len(self.batch.lengths) and not final:  # the limits were not reached: wait for more texts
             return None
-        tokens = int(lengths[:count].sum())
-        batch = self.batch
-        taken = TokenizedBatch(batch.ids[:tokens], None if batch.text_mask is None else batch.text_mask[:tokens],
-                               lengths[:count])
-        self.batch = TokenizedBatch(batch.ids[tokens:], None if batch.text_mask is None else batch.text_mask[tokens:],
-                                    lengths[count:])
+        taken, self.batch = self.batch.split(count)
         indices, self.indices = self.indices[:count], self.indices[count:]
         return indices, taken
 

@@ -55,8 +55,12 @@ def inference_dtype(name: str, device) -> "torch.dtype":
 
 def _check_dtype(name: str) -> None:
     """Refuse an unknown ``--dtype`` before the minutes a model may take to load."""
-    if name != "auto" and name not in INFERENCE_DTYPES:
-        _fail(ValueError(f"--dtype {name!r} is not one of auto, {', '.join(INFERENCE_DTYPES)}"))
+    import torch
+
+    try:
+        inference_dtype(name, torch.device("cpu"))
+    except ValueError as error:
+        _fail(error)
 
 
 def _fail(error: Exception) -> None:

@@ -59,10 +59,10 @@ def pack_rows(batch: TokenizedBatch, row_length: int, pad_token_id: int) -> dict
     row_of, offset_of, used = first_fit_rows(lengths, row_length)
     rows, texts = len(used), len(lengths)
 
-    within = np.arange(len(batch.ids)) - np.repeat(batch.starts, lengths)  # position of each token in its text
+    within = batch.position_in_text
     row_of_token = np.repeat(row_of, lengths)
     column_of_token = np.repeat(offset_of, lengths) + within
-    text_of_token = np.repeat(np.arange(texts), lengths)
+    text_of_token = batch.text_of_token
 
     input_ids = np.full((rows, row_length), pad_token_id, dtype=np.int64)
     input_ids[row_of_token, column_of_token] = batch.ids

@@ -39,6 +39,31 @@ class TokenizedBatch:
     def starts(self) -> np.ndarray:
         return np.cumsum(self.lengths) - self.lengths
 
+    @property
+    def text_of_token(self) -> np.ndarray:
+        """For each token, the row (text) it belongs to."""
+        return np.repeat(np.arange(len(self.lengths)), self.lengths)
+
+    @property
+    def position_in_text(self) -> np.ndarray:
+        """For each token, its position within its own text (0 at each text's first token)."""
+        return np.arange(len(self.ids)) - np.repeat(self.starts, self.lengths)
+
+    def split(self, rows: int) -> tuple[TokenizedBatch, TokenizedBatch]:
+        """The first ``rows`` texts and the rest, as two batches (views, no copy)."""
+        tokens = int(self.lengths[:rows].sum())
+        mask = self.text_mask
+        return (TokenizedBatch(self.ids[:tokens], None if mask is None else mask[:tokens], self.lengths[:rows]),
+                TokenizedBatch(self.ids[tokens:], None if mask is None else mask[tokens:], self.lengths[rows:]))
+
+    @classmethod
+    def concatenate(cls, batches: list[TokenizedBatch]) -> TokenizedBatch:
+        """The texts of ``batches`` one after the other (text masks kept only if every batch has one)."""
+        masks = [batch.text_mask for batch in batches]
+        return cls(np.concatenate([batch.ids for batch in batches]),
+                   None if any(mask is None for mask in masks) else np.concatenate(masks),
+                   np.concatenate([batch.lengths for batch in batches]))
+
     def row(self, index: int) -> tuple[list[int], list[int]]:
         start = int(self.starts[index])
         span = slice(start, start + int(self.lengths[index]))
@@ -209,8 +234,8 @@ def group_by_length(batch: TokenizedBatch) -> list[tuple[np.ndarray, np.ndarray,
 def pad_batch(batch: TokenizedBatch, pad_token_id: int, padding_side: str) -> dict[str, torch.Tensor]:
     """Scatter the flat batch into ``(rows, longest)`` tensors, padding on ``padding_side``."""
     rows, length = len(batch.lengths), int(batch.lengths.max())
-    row_of_token = np.repeat(np.arange(rows), batch.lengths)
-    column = np.arange(len(batch.ids)) - np.repeat(batch.starts, batch.lengths)
+    row_of_token = batch.text_of_token
+    column = batch.position_in_text
     if padding_side == "left":
         column += np.repeat(length - batch.lengths, batch.lengths)
     input_ids = np.full((rows, length), pad_token_id, dtype=np.int64)

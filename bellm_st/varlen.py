@@ -23,6 +23,7 @@ the same result slowly (tests, and a check of the kernel on the GPU).
 from __future__ import annotations
 
 import inspect
+import itertools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,14 +45,12 @@ FLAT_DTYPES = (torch.float16, torch.bfloat16)  # what the flash kernel computes 
 def flat_features(batch: TokenizedBatch) -> dict[str, Any]:
     """Features of one flat row: ids, position ids restarting at each text, boundaries, text of each token."""
     lengths = batch.lengths
-    starts = batch.starts
-    positions = np.arange(len(batch.ids)) - np.repeat(starts, lengths)
     boundaries = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     features: dict[str, Any] = {
         "input_ids": torch.from_numpy(batch.ids.astype(np.int64)).unsqueeze(0),
-        "position_ids": torch.from_numpy(positions).unsqueeze(0),
+        "position_ids": torch.from_numpy(batch.position_in_text).unsqueeze(0),
         FLAT_FEATURE: torch.from_numpy(boundaries),
-        "sequence_index": torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths)),
+        "sequence_index": torch.from_numpy(batch.text_of_token),
         "max_length": int(lengths.max()),
     }
     if batch.text_mask is not None:
@@ -131,7 +130,7 @@ def _reference_attention(query, key, value, bounds, window, scaling) -> torch.Te
     """The same attention as the kernel, one text at a time with SDPA: (heads, tokens, dim) in, out."""
     outputs = []
     cuts = bounds.tolist()
-    for start, end in zip(cuts[:-1], cuts[1:]):
+    for start, end in itertools.pairwise(cuts):
         positions = torch.arange(end - start, device=query.device)
         distance = positions[:, None] - positions[None, :]  # query minus key
         allowed = torch.ones_like(distance, dtype=torch.bool)
