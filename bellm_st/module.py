@@ -24,7 +24,7 @@ from bellm_st.packing import PACKED_FEATURE, PACKING_ATTENTION, is_packed, pack_
 from bellm_st.pooling import PoolingMode, check_pooling, pool, pool_flat
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
 from bellm_st.tokenization import TokenizedBatch, tokenize_flat, tokenize_with_template
-from bellm_st.varlen import FLAT_FEATURE, flat_attention, is_flat
+from bellm_st.varlen import FLAT_FEATURE, TEXT_OF_TOKEN, flat_attention, is_flat, use_packed_attention
 
 CONFIG_FILE = "bellm_config.json"
 ADAPTER_FOLDER = "adapter"
@@ -210,10 +210,13 @@ class BeLLMEncoder(InputModule):
     def _embed_flat(self, features: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """A flat batch (see :mod:`bellm_st.varlen`): the states as one row, and one pooled vector per text."""
         bounds, longest = features[FLAT_FEATURE], features["max_length"]
+        packed = {}
+        if use_packed_attention(bounds.device, self.decoder.dtype, longest):
+            packed[TEXT_OF_TOKEN] = features["sequence_index"]
         with flat_attention(self.decoder):
             outputs = self.auto_model(
                 input_ids=features["input_ids"], position_ids=features["position_ids"], use_cache=False,
-                cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest,
+                cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest, **packed,
             )
         text_mask = features.get("text_mask")
         embedding = pool_flat(outputs.last_hidden_state[0], features["sequence_index"], bounds,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Without a GPU, Triton kernels (bellm_st.packed_attention) run in Triton's interpreter on CPU
+# tensors; it must be chosen before the first kernel is defined.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch

@@ -185,6 +185,7 @@ def test_flat_batches_need_a_recent_gpu_and_kernel(tiny_tokenizer, monkeypatch):
     encoder = encoder_for(tiny_tokenizer, "llama", 2)
     encoder.auto_model.to(torch.bfloat16)
     cuda = torch.device("cuda")
+    monkeypatch.setattr(varlen, "packed_attention_available", lambda device: False)  # no Triton
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(varlen, "_VARLEN_KERNEL", reference_kernel({"scale", "window_size"}, []))
     assert flat_attention_unsupported(encoder.decoder, cuda) is None
@@ -198,6 +199,10 @@ def test_flat_batches_need_a_recent_gpu_and_kernel(tiny_tokenizer, monkeypatch):
     monkeypatch.setattr(varlen, "_VARLEN_KERNEL", reference_kernel({"scale", "is_causal"}, []))
     assert "no window" in flat_attention_unsupported(sliding.decoder, cuda)
     assert flat_attention_unsupported(encoder.decoder, cuda) is None
+    monkeypatch.setattr(varlen, "packed_attention_available", lambda device: True)  # Triton's kernel windows
+    assert flat_attention_unsupported(sliding.decoder, cuda) is None
+    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", None)
+    assert flat_attention_unsupported(sliding.decoder, cuda) is None
 
 
 def test_overlapping_flat_forwards_restore_the_original_attention_once_both_end(tiny_tokenizer):
