@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Without a GPU, Triton kernels (bellm_st.packed_attention) run in Triton's interpreter on CPU
-# tensors; it must be chosen before the first kernel is defined.
-os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels (bellm_st.packed_attention) then run in Triton's interpreter on CPU tensors;
+    # it must be chosen before the first kernel is defined.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
 

@@ -1,0 +1,81 @@
+"""Flat batches on a GPU agree with padded ones: every architecture, both flat attention kernels.
+
+The unit tests check flat batches against padded ones on CPU (the packed kernel in Triton's
+interpreter, which does not emulate bf16 faithfully). This runs the same comparison where the
+kernels really run: tiny random models of each architecture (sliding windows and grouped
+heads included, head dim 64) in bf16 on CUDA, real sentences, k bi-directional layers. It
+prints the lowest cosine between each text's flat and padded embedding, next to the bf16 noise
+floor (padded bf16 against padded fp32).
+
+GPU:  python benchmarks/flat_agreement.py --data .stage/c/sts/stsb-dev.tsv
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import harness
+import numpy as np
+import torch
+
+from bellm_st import varlen
+from bellm_st.module import BeLLMEncoder
+from bellm_st.varlen import flat_features
+from tests.conftest import TINY_ARCHITECTURES, build_tiny_tokenizer, tiny_config
+
+
+def arguments():
+    parser = harness.base_arguments(__doc__.split("\n")[0])
+    parser.add_argument("--sentences", type=int, default=300)
+    parser.add_argument("--layers", type=int, default=2, help="bi-directional layers of the 4")
+    return parser.parse_args()
+
+
+def encoder_for(architecture: str, tokenizer, layers: int) -> BeLLMEncoder:
+    from transformers import AutoModel
+
+    config = tiny_config(architecture, vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    torch.manual_seed(0)
+    backbone = AutoModel.from_config(config)
+    return BeLLMEncoder(backbone=backbone, tokenizer=tokenizer, bidirectional_layers=layers, pooling="mean")
+
+
+def embeddings(encoder: BeLLMEncoder, texts: list[str], flat: bool, device: torch.device) -> np.ndarray:
+    features: dict[str, Any] = flat_features(encoder.tokenize_unpadded(texts)) if flat else encoder.preprocess(texts)
+    features = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in features.items()}
+    with torch.inference_mode():
+        return encoder(features)["sentence_embedding"].float().cpu().numpy()
+
+
+def main() -> None:
+    args = arguments()
+    device = torch.device("cuda")
+    texts = harness.load_sentences(args.data, args.sentences, args.words, args.seed)
+    tokenizer = build_tiny_tokenizer()
+    rows = []
+    for architecture in sorted(set(TINY_ARCHITECTURES) - {"gemma2"}):  # gemma2 caps logits: no flat batches
+        with harness.recorded_failure({}, architecture):
+            encoder = encoder_for(architecture, tokenizer, args.layers).to(device)
+            reference = embeddings(encoder, texts, flat=False, device=device)
+            encoder.to(torch.bfloat16)
+            row: dict[str, Any] = {"architecture": architecture}
+            row["padded bf16"] = harness.cosine_rows(embeddings(encoder, texts, False, device), reference).min()
+            default_longest = varlen.PACKED_LONGEST
+            for name, longest in (("flat packed", default_longest), ("flat flash", 0)):
+                varlen.PACKED_LONGEST = longest
+                try:
+                    row[name] = harness.cosine_rows(embeddings(encoder, texts, True, device), reference).min()
+                finally:
+                    varlen.PACKED_LONGEST = default_longest
+            rows.append(row)
+    harness.print_table(rows, ["architecture", "padded bf16", "flat packed", "flat flash"],
+                        title=f"lowest cosine to padded fp32 over {len(texts)} sentences (k={args.layers} of 4)")
+    for row in rows:
+        print({key: (round(float(value), 6) if not isinstance(value, str) else value) for key, value in row.items()})
+    harness.write_result("flat_agreement", {"rows": rows, "environment": harness.environment(),
+                                            "arguments": vars(args)}, args.out)
+
+
+if __name__ == "__main__":
+    main()
