@@ -265,11 +265,22 @@ def main() -> None:
             variants[f"ours-k{top}-bulk-{len(devices)}dev"] = with_layers(
                 top, lambda texts: encode_bulk(replicas, texts, batch_size=args.bulk_batch_size,
                                                max_batch_tokens=args.bulk_max_tokens))
-        with harness.recorded_failure(result, "st-multiprocess"):
-            encoder.bidirectional_layers = top
-            pool = ours.start_multi_process_pool(devices)
-            variants[f"ours-k{top}-st-multiprocess-{len(devices)}dev"] = lambda texts: ours.encode(
-                texts, batch_size=args.batch_size, pool=pool)
+        if args.compile_layers:
+            with harness.recorded_failure(result, "replicas-compiled-layers"):
+                # One graph per direction, kernel choice and device: more than dynamo's default of 8.
+                torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+                compiled_replicas = replicate(our_model(path, top, dtype, args.attn, args.device, args.pooling), devices)
+                for replica in compiled_replicas:  # compile on each device alone first, then run them together
+                    compile_decoder_layers(replica[0].decoder)
+                    encode_bulk(replica, sentences, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens)
+                variants[f"ours-k{top}-bulk-compiled-layers-{len(devices)}dev"] = lambda texts: encode_bulk(
+                    compiled_replicas, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens)
+        if not args.skip_st_encode:
+            with harness.recorded_failure(result, "st-multiprocess"):
+                encoder.bidirectional_layers = top
+                pool = ours.start_multi_process_pool(devices)
+                variants[f"ours-k{top}-st-multiprocess-{len(devices)}dev"] = lambda texts: ours.encode(
+                    texts, batch_size=args.batch_size, pool=pool)
 
     warm = sentences[: min(len(sentences), 4 * args.bulk_batch_size)]
     for name, function in list(variants.items()):
