@@ -49,11 +49,11 @@ def _triton():
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LEFT: tl.constexpr, RIGHT: tl.constexpr):
         # LEFT/RIGHT: how many earlier/later tokens of its text a query sees; -1 is all of them.
         block = tl.program_id(0)
-        head = tl.program_id(1)
+        head = tl.program_id(1).to(tl.int64)  # offsets in 64 bits: large batches of large models pass 2**31
         kv_head = head // GROUPS
         first = block * BLOCK_M
         last = tl.minimum(first + BLOCK_M, tokens) - 1
-        queries = first + tl.arange(0, BLOCK_M)
+        queries = (first + tl.arange(0, BLOCK_M)).to(tl.int64)
         dims = tl.arange(0, BLOCK_D)
         query_ok = queries < tokens
         dim_ok = dims < HEAD_DIM
@@ -71,7 +71,7 @@ def _triton():
         row_sum = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for start in range(low, high, BLOCK_N):
-            keys = start + tl.arange(0, BLOCK_N)
+            keys = (start + tl.arange(0, BLOCK_N)).to(tl.int64)
             key_ok = keys < high
             key_text = tl.load(text_ptr + keys, mask=key_ok, other=-2)
             k = tl.load(k_ptr + keys[:, None] * k_stride_token + kv_head * k_stride_head + dims[None, :],

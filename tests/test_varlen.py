@@ -45,6 +45,30 @@ def test_flat_embeddings_equal_padded_ones(tiny_tokenizer, architecture, layers)
     assert torch.allclose(embed_flat(encoder, TEXTS), padded, atol=1e-5)
 
 
+@pytest.mark.parametrize("architecture", ["llama", "gemma3_text"])
+def test_the_exact_stand_in_gives_the_padded_embeddings_too(tiny_tokenizer, architecture, monkeypatch):
+    """Without the packed kernel (no Triton, or CPU outside the interpreter) the per-text SDPA loop runs."""
+    monkeypatch.setattr(varlen, "packed_attention_available", lambda device: False)
+    calls = []
+    original = varlen.packed_attention
+    monkeypatch.setattr(varlen, "packed_attention", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    encoder = encoder_for(tiny_tokenizer, architecture, 2, pooling="mean")
+    with torch.no_grad():
+        padded = embed(encoder, TEXTS)
+    assert torch.allclose(embed_flat(encoder, TEXTS), padded, atol=1e-5)
+    assert not calls
+
+
+def test_flat_batches_on_cpu_go_through_the_packed_kernel_in_the_interpreter(tiny_tokenizer, monkeypatch):
+    pytest.importorskip("triton")
+    calls = []
+    original = varlen.packed_attention
+    monkeypatch.setattr(varlen, "packed_attention", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    encoder = encoder_for(tiny_tokenizer, "llama", 2, pooling="mean")
+    embed_flat(encoder, TEXTS[:2])
+    assert len(calls) == encoder.decoder.config.num_hidden_layers
+
+
 @pytest.mark.parametrize("pooling", ["last", "mean", "mean_text"])
 def test_every_pooling_matches(tiny_tokenizer, pooling):
     encoder = encoder_for(tiny_tokenizer, "llama", 3, pooling=pooling)
@@ -122,6 +146,8 @@ def test_bulk_flat_batches_fill_both_limits_in_input_order(tiny_model_dir, monke
         next_length = lengths[sum(counts[: position + 1])]
         assert counts[position] == 5 or tokens[position] + next_length > 200
     expected = model.encode(texts, batch_size=4)
+    # the per-text SDPA stand-in (the packed kernel in Triton's interpreter is slow for many small batches)
+    monkeypatch.setattr(varlen, "packed_attention_available", lambda device: False)
     np.testing.assert_allclose(encode_bulk(model, texts, batch_size=5, max_batch_tokens=200, flat_batches=True),
                                expected, atol=1e-5)
 
