@@ -211,7 +211,7 @@ class BeLLMEncoder(InputModule):
         """A flat batch (see :mod:`bellm_st.varlen`): the states as one row, and one pooled vector per text."""
         bounds, longest = features[FLAT_FEATURE], features["max_length"]
         packed = {}
-        if use_packed_attention(bounds.device, self.decoder.dtype, longest):
+        if use_packed_attention(self.decoder, bounds.device, longest):
             packed[TEXT_OF_TOKEN] = features["sequence_index"]
         with flat_attention(self.decoder):
             outputs = self.auto_model(

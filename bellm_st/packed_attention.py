@@ -29,12 +29,13 @@ SHORT_TEXT = 64  # longest text (tokens) for the small tiles
 
 
 _OPERATOR = None  # torch.ops.bellm_st.packed_attention once loaded (compiled graphs read this global)
+_INTERPRETED = False  # whether the kernel was defined for Triton's CPU interpreter (fixed at definition)
 
 
 @functools.cache
 def _triton():
     """Define the Triton kernel and its operator (compiled graphs trace straight to it); ``None`` without Triton."""
-    global _OPERATOR
+    global _OPERATOR, _INTERPRETED
     try:
         import triton
         import triton.language as tl
@@ -114,6 +115,7 @@ def _triton():
         return output
 
     _OPERATOR = operator
+    _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
     return operator
 
 
@@ -122,7 +124,9 @@ def packed_attention_available(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.version.hip is None and _triton() is not None
     # Checked before the kernel is defined: Triton fixes a kernel as interpreted or compiled then.
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1" and _triton() is not None
+    if device.type != "cpu" or os.environ.get("TRITON_INTERPRET") != "1" or _triton() is None:
+        return False
+    return _INTERPRETED  # a kernel compiled for the GPU earlier in this process cannot take CPU tensors
 
 
 def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, text_of_token: torch.Tensor,
@@ -130,8 +134,8 @@ def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
                      longest: int | None = None, tiles: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Attention of each token to the tokens of its own text: (tokens, heads, dim) in and out.
 
-    ``key``/``value`` may have fewer heads (grouped queries). ``text_of_token`` (int32) numbers
-    each token's text and ``bounds`` (int32, texts + 1) holds where each text starts; ``window``
+    ``key``/``value`` may have fewer heads (grouped queries). ``text_of_token`` (integers)
+    numbers each token's text and ``bounds`` (integers, texts + 1) holds where each text starts; ``window``
     is the (earlier, later) reach of a query within its text, -1 meaning all of it. ``longest``
     (the longest text, when known) picks the tiles; ``tiles`` (queries per program, keys per
     step, warps) sets them instead, for benchmarks.
@@ -143,6 +147,7 @@ def packed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         raise ValueError(f"{query.shape[1]} query heads are not a multiple of {key.shape[1]} key heads")
     if query.stride(-1) != 1 or key.stride(-1) != 1 or value.stride(-1) != 1:
         query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+    text_of_token, bounds = text_of_token.contiguous(), bounds.contiguous()  # read by plain offsets
     if tiles is None:
         tiles = SHORT_TEXT_TILES if longest is not None and longest <= SHORT_TEXT else TILES
     return operator(query, key, value, text_of_token, bounds, float(scale), int(window[0]), int(window[1]), *tiles)

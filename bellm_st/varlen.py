@@ -15,9 +15,11 @@ which transformers takes as "this attention needs no mask". Our attention functi
 text boundaries (``cu_seq_lens_q``/``max_length_q``, the names transformers uses for
 variable-length kernels) and each layer's direction from ``module.is_causal``, which the
 bi-directional patch sets, so the lower layers stay causal and the patched ones attend both ways
-within each text. On CUDA it runs PyTorch's variable-length flash kernel
-(``torch.nn.attention.varlen.varlen_attn``, half precision); elsewhere a per-text SDPA loop gives
-the same result slowly (tests, and a check of the kernel on the GPU).
+within each text. On CUDA GPUs with Triton it runs our packed kernel
+(:mod:`bellm_st.packed_attention`, several short texts per tile), otherwise, or for long texts,
+PyTorch's variable-length flash kernel (``torch.nn.attention.varlen.varlen_attn``), both in half
+precision; elsewhere a per-text SDPA loop gives the same result slowly (and Triton's CPU
+interpreter runs the packed kernel in the tests).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from bellm_st.tokenization import TokenizedBatch
 VARLEN_ATTENTION = "bellm_varlen"
 FLAT_FEATURE = "cu_seq_lens"  # the key that marks flat features
 TEXT_OF_TOKEN = "bellm_text_of_token"  # keyword that hands the packed kernel each token's text
-PACKED_LONGEST = 1024  # batches with longer texts go to the flash kernel (the packed one was measured up to 880)
+PACKED_LONGEST = 1024  # longest text for the packed kernel with heads of <= 64 dims (see packed_longest)
+PACKED_LONGEST_WIDE_HEADS = 64  # the same for wider heads
 FLAT_DTYPES = (torch.float16, torch.bfloat16)  # what the flash kernel computes in
 
 
@@ -115,20 +118,32 @@ def flat_attention_unsupported(model: PreTrainedModel, device: torch.device) -> 
     return None
 
 
-def use_packed_attention(device: torch.device, dtype: torch.dtype, longest: int) -> bool:
+def packed_longest(config: Any) -> int:
+    """The longest text (tokens) for which the packed kernel beats the flash kernel, by head size.
+
+    Measured (bf16): with 64-wide heads (SmolLM2) the packed kernel was faster up to the
+    longest texts tried (880 tokens; 4.2-4.6x on ~27-token sentences, H100); with 128- and
+    256-wide heads it was faster on ~28-token texts and slower on ~300-token ones (H200), so
+    there it serves sentence-length batches only (lengths in between were not measured).
+    """
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return PACKED_LONGEST if head_dim <= 64 else PACKED_LONGEST_WIDE_HEADS
+
+
+def use_packed_attention(model: PreTrainedModel, device: torch.device, longest: int) -> bool:
     """Whether a flat forward's attention goes to the packed kernel (:mod:`bellm_st.packed_attention`).
 
-    It does on GPUs with Triton, in fp16/bf16, unless the texts are longer than it was measured
-    on (it ran 4.6x faster than the flash kernel on ~27-token sentences on an H100, 1.2-1.9x
-    on texts of ~470 tokens);
-    on CPU only in Triton's interpreter (tests). Decided before the forward, so compiled
-    layers see a plain keyword rather than a check.
+    It does on GPUs with Triton, in fp16/bf16, for texts up to :func:`packed_longest`, and for
+    any length when PyTorch's flash kernel cannot serve the model; on CPU only in Triton's
+    interpreter (tests). Decided before the forward, so compiled layers see a plain keyword
+    rather than a check.
     """
-    if longest > PACKED_LONGEST and _VARLEN_KERNEL is not None:
+    if device.type == "cuda" and model.dtype not in FLAT_DTYPES:
         return False
-    if device.type == "cuda" and dtype not in FLAT_DTYPES:
+    if not packed_attention_available(device):
         return False
-    return packed_attention_available(device)
+    config = text_config(model)
+    return _varlen_kernel_problem(config) is not None or longest <= packed_longest(config)
 
 
 def _sequence_bounds(kwargs: dict[str, Any]) -> tuple[torch.Tensor, int]:

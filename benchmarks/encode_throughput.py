@@ -66,7 +66,7 @@ def arguments():
                              "(the policy before bounded pending rows)")
     parser.add_argument("--packed-longest", type=int, default=None,
                         help="flat batches whose longest text exceeds this use the flash kernel instead of the packed "
-                             "one (default: the library's, bellm_st.varlen.PACKED_LONGEST; 0: flash always)")
+                             "one (default: the library's, bellm_st.varlen.packed_longest; 0: flash always)")
     parser.add_argument("--devices", default=None, help="e.g. cuda:0,cuda:1: add multi-device encoding variants")
     parser.add_argument("--check-fp32", type=int, default=1000, help="sentences compared with an fp32 reference (0: skip)")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -121,7 +121,7 @@ def padded_tokens(lengths: np.ndarray, batch_size: int) -> int:
 def main() -> None:
     args = arguments()
     if args.packed_longest is not None:
-        varlen.PACKED_LONGEST = args.packed_longest
+        varlen.PACKED_LONGEST = varlen.PACKED_LONGEST_WIDE_HEADS = args.packed_longest
     device = torch.device(args.device)
     dtype = harness.parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
     peak = args.peak_tflops or (harness.H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)

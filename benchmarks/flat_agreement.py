@@ -53,28 +53,31 @@ def main() -> None:
     device = torch.device("cuda")
     texts = harness.load_sentences(args.data, args.sentences, args.words, args.seed)
     tokenizer = build_tiny_tokenizer()
-    rows = []
+    rows, results = [], {}
     for architecture in sorted(set(TINY_ARCHITECTURES) - {"gemma2"}):  # gemma2 caps logits: no flat batches
-        with harness.recorded_failure({}, architecture):
+        with harness.recorded_failure(results, architecture):
             encoder = encoder_for(architecture, tokenizer, args.layers).to(device)
             reference = embeddings(encoder, texts, flat=False, device=device)
             encoder.to(torch.bfloat16)
             row: dict[str, Any] = {"architecture": architecture}
             row["padded bf16"] = harness.cosine_rows(embeddings(encoder, texts, False, device), reference).min()
-            default_longest = varlen.PACKED_LONGEST
-            for name, longest in (("flat packed", default_longest), ("flat flash", 0)):
-                varlen.PACKED_LONGEST = longest
+            saved = varlen.PACKED_LONGEST, varlen.PACKED_LONGEST_WIDE_HEADS
+            kernels = [("flat packed", saved)]
+            if varlen._VARLEN_KERNEL is not None:  # without it, long and short batches alike go packed
+                kernels.append(("flat flash", (0, 0)))
+            for name, limits in kernels:
+                varlen.PACKED_LONGEST, varlen.PACKED_LONGEST_WIDE_HEADS = limits
                 try:
                     row[name] = harness.cosine_rows(embeddings(encoder, texts, True, device), reference).min()
                 finally:
-                    varlen.PACKED_LONGEST = default_longest
+                    varlen.PACKED_LONGEST, varlen.PACKED_LONGEST_WIDE_HEADS = saved
             rows.append(row)
     harness.print_table(rows, ["architecture", "padded bf16", "flat packed", "flat flash"],
                         title=f"lowest cosine to padded fp32 over {len(texts)} sentences (k={args.layers} of 4)")
     for row in rows:
         print({key: (round(float(value), 6) if not isinstance(value, str) else value) for key, value in row.items()})
-    harness.write_result("flat_agreement", {"rows": rows, "environment": harness.environment(),
-                                            "arguments": vars(args)}, args.out)
+    results.update(rows=rows, environment=harness.environment(), arguments=vars(args))
+    harness.write_result("flat_agreement", results, args.out)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,14 @@ import torch
 
 from bellm_st import varlen
 from bellm_st.packed_attention import packed_attention, packed_attention_available
-from bellm_st.varlen import PACKED_LONGEST, _reference_attention, use_packed_attention
+from bellm_st.varlen import PACKED_LONGEST, PACKED_LONGEST_WIDE_HEADS, _reference_attention, use_packed_attention
+from tests.conftest import tiny_backbone
 
 pytest.importorskip("triton", reason="the packed kernel needs Triton (installed by the dev extra on Linux)")
 CPU = torch.device("cpu")
+# The kernel runs on CPU tensors in Triton's interpreter, which conftest turns on where there is
+# no GPU (CI); on GPU machines benchmarks/attention_kernels.py and flat_agreement.py check it.
+pytestmark = pytest.mark.skipif(not packed_attention_available(CPU), reason="needs Triton's CPU interpreter")
 
 
 def flat_inputs(lengths, heads, kv_heads, dim, dtype=torch.float32, seed=0):
@@ -81,20 +85,42 @@ def test_heads_must_group_evenly():
         packed_attention(query, key, value, text_of_token, bounds, 0.25, (-1, -1))
 
 
-def test_the_kernel_is_chosen_for_short_texts_in_half_precision_on_gpus(monkeypatch):
+def test_the_kernel_is_chosen_by_precision_head_size_and_length(monkeypatch):
+    monkeypatch.setattr(varlen, "packed_attention_available", lambda device: True)
+    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", (lambda *args, **kwargs: None, frozenset({"scale", "window_size"})))
+    cuda = torch.device("cuda")
+    narrow = tiny_backbone("llama").to(torch.bfloat16)  # head dim 8
+    wide = tiny_backbone("llama", head_dim=128).to(torch.bfloat16)
+    assert use_packed_attention(narrow, cuda, 30) and use_packed_attention(wide, cuda, 30)
+    assert use_packed_attention(narrow, cuda, PACKED_LONGEST) and not use_packed_attention(narrow, cuda, PACKED_LONGEST + 1)
+    assert not use_packed_attention(wide, cuda, PACKED_LONGEST_WIDE_HEADS + 1)  # wide heads: flash was faster
+    assert not use_packed_attention(narrow.float(), cuda, 30)  # fp32 goes to the exact stand-in
+
+
+def test_long_texts_stay_packed_where_the_flash_kernel_cannot_serve_the_model(monkeypatch):
+    """A PyTorch whose kernel takes no scale (or no window, for sliding layers) cannot take long batches either."""
     monkeypatch.setattr(varlen, "packed_attention_available", lambda device: True)
     cuda = torch.device("cuda")
-    assert use_packed_attention(cuda, torch.bfloat16, 30)
-    assert not use_packed_attention(cuda, torch.float32, 30)  # fp32 goes to the exact stand-in
-    if varlen._VARLEN_KERNEL is not None:
-        assert not use_packed_attention(cuda, torch.bfloat16, PACKED_LONGEST + 1)  # long texts: flash
+    narrow = tiny_backbone("llama").to(torch.bfloat16)
+    sliding = tiny_backbone("gemma3_text").to(torch.bfloat16)
+    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", (lambda *args, **kwargs: None, frozenset({"scale"})))
+    assert use_packed_attention(sliding, cuda, PACKED_LONGEST + 1)
+    assert not use_packed_attention(narrow, cuda, PACKED_LONGEST + 1)
     monkeypatch.setattr(varlen, "_VARLEN_KERNEL", None)
-    assert use_packed_attention(cuda, torch.bfloat16, PACKED_LONGEST + 1)  # no flash kernel: packed anyway
+    assert use_packed_attention(narrow, cuda, PACKED_LONGEST + 1)
     monkeypatch.setattr(varlen, "packed_attention_available", lambda device: False)
-    assert not use_packed_attention(cuda, torch.bfloat16, 30)
+    assert not use_packed_attention(narrow, cuda, 30)
 
 
 def test_on_cpu_only_the_interpreter_runs_it(monkeypatch):
     assert packed_attention_available(CPU)
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert not packed_attention_available(CPU)
+
+
+def test_index_tensors_may_be_strided():
+    query, key, value, text_of_token, bounds = flat_inputs([6, 11, 4], 2, 2, 16)
+    spread = torch.stack([text_of_token, text_of_token], dim=1)[:, 0]  # every other element of a buffer
+    assert not spread.is_contiguous()
+    output = packed_attention(query, key, value, spread, bounds, 0.25, (-1, -1), tiles=(16, 16, 1))
+    assert torch.allclose(output, reference(query, key, value, bounds, (-1, -1), 0.25), atol=1e-5)

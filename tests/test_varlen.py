@@ -1,7 +1,8 @@
 """Flat batches: texts end to end in one row with variable-length attention (bellm_st.varlen).
 
-On CPU the attention runs through the per-text SDPA stand-in, which must agree with the padded
-path for every architecture; on a GPU the benchmarks compare the flash kernel with it.
+On CPU the attention runs through the packed kernel in Triton's interpreter (or, where it is
+off, the per-text SDPA stand-in), which must agree with the padded path for every architecture;
+on a GPU benchmarks/flat_agreement.py compares both kernels with padded batches.
 """
 
 from __future__ import annotations
