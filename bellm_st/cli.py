@@ -79,7 +79,9 @@ def encode(
         None, min=1, help="Texts per batch (default 32 on CPU; on a GPU, bulk batches of up to 4096 texts / 131,072 tokens)."
     ),
     normalize: bool = typer.Option(True, help="L2-normalise the vectors."),
-    device: str = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
+    device: str = typer.Option(
+        None, help="cpu, cuda, cuda:1 ...; several, comma-separated (cuda:0,cuda:1), run one process each."
+    ),
     bulk: bool = typer.Option(None, "--bulk/--no-bulk", help="Use encode_bulk (default: on a GPU)."),
     compile_layers: bool = typer.Option(
         False, "--compile", help="torch.compile each decoder layer first: ~20 s of warm-up, then faster on large files."
@@ -101,6 +103,10 @@ def encode(
     except (TypeError, ValueError) as error:
         _fail(error)
     _check_dtype(dtype)
+    if device is not None and "," in device:
+        vectors = _encode_on_devices(items, model, device, prompt_name, batch_size, normalize, bulk, compile_layers, dtype)
+        _write_vectors(items, vectors, output)
+        return
     encoder = _load_model(model, device)
     encoder.to(inference_dtype(dtype, encoder.device))
     if prompt_name is not None and prompt_name not in encoder.prompts:
@@ -123,6 +129,30 @@ def encode(
         size = batch_size or 32
         vectors = encoder.encode(items, prompt_name=prompt_name, batch_size=size, normalize_embeddings=normalize,
                                  show_progress_bar=len(items) > size)
+    _write_vectors(items, vectors, output)
+
+
+def _encode_on_devices(items: list[str], model: str | None, device: str, prompt_name: str | None,
+                       batch_size: int | None, normalize: bool, bulk: bool | None, compile_layers: bool, dtype: str):
+    """``encode --device a,b``: one process per device (:mod:`bellm_st.multi_device`)."""
+    import torch
+
+    from bellm_st.multi_device import encode_on_devices
+
+    if bulk is False:
+        _fail(ValueError("several devices always use bulk encoding; drop --no-bulk or give one device"))
+    devices = [part.strip() for part in device.split(",") if part.strip()]
+    try:
+        return encode_on_devices(model, items, devices, dtype=inference_dtype(dtype, torch.device(devices[0])),
+                                 compile_layers=compile_layers, batch_size=batch_size or GPU_BATCH_TEXTS,
+                                 max_batch_tokens=GPU_BATCH_TOKENS, prompt_name=prompt_name,
+                                 normalize_embeddings=normalize)
+    except ValueError as error:
+        _fail(error)
+
+
+def _write_vectors(items: list[str], vectors, output: Path | None) -> None:
+    """Vectors to a .npy file, or as JSON lines to a file or stdout."""
     if output is not None and output.suffix == ".npy":
         import numpy as np
 
