@@ -5,14 +5,16 @@ tokeniser thread and one kernel-launching thread per GPU share one interpreter l
 H200s one compiled replica encoded 48,877 sentences/s and two reached only 63,790/s (1.31x),
 though the host side alone managed 127,778/s (docs/BENCHMARKS.md). Here each GPU gets its own
 process, which loads the model, tokenises its share of the texts and runs ``encode_bulk`` alone.
-Each process pays the start-up (imports, loading, compiling: tens of seconds), so this pays off
-for collections that keep every GPU busy for longer than that.
+Each process pays the start-up (imports, loading, compiling: tens of seconds), so this can pay
+off only for collections that keep every GPU busy for longer than that. Tested with two CPU
+processes; its speed on GPUs has not been measured yet.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -48,9 +50,12 @@ def encode_on_devices(
                "max_batch_tokens": max_batch_tokens, "prompt_name": prompt_name,
                "normalize_embeddings": normalize_embeddings}
     jobs = [(model, [texts[index] for index in share], device, options) for share, device in zip(shares, devices)]
-    # spawn: a forked child of a process that already touched CUDA cannot use it
-    with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
-        parts = pool.starmap(_encode_share, jobs)
+    # spawn: a forked child of a process that already touched CUDA cannot use it. An executor's
+    # workers, unlike a Pool's, are not daemons, so they may start processes of their own
+    # (inductor's compile workers).
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as executor:
+        parts = list(executor.map(_encode_share, *zip(*jobs)))
     return np.concatenate(parts)
 
 
