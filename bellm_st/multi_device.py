@@ -51,8 +51,8 @@ def encode_on_devices(
                "normalize_embeddings": normalize_embeddings}
     jobs = [(model, [texts[index] for index in share], device, options) for share, device in zip(shares, devices)]
     # spawn: a forked child of a process that already touched CUDA cannot use it. An executor's
-    # workers, unlike a Pool's, are not daemons, so they may start processes of their own
-    # (inductor's compile workers).
+    # workers, unlike a Pool's, are not daemons, so they may start multiprocessing children of
+    # their own (a daemon may not).
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=len(jobs), mp_context=context) as executor:
         parts = list(executor.map(_encode_share, *zip(*jobs)))
