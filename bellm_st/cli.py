@@ -113,12 +113,12 @@ def encode(
         _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
     use_bulk = encoder.device.type == "cuda" if bulk is None else bulk
     if compile_layers:
-        from bellm_st.kernels import compile_decoder_layers
-        from bellm_st.module import BeLLMEncoder
+        from bellm_st.kernels import compile_model_layers
 
-        if not isinstance(encoder[0], BeLLMEncoder):
-            _fail(ValueError(f"--compile works on BeLLM models; {model!r} starts with {type(encoder[0]).__name__}"))
-        compile_decoder_layers(encoder[0].decoder)
+        try:
+            compile_model_layers(encoder)
+        except ValueError as error:
+            _fail(error)
     if use_bulk:
         from bellm_st.bulk import encode_bulk
 

@@ -54,6 +54,19 @@ def compile_decoder_layers(backbone: nn.Module, dynamic: bool = True) -> int:
     return len(layers)
 
 
+def compile_model_layers(model: nn.Module) -> None:
+    """:func:`compile_decoder_layers` on a BeLLM sentence-transformers model (the command line's ``--compile``).
+
+    Other models are refused with a ``ValueError`` naming their first module: only BeLLM models
+    expose one decoder whose layers share a code path.
+    """
+    from bellm_st.module import BeLLMEncoder
+
+    if not isinstance(model[0], BeLLMEncoder):
+        raise ValueError(f"compiling layers works on BeLLM models; this one starts with {type(model[0]).__name__}")
+    compile_decoder_layers(model[0].decoder)
+
+
 def uncompile_decoder_layers(backbone: nn.Module) -> None:
     """Undo :func:`compile_decoder_layers`: the layers run eagerly again (and the model pickles again).
 

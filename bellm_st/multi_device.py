@@ -75,8 +75,7 @@ def _encode_share(model: str | None, texts: list[str], device: str, options: dic
     """One process's work: load, cast, compile, encode (runs in the child)."""
     from bellm_st.api import load_default_or
     from bellm_st.bulk import encode_bulk
-    from bellm_st.kernels import compile_decoder_layers
-    from bellm_st.module import BeLLMEncoder
+    from bellm_st.kernels import compile_model_layers
 
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
@@ -84,8 +83,6 @@ def _encode_share(model: str | None, texts: list[str], device: str, options: dic
     if options["dtype"] is not None:
         encoder.to(options["dtype"])
     if options["compile_layers"]:
-        if not isinstance(encoder[0], BeLLMEncoder):
-            raise ValueError(f"compile_layers works on BeLLM models; {model!r} starts with {type(encoder[0]).__name__}")
-        compile_decoder_layers(encoder[0].decoder)
+        compile_model_layers(encoder)
     return encode_bulk(encoder, texts, batch_size=options["batch_size"], max_batch_tokens=options["max_batch_tokens"],
                        prompt_name=options["prompt_name"], normalize_embeddings=options["normalize_embeddings"])
