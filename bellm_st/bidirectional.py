@@ -21,13 +21,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 from transformers import PreTrainedModel, masking_utils
+from transformers.cache_utils import Cache
 
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 
 BidirectionalLayers = int | Sequence[int]
+
+# What the patch reads from transformers' layer calls (mask keyword and shapes, the cache, the
+# mask builders) can change between releases; every such change must stop with this note rather
+# than give causal layers or wrong vectors.
+RELEASE_NOTE = (
+    f"(installed: transformers {transformers.__version__}; bellm-st is tested with the versions pyproject.toml "
+    "allows, so installing one of those is the fix until this release is supported)"
+)
+_MASK_BUILDERS = ("create_bidirectional_mask", "create_bidirectional_sliding_window_mask")
+_missing_builders = [name for name in _MASK_BUILDERS if not hasattr(masking_utils, name)]
+if _missing_builders:
+    raise ImportError(f"transformers.masking_utils has no {', '.join(_missing_builders)} {RELEASE_NOTE}")
 
 
 def text_config(model: PreTrainedModel) -> Any:
@@ -119,6 +133,15 @@ def bidirectional_from_causal(incoming_mask: torch.Tensor) -> torch.Tensor:
     )
 
 
+def running_cache(args: tuple, kwargs: dict) -> Cache | None:
+    """The KV cache handed to a layer, found by its type rather than its keyword.
+
+    transformers 5.25 renamed the layer keyword ``past_key_values`` to ``cache``; looking for a
+    ``Cache`` among all arguments keeps the generation guard alive through such renames.
+    """
+    return next((value for value in (*args, *kwargs.values()) if isinstance(value, Cache)), None)
+
+
 class _LayerHook:
     """The forward pre-hook of one bi-directional layer.
 
@@ -135,9 +158,9 @@ class _LayerHook:
         if "attention_mask" not in kwargs:
             raise RuntimeError(
                 f"layer {self.layer_index} of {type(self.patch.model).__name__} was called without an "
-                "`attention_mask` keyword, so bellm-st cannot make it bi-directional; please report this architecture"
+                f"`attention_mask` keyword, so bellm-st cannot make it bi-directional {RELEASE_NOTE}"
             )
-        cache = kwargs.get("past_key_values")
+        cache = running_cache(args, kwargs)
         if cache is not None and cache.get_seq_length(self.layer_index) > 0:
             raise RuntimeError(
                 f"layer {self.layer_index} is bi-directional, so decoding with a KV cache would give wrong results; "
@@ -196,10 +219,11 @@ class BidirectionalPatch:
         if incoming is not None and not isinstance(incoming, torch.Tensor):
             raise NotImplementedError(
                 f"bi-directional layers do not support attention masks of type {type(incoming).__name__} "
-                "(flex attention); load the model with attn_implementation='sdpa' or 'eager'"
+                f"(flex attention, or a new mask type {RELEASE_NOTE}); load the model with "
+                "attn_implementation='sdpa' or 'eager'"
             )
         if incoming is not None and incoming.ndim != 2:
-            raise ValueError(f"unexpected attention mask of shape {tuple(incoming.shape)}")
+            raise ValueError(f"unexpected attention mask of shape {tuple(incoming.shape)} {RELEASE_NOTE}")
         # No mask (no padding), or flash attention's 2-D padding mask: transformers' builder
         # gives the bi-directional equivalent (or None).
         padding = None if incoming is None else incoming.bool()

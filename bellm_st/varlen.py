@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 
-from bellm_st.bidirectional import text_config
+from bellm_st.bidirectional import RELEASE_NOTE, text_config
 from bellm_st.packed_attention import packed_attention, packed_attention_available
 from bellm_st.tokenization import TokenizedBatch
 
@@ -150,7 +150,7 @@ def _sequence_bounds(kwargs: dict[str, Any]) -> tuple[torch.Tensor, int]:
     if "cu_seq_lens_q" not in kwargs:
         raise RuntimeError(
             f"attention {VARLEN_ATTENTION!r} was called without text boundaries; it runs only inside "
-            "bellm_st.varlen.flat_attention with flat features"
+            f"bellm_st.varlen.flat_attention with flat features, which pass them as `cu_seq_lens_q` {RELEASE_NOTE}"
         )
     return kwargs["cu_seq_lens_q"], int(kwargs["max_length_q"])
 
@@ -227,6 +227,11 @@ def varlen_attention_forward(
         raise ValueError(f"flat batches hold one row, got {query.shape[0]}")
     if kwargs.get("softcap") is not None:
         raise ValueError("flat batches do not support attention soft-capping")
+    if sliding_window is None and getattr(module, "sliding_window", None):
+        raise RuntimeError(
+            f"a sliding-window layer ({type(module).__name__}) called the attention function without its "
+            f"`sliding_window` keyword, so flat batches would attend past the window {RELEASE_NOTE}"
+        )
     is_causal = kwargs.get("is_causal")
     window = _window(module.is_causal if is_causal is None else is_causal, sliding_window)
     text_of_token = kwargs.get(TEXT_OF_TOKEN)

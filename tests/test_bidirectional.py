@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, BertConfig, BertModel, masking_utils
+from transformers import AutoModelForCausalLM, BertConfig, BertModel, DynamicCache, masking_utils
 
 from bellm_st.bidirectional import (
     bidirectional_from_causal,
@@ -149,6 +149,50 @@ def test_generation_with_kv_cache_is_refused():
     make_bidirectional(model, 1)
     with pytest.raises(RuntimeError, match="KV cache"):
         model.generate(SEQUENCE, max_new_tokens=3, do_sample=False, pad_token_id=0)
+
+
+def filled_cache(model, tokens: int = 3) -> DynamicCache:
+    """A KV cache holding ``tokens`` positions for every layer, as generation leaves it after a step."""
+    config = model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    cache = DynamicCache()
+    for layer_index in range(config.num_hidden_layers):
+        states = torch.zeros(1, config.num_key_value_heads, tokens, head_dim)
+        cache.update(states, states.clone(), layer_index)
+    return cache
+
+
+# transformers 5.25 renamed the layer keyword `past_key_values` to `cache`; the guard must hold for
+# either spelling (and any future one), whichever release is installed.
+@pytest.mark.parametrize("keyword", ["cache", "past_key_values"])
+def test_a_layer_handed_a_filled_kv_cache_refuses_under_either_keyword(keyword):
+    model = tiny_backbone("llama")
+    make_bidirectional(model, 1)
+    layer = find_decoder_layers(model)[-1]
+    hidden = torch.zeros(1, 1, model.config.hidden_size)
+    with pytest.raises(RuntimeError, match="KV cache"):
+        layer(hidden, attention_mask=None, **{keyword: filled_cache(model)})
+
+
+def test_a_layer_called_without_the_mask_keyword_names_the_installed_release():
+    model = tiny_backbone("llama")
+    make_bidirectional(model, 1)
+    layer = find_decoder_layers(model)[-1]
+    with pytest.raises(RuntimeError, match=r"without an `attention_mask`.*installed: transformers \d"):
+        layer(torch.zeros(1, 2, model.config.hidden_size))
+
+
+@pytest.mark.parametrize(
+    ("mask", "error"),
+    [(object(), NotImplementedError), (torch.ones(1, 2, 2, dtype=torch.bool), ValueError)],
+    ids=["unknown-type", "three-dimensional"],
+)
+def test_a_mask_of_an_unknown_convention_names_the_installed_release(mask, error):
+    model = tiny_backbone("llama")
+    make_bidirectional(model, 1)
+    layer = find_decoder_layers(model)[-1]
+    with pytest.raises(error, match=r"installed: transformers \d"):
+        layer(torch.zeros(1, 2, model.config.hidden_size), attention_mask=mask)
 
 
 def test_gradient_checkpointing_recomputes_the_bidirectional_layers_correctly():

@@ -108,6 +108,16 @@ def test_attention_called_outside_a_flat_batch_says_so(tiny_tokenizer):
         encoder.auto_model(input_ids=features["input_ids"])
 
 
+def test_a_sliding_layer_whose_window_keyword_is_missing_is_refused():
+    # A release that stopped passing `sliding_window` would otherwise let flat batches attend past it.
+    module = torch.nn.Module()
+    module.is_causal, module.sliding_window = False, 4
+    states = torch.zeros(1, 2, 6, 8)
+    bounds = torch.tensor([0, 6], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match=r"without its `sliding_window` keyword.*installed: transformers"):
+        varlen.varlen_attention_forward(module, states, states, states, None, cu_seq_lens_q=bounds, max_length_q=6)
+
+
 def test_soft_capped_attention_is_refused(tiny_tokenizer):
     encoder = encoder_for(tiny_tokenizer, "gemma2", 2, attn="eager")
     with pytest.raises(ValueError, match="soft-capping"):
