@@ -388,7 +388,9 @@ def serve(
         SERVER_DEFAULTS.max_batch_tokens, min=1, help="Most padded tokens in one forward pass."
     ),
     batch_wait_ms: float = typer.Option(
-        SERVER_DEFAULTS.batch_wait_seconds * 1000, min=0, help="How long a batch that is not full waits for more texts."
+        SERVER_DEFAULTS.batch_wait_seconds * 1000,
+        min=0,
+        help="How long a batch that is not full waits for more texts.",
     ),
     max_queue_items: int = typer.Option(
         SERVER_DEFAULTS.max_queue_items, min=1, help="Most texts waiting; more gets --queue-full-status."
@@ -398,10 +400,13 @@ def serve(
     ),
     max_items_per_request: int = typer.Option(SERVER_DEFAULTS.max_items_per_request, min=1),
     max_input_chars: int = typer.Option(SERVER_DEFAULTS.max_input_chars, min=1, help="Longest text, in characters."),
-    long_input: str = typer.Option(SERVER_DEFAULTS.long_input, help="truncate or reject texts over --max-input-chars."),
+    long_input: str = typer.Option(
+        SERVER_DEFAULTS.long_input, help="truncate or reject texts over --max-input-chars."
+    ),
     max_payload_bytes: int = typer.Option(SERVER_DEFAULTS.max_payload_bytes, min=1),
     request_body_timeout_seconds: float = typer.Option(
-        SERVER_DEFAULTS.request_body_timeout_seconds, help="How long a request body may take to arrive; slower is a 408."
+        SERVER_DEFAULTS.request_body_timeout_seconds,
+        help="How long a request body may take to arrive; slower is a 408.",
     ),
     graceful_shutdown_seconds: float = typer.Option(
         SERVER_DEFAULTS.graceful_shutdown_seconds,

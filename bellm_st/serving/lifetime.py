@@ -109,7 +109,7 @@ class RequestLifetime:
             if not request.cancelled():
                 request.result()  # re-raise what the app raised
         except BaseException:
-            request.cancel()  # the server cancelled us (its grace ran out): stop the request too
+            request.cancel()  # e.g. the server cancelled us (its own deadline): the request stops too
             raise
         finally:
             if listener is not None:

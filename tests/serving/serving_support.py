@@ -82,7 +82,9 @@ def reference(model, texts: list[str], **kwargs) -> np.ndarray:
     return model.encode(texts, normalize_embeddings=True, **kwargs)
 
 
-def open_request(url: str, body: bytes, *, declared_length: int | None = None, path: str = "/v1/embeddings") -> socket.socket:
+def open_request(
+    url: str, body: bytes, *, declared_length: int | None = None, path: str = "/v1/embeddings"
+) -> socket.socket:
     """A POST sent by hand on a loopback socket: ``body`` may be shorter than ``declared_length``
     (a partial body still on its way) or the socket closed before the answer (a client that left)."""
     address = urlsplit(url)
