@@ -10,9 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bellm_st.serving.settings import ServerSettings
+
 app = typer.Typer(help="BeLLM sentence embeddings from decoder-only LLMs.", no_args_is_help=True)
 console = Console()
 
+SERVER_DEFAULTS = ServerSettings()  # `serve` shows and uses these; their home is ServerSettings
 MODEL_HELP = "A shipped model or base name, or a saved model folder (default: the shipped default model)."
 
 
@@ -380,16 +383,36 @@ def serve(
         None, envvar="BELLM_ST_API_KEY", help="Require 'Authorization: Bearer KEY' (also from $BELLM_ST_API_KEY)."
     ),
     served_model_name: str = typer.Option(None, help="The id clients see (default: the model argument)."),
-    max_batch_size: int = typer.Option(32, min=1, help="Most texts in one forward pass."),
-    max_batch_tokens: int = typer.Option(16384, min=1, help="Most padded tokens in one forward pass."),
-    batch_wait_ms: float = typer.Option(10.0, min=0, help="How long a batch that is not full waits for more texts."),
-    max_queue_items: int = typer.Option(4096, min=1, help="Most texts waiting; more gets --queue-full-status."),
-    queue_full_status: int = typer.Option(429, help="429 (clients retry) or 503 when the queue is full."),
-    max_items_per_request: int = typer.Option(2048, min=1),
-    max_input_chars: int = typer.Option(32768, min=1, help="Longest text, in characters."),
-    long_input: str = typer.Option("truncate", help="truncate or reject texts over --max-input-chars."),
-    max_payload_bytes: int = typer.Option(16 * 1024 * 1024, min=1),
-    graceful_shutdown_seconds: float = typer.Option(30.0, min=0, help="How long shutdown waits for requests."),
+    max_batch_size: int = typer.Option(SERVER_DEFAULTS.max_batch_size, min=1, help="Most texts in one forward pass."),
+    max_batch_tokens: int = typer.Option(
+        SERVER_DEFAULTS.max_batch_tokens, min=1, help="Most padded tokens in one forward pass."
+    ),
+    batch_wait_ms: float = typer.Option(
+        SERVER_DEFAULTS.batch_wait_seconds * 1000,
+        min=0,
+        help="How long a batch that is not full waits for more texts.",
+    ),
+    max_queue_items: int = typer.Option(
+        SERVER_DEFAULTS.max_queue_items, min=1, help="Most texts waiting; more gets --queue-full-status."
+    ),
+    queue_full_status: int = typer.Option(
+        SERVER_DEFAULTS.queue_full_status, help="429 (clients retry) or 503 when the queue is full."
+    ),
+    max_items_per_request: int = typer.Option(SERVER_DEFAULTS.max_items_per_request, min=1),
+    max_input_chars: int = typer.Option(SERVER_DEFAULTS.max_input_chars, min=1, help="Longest text, in characters."),
+    long_input: str = typer.Option(
+        SERVER_DEFAULTS.long_input, help="truncate or reject texts over --max-input-chars."
+    ),
+    max_payload_bytes: int = typer.Option(SERVER_DEFAULTS.max_payload_bytes, min=1),
+    request_body_timeout_seconds: float = typer.Option(
+        SERVER_DEFAULTS.request_body_timeout_seconds,
+        help="How long a request body may take to arrive; slower is a 408.",
+    ),
+    graceful_shutdown_seconds: float = typer.Option(
+        SERVER_DEFAULTS.graceful_shutdown_seconds,
+        min=0,
+        help="How long shutdown waits for accepted requests; the rest get a 503.",
+    ),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
     dtype: str = typer.Option(
         "auto", help="Weights' precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16."
@@ -409,7 +432,6 @@ def serve(
     model_source = str(onnx) if onnx is not None else model
 
     try:
-        from bellm_st.serving import ServerSettings
         from bellm_st.serving import serve as run_server
     except ImportError as error:
         _fail(ImportError(f"{error}; the server needs its extra: pip install 'bellm-st[serve]'"))
@@ -429,6 +451,7 @@ def serve(
             max_input_chars=max_input_chars,
             long_input=long_input,
             max_payload_bytes=max_payload_bytes,
+            request_body_timeout_seconds=request_body_timeout_seconds,
             graceful_shutdown_seconds=graceful_shutdown_seconds,
         )
     except ValueError as error:

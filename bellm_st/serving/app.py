@@ -1,7 +1,11 @@
 """The FastAPI application: OpenAI-compatible embeddings in front of the dynamic batcher.
 
-request -> guard (auth, size) -> schema -> limits -> token count (thread) -> batcher (model
-thread) -> dimensions / encoding -> response. Nothing on that path blocks the event loop.
+request -> lifetime (client disconnect, shutdown grace) -> guard (auth, size, body deadline) ->
+schema -> limits -> token count (thread) -> batcher (model thread) -> dimensions / encoding ->
+response. Nothing on that path blocks the event loop.
+
+Paths are matched exactly: ``/v1/embeddings/`` is a 404 that names ``/v1/embeddings``, not a
+redirect (Starlette would build the redirect's address from the client's ``Host`` header).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from bellm_st.serving.batcher import DynamicBatcher, QueueFullError, ShuttingDow
 from bellm_st.serving.embedder import Embedder, ServedModel
 from bellm_st.serving.errors import APIError, install_error_handlers
 from bellm_st.serving.guards import RequestGuard
+from bellm_st.serving.lifetime import RequestLifetime, Shutdown
 from bellm_st.serving.limits import texts_from_input
 from bellm_st.serving.responses import embedding_response, shorten
 from bellm_st.serving.schemas import (
@@ -38,9 +43,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in (
         (400, "Bad input: wrong types, empty or blank texts, too many or too long texts, bad dimensions"),
         (401, "Missing or wrong API key"),
+        (408, "Request body not complete within the body timeout"),
         (413, "Request body over the size limit"),
         (429, "Queue full; retry later"),
-        (503, "Queue full (when so configured) or shutting down"),
+        (503, "Queue full (when so configured), or shutting down (also for requests the grace period cannot wait for)"),
     )
 }
 
@@ -57,6 +63,7 @@ def create_app(model: ServedModel | Embedder, settings: ServerSettings | None = 
         max_queue_items=settings.max_queue_items,
         batch_wait_seconds=settings.batch_wait_seconds,
     )
+    shutdown = Shutdown(settings.graceful_shutdown_seconds)
     created = int(time.time())
 
     @asynccontextmanager
@@ -70,11 +77,19 @@ def create_app(model: ServedModel | Embedder, settings: ServerSettings | None = 
         version=bellm_st.__version__,
         description="OpenAI-compatible sentence embeddings from a BeLLM (or any sentence-transformers) model.",
         lifespan=lifespan,
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.embedder = embedder
     app.state.batcher = batcher
-    app.add_middleware(RequestGuard, api_key=settings.api_key, max_payload_bytes=settings.max_payload_bytes)
+    app.state.shutdown = shutdown  # the ASGI server calls app.state.shutdown.begin() when it stops accepting
+    app.add_middleware(
+        RequestGuard,
+        api_key=settings.api_key,
+        max_payload_bytes=settings.max_payload_bytes,
+        body_timeout_seconds=settings.request_body_timeout_seconds,
+    )
+    app.add_middleware(RequestLifetime, shutdown=shutdown)  # added last: the outermost
     install_error_handlers(app)
 
     def prepare(raw_input: Any) -> tuple[list[str], list[int]]:
@@ -134,10 +149,11 @@ def create_app(model: ServedModel | Embedder, settings: ServerSettings | None = 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health(response: Response) -> Health:
         """Liveness and queue depth; 503 once shutdown has begun. Needs no API key."""
-        if batcher.closing:
+        stopping = shutdown.begun or batcher.closing
+        if stopping:
             response.status_code = 503
         return Health(
-            status="shutting_down" if batcher.closing else "ok",
+            status="shutting_down" if stopping else "ok",
             model=settings.model_id,
             queued_items=batcher.queued_items,
             max_queue_items=settings.max_queue_items,

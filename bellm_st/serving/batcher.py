@@ -1,9 +1,16 @@
 """Dynamic batching: texts from concurrent requests share forward passes of the model.
 
-Requests put their texts on one bounded queue and await a future. A single worker task takes
-texts in arrival order into a batch (at most ``max_batch_size`` rows and ``max_batch_tokens``
-padded tokens, one prompt per batch), runs the model in a dedicated thread so the event loop keeps
-serving, and hands each request its rows. A large request simply spans several batches.
+Requests put their texts on one bounded queue and await a future. A single worker task fills
+each batch (at most ``max_batch_size`` rows and ``max_batch_tokens`` padded tokens, one prompt
+per batch), runs the model in a dedicated thread so the event loop keeps serving, and hands each
+request its rows. A large request simply spans several batches.
+
+Batches are filled round-robin over the waiting requests: one text from each in turn until the
+batch is full. A request with one text therefore goes into the next batch even while a request
+with thousands of texts is being encoded; the large one takes whatever room is left. Requests
+that got rows move to the back of the line, so the request at the front (whose prompt the next
+batch uses) is the one that has waited longest: a request with another prompt waits at most one
+batch.
 
 When the worker finds less than a full batch it waits up to ``batch_wait_seconds`` for more:
 without that pause, clients that all got their answers from one batch come back a few
@@ -11,8 +18,11 @@ milliseconds apart, the first of them is sent alone, and batches alternate betwe
 all the others, which costs a whole forward pass per round.
 
 Failure stays with its cause: when a mixed batch fails, each request in it is retried alone, so
-one bad request cannot fail its neighbours. A request whose client went away is dropped before
-it costs a forward pass.
+one bad request cannot fail its neighbours. A request that is cancelled (its caller gave up)
+leaves the queue at once; none of its texts not yet in a batch reaches the model.
+
+The batcher knows requests and texts only; whoever calls :meth:`DynamicBatcher.embed` decides
+when a request is abandoned, by cancelling that call.
 """
 
 from __future__ import annotations
@@ -54,6 +64,11 @@ class _Job:
     @property
     def abandoned(self) -> bool:
         return self.future.done()
+
+    @property
+    def waiting(self) -> int:
+        """Texts not yet taken into a batch."""
+        return len(self.texts) - self.next_index
 
 
 @dataclass(frozen=True)
@@ -102,7 +117,11 @@ class DynamicBatcher:
         self._jobs.append(job)
         self.queued_items += len(texts)
         self._work_arrived.set()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._withdraw(job)  # its texts leave the queue now, not when the worker next looks
+            raise
 
     async def close(self) -> None:
         """Stop taking requests, finish every queued one, then stop the worker thread."""
@@ -146,39 +165,43 @@ class DynamicBatcher:
                 return
 
     def _take_batch(self) -> list[_Slice] | None:
-        """The next batch in arrival order: one prompt, within the row and padded-token budgets."""
-        self._drop_abandoned()
+        """The next batch: round-robin over the waiting requests with the front one's prompt,
+        within the row and padded-token budgets; see the module docstring."""
+        self._jobs = deque(job for job in self._jobs if job.waiting and not job.abandoned)
         if not self._jobs:
             return None
         prompt_name = self._jobs[0].prompt_name
-        batch: list[_Slice] = []
+        rows_of = {job: 0 for job in self._jobs if job.prompt_name == prompt_name}
+        open_jobs = list(rows_of)
         rows = longest = 0
-        full = False
-        for job in self._jobs:
-            if job.prompt_name != prompt_name or job.abandoned:
-                continue
-            start = stop = job.next_index
-            while stop < len(job.texts):
-                tokens = max(longest, job.token_counts[stop])
-                if rows == self.max_batch_size or (rows and (rows + 1) * tokens > self.max_batch_tokens):
-                    full = True
+        while open_jobs and rows < self.max_batch_size:
+            for job in list(open_jobs):
+                index = job.next_index + rows_of[job]
+                tokens = max(longest, job.token_counts[index]) if index < len(job.texts) else 0
+                # A text over the token budget still goes, alone: it can never share a batch.
+                if index == len(job.texts) or (rows and (rows + 1) * tokens > self.max_batch_tokens):
+                    open_jobs.remove(job)
+                    continue
+                rows_of[job] += 1
+                rows, longest = rows + 1, tokens
+                if rows == self.max_batch_size:
                     break
-                rows, longest, stop = rows + 1, tokens, stop + 1
-            if stop > start:
-                batch.append(_Slice(job, start, stop))
-                job.next_index = stop
-                self.queued_items -= stop - start
-            if full:
-                break
-        self._jobs = deque(job for job in self._jobs if job.next_index < len(job.texts))
+        batch = [_Slice(job, job.next_index, job.next_index + count) for job, count in rows_of.items() if count]
+        for part in batch:
+            part.job.next_index = part.stop
+            self.queued_items -= part.stop - part.start
+        # Those served go to the back of the line, in their order; those skipped keep their place.
+        served = {id(part.job) for part in batch}
+        self._jobs = deque(
+            [job for job in self._jobs if id(job) not in served]
+            + [job for job in self._jobs if id(job) in served and job.waiting]
+        )
         return batch
 
-    def _drop_abandoned(self) -> None:
-        for job in self._jobs:
-            if job.abandoned:
-                self.queued_items -= len(job.texts) - job.next_index
-                job.next_index = len(job.texts)
-        self._jobs = deque(job for job in self._jobs if job.next_index < len(job.texts))
+    def _withdraw(self, job: _Job) -> None:
+        """Take a request's waiting texts off the queue; its future is done, so nothing is delivered."""
+        self.queued_items -= job.waiting
+        job.next_index = len(job.texts)
 
     async def _encode_and_deliver(self, batch: list[_Slice]) -> None:
         prompt_name = batch[0].job.prompt_name
@@ -214,8 +237,7 @@ class DynamicBatcher:
             job.future.set_result(np.concatenate(job.results))
 
     def _fail(self, job: _Job, error: Exception) -> None:
-        self.queued_items -= len(job.texts) - job.next_index
-        job.next_index = len(job.texts)
+        self._withdraw(job)
         if not job.future.done():
             job.future.set_exception(error)
 

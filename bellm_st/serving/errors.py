@@ -24,6 +24,7 @@ ERROR_TYPES = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     429: "rate_limit_error",
@@ -126,11 +127,19 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
     return error_response(400, message, param, "invalid_request")
 
 
+def _not_found_message(request: Request) -> str:
+    path = request.url.path
+    without_slash = path.rstrip("/")
+    if without_slash != path and any(getattr(route, "path", None) == without_slash for route in request.app.routes):
+        return f"no endpoint at {path}; use {without_slash} (without the trailing slash)"
+    return f"no endpoint at {path}; see /docs for the available ones"
+
+
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
     messages = {
         # FastAPI's answer to a body it cannot decode (e.g. not UTF-8).
         400: f"the request body could not be parsed; send UTF-8 encoded JSON such as {EXAMPLE_BODY}",
-        404: f"no endpoint at {request.url.path}; see /docs for the available ones",
+        404: _not_found_message(request),
         405: f"{request.method} is not allowed on {request.url.path}",
     }
     message = messages.get(error.status_code, str(error.detail))

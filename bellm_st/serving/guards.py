@@ -1,12 +1,15 @@
-"""Checks that run before a request reaches a route: bearer-token auth and the payload-size cap.
+"""Checks that run before a request reaches a route: bearer-token auth, the payload-size cap and
+the body deadline.
 
 A plain ASGI middleware, so an unauthenticated or oversized request is answered before its body
-is parsed: a wrong key is always 401 (never a validation error), and a huge body is never read
-into memory past the limit.
+is parsed: a wrong key is always 401 (never a validation error), a huge body is never read into
+memory past the limit, and a body that trickles in (or never ends) is a 408 once the deadline
+passes instead of holding its connection open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,13 +35,26 @@ def _too_large(limit: int) -> APIError:
     )
 
 
-class RequestGuard:
-    """Refuse requests without the bearer token (401) and bodies over ``max_payload_bytes`` (413)."""
+def _too_slow(timeout: float) -> APIError:
+    return APIError(
+        408,
+        f"the request body did not arrive within {timeout:g} seconds of its headers; send the whole body "
+        "at once (or fewer texts per request)",
+        code="request_body_timeout",
+        # The rest of the body may still be on its way: the connection cannot carry another request.
+        headers={"Connection": "close"},
+    )
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None, max_payload_bytes: int):
+
+class RequestGuard:
+    """Refuse requests without the bearer token (401), bodies over ``max_payload_bytes`` (413) and
+    bodies not complete ``body_timeout_seconds`` after the request began (408)."""
+
+    def __init__(self, app: ASGIApp, *, api_key: str | None, max_payload_bytes: int, body_timeout_seconds: float):
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.max_payload_bytes = max_payload_bytes
+        self.body_timeout_seconds = body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,16 +84,26 @@ class RequestGuard:
         return None
 
     def _limited(self, receive: Receive) -> Receive:
-        """``receive`` that stops a body (chunked or lying about its length) at the limit."""
+        """``receive`` that stops a body (chunked or lying about its length) at the size limit, and
+        one still arriving at the deadline."""
         received = 0
+        body_complete = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_seconds
 
         async def receive_within_limit() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_complete
+            if body_complete:  # later calls only wait for the client to disconnect
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:  # not the builtin before Python 3.11
+                raise _too_slow(self.body_timeout_seconds) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_payload_bytes:
                     raise _too_large(self.max_payload_bytes)
+                body_complete = not message.get("more_body", False)
             return message
 
         return receive_within_limit

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
+
 import uvicorn
 
 from bellm_st.serving.app import create_app
 from bellm_st.serving.embedder import Embedder, ServedModel
 from bellm_st.serving.settings import ServerSettings
+
+
+# uvicorn's own deadline comes this long after the app's: by then the app has answered every
+# request the grace period could not wait for (503), so uvicorn's plain-text 500 never goes out.
+UVICORN_DEADLINE_AFTER_GRACE_SECONDS = 1.0
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn that tells the app when shutdown begins (ASGI has no message for that moment)."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]):
+        super().__init__(config)
+        self.on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.on_shutdown()
+        await super().shutdown(sockets)
 
 
 def uvicorn_server(
@@ -18,16 +38,17 @@ def uvicorn_server(
     log_level: str = "info",
 ) -> uvicorn.Server:
     """A configured uvicorn server; on SIGINT/SIGTERM it stops accepting, finishes in-flight requests
-    (up to ``settings.graceful_shutdown_seconds``) and then drains the batcher."""
+    (up to ``settings.graceful_shutdown_seconds``, then answers the rest 503) and drains the batcher."""
+    app = create_app(model, settings)
     config = uvicorn.Config(
-        create_app(model, settings),
+        app,
         host=host,
         port=port,
         log_level=log_level,
-        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds + UVICORN_DEADLINE_AFTER_GRACE_SECONDS,
         server_header=False,
     )
-    return uvicorn.Server(config)
+    return _GracefulServer(config, on_shutdown=app.state.shutdown.begin)
 
 
 def serve(

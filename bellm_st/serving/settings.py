@@ -35,8 +35,11 @@ class ServerSettings:
     long_input: LongInputPolicy = "truncate"
     """What happens to a text over ``max_input_chars``: cut to the limit, or reject the request."""
     max_payload_bytes: int = 16 * 1024 * 1024
+    request_body_timeout_seconds: float = 30.0
+    """How long a request's whole body may take to arrive after its headers; slower gets a 408
+    (16 MiB, the default payload limit, at 1 MB/s takes 17 s)."""
     graceful_shutdown_seconds: float = 30.0
-    """How long shutdown waits for in-flight requests before closing connections."""
+    """How long shutdown waits for accepted requests; those still unanswered then get a 503."""
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_batch_tokens", "max_queue_items", "max_items_per_request",
@@ -49,6 +52,12 @@ class ServerSettings:
                 f"max_items_per_request={self.max_items_per_request} exceeds max_queue_items={self.max_queue_items}: "
                 "such a request could never be queued; raise max_queue_items or lower max_items_per_request"
             )
+        if not self.request_body_timeout_seconds > 0:
+            raise ValueError(
+                f"request_body_timeout_seconds={self.request_body_timeout_seconds!r} must be above 0"
+            )
+        if not self.graceful_shutdown_seconds >= 0:
+            raise ValueError(f"graceful_shutdown_seconds={self.graceful_shutdown_seconds!r} must be 0 or more")
         if not 0 <= self.batch_wait_seconds <= 10:
             raise ValueError(f"batch_wait_seconds={self.batch_wait_seconds!r} must be between 0 and 10")
         if self.long_input not in ("truncate", "reject"):

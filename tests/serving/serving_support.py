@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import numpy as np
 import uvicorn
@@ -77,3 +80,32 @@ class SlowEmbedder(Embedder):
 def reference(model, texts: list[str], **kwargs) -> np.ndarray:
     """What the library itself gives: the numbers the server must reproduce."""
     return model.encode(texts, normalize_embeddings=True, **kwargs)
+
+
+def open_request(
+    url: str, body: bytes, *, declared_length: int | None = None, path: str = "/v1/embeddings"
+) -> socket.socket:
+    """A POST sent by hand on a loopback socket: ``body`` may be shorter than ``declared_length``
+    (a partial body still on its way) or the socket closed before the answer (a client that left)."""
+    address = urlsplit(url)
+    sock = socket.create_connection((address.hostname, address.port), timeout=15)
+    length = len(body) if declared_length is None else declared_length
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
+    """Status, headers (lower-case names) and JSON body of the answer on ``sock`` (bounded by its timeout)."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    body = response.read()
+    headers = {name.lower(): value for name, value in response.getheaders()}
+    return response.status, headers, json.loads(body)
+
+
+def json_body(texts: list[str]) -> bytes:
+    return json.dumps({"input": texts}).encode()

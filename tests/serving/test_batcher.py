@@ -110,8 +110,75 @@ def test_padded_token_budget_limits_a_batch():
         return encoder
 
     encoder = asyncio.run(run())
-    # 4 rows x 10 tokens fill the budget; a text over the budget still goes, alone.
-    assert [len(batch) for batch, _ in encoder.batches] == [4, 4, 1, 1]
+    # 4 rows x 10 tokens fill the budget; a text over the budget still goes, alone; the request
+    # skipped for lack of room goes first next time, so the two requests alternate.
+    assert [batch for batch, _ in encoder.batches] == [
+        ["s0", "s1", "s2", "s3"], ["a very long one"], ["s4", "s5", "s6", "short"], ["s7"]
+    ]
+
+
+def test_a_small_request_is_not_starved_by_a_large_one():
+    async def run():
+        encoder = FakeEncoder(delay=0.002)
+        batcher = make(encoder, max_batch_size=32, max_queue_items=4096)
+        large = asyncio.create_task(embed(batcher, [f"large {index}" for index in range(2048)]))
+        for _ in range(2000):  # bounded: until the large request is in the model
+            if encoder.batches:
+                break
+            await asyncio.sleep(0.001)
+        batches_before = len(encoder.batches)
+        small = await embed(batcher, ["small"])
+        large_finished_first = large.done()
+        await large
+        await batcher.close()
+        return encoder, small, batches_before, large_finished_first
+
+    encoder, small, batches_before, large_finished_first = asyncio.run(run())
+    assert not large_finished_first, "the 1-text request waited for all 2,048 texts of the other"
+    small_batch = next(index for index, (batch, _) in enumerate(encoder.batches) if "small" in batch)
+    # The batch in the model when it arrived (perhaps not yet recorded), then the next one.
+    assert small_batch <= batches_before + 1, (small_batch, batches_before)
+    assert len(encoder.batches[small_batch][0]) == 32, "the large request fills the rest of that batch"
+    assert sum(len(batch) for batch, _ in encoder.batches) == 2049
+    np.testing.assert_array_equal(small, expected(["small"]))
+
+
+def test_batches_are_shared_round_robin():
+    async def run():
+        encoder = FakeEncoder(delay=0.02)
+        batcher = make(encoder, max_batch_size=4)
+        blocker = asyncio.create_task(embed(batcher, ["blocker"]))
+        await asyncio.sleep(0.005)
+        results = await asyncio.gather(
+            embed(batcher, ["a1", "a2", "a3", "a4", "a5"]), embed(batcher, ["b1", "b2"]), embed(batcher, ["c1"])
+        )
+        await blocker
+        await batcher.close()
+        return encoder, results
+
+    encoder, (a, b, c) = asyncio.run(run())
+    assert [batch for batch, _ in encoder.batches[1:]] == [["a1", "a2", "b1", "c1"], ["a3", "a4", "a5", "b2"]]
+    np.testing.assert_array_equal(a, expected(["a1", "a2", "a3", "a4", "a5"]))
+    np.testing.assert_array_equal(b, expected(["b1", "b2"]))
+    np.testing.assert_array_equal(c, expected(["c1"]))
+
+
+def test_a_prompt_of_its_own_waits_at_most_one_batch():
+    async def run():
+        encoder = FakeEncoder(delay=0.002)
+        batcher = make(encoder, max_batch_size=4)
+        plain = asyncio.create_task(embed(batcher, [f"plain {index}" for index in range(40)]))
+        await asyncio.sleep(0)
+        query = await embed(batcher, ["a query"], "query")
+        query_finished_first = not plain.done()
+        await plain
+        await batcher.close()
+        return encoder, query, query_finished_first
+
+    encoder, query, query_finished_first = asyncio.run(run())
+    assert query_finished_first
+    assert [prompt for _, prompt in encoder.batches[:3]].count("query") == 1
+    np.testing.assert_array_equal(query, expected(["a query"], "query"))
 
 
 def test_one_prompt_per_batch():
@@ -192,6 +259,28 @@ def test_a_cancelled_request_is_never_encoded():
     assert ["abandoned"] not in [batch for batch, _ in encoder.batches]
     np.testing.assert_array_equal(kept, expected(["kept"]))
     assert queued == 0
+
+
+def test_a_request_cancelled_midway_costs_no_more_forward_passes():
+    async def run():
+        encoder = FakeEncoder(delay=0.02)
+        batcher = make(encoder, max_batch_size=4)
+        abandoned = asyncio.create_task(embed(batcher, [f"abandoned {index}" for index in range(40)]))
+        for _ in range(1000):  # bounded: until its first batch is in the model
+            if encoder.batches:
+                break
+            await asyncio.sleep(0.001)
+        abandoned.cancel()
+        await asyncio.sleep(0)
+        queued_after_cancel = batcher.queued_items
+        kept = await embed(batcher, ["kept"])
+        await batcher.close()
+        return encoder, kept, queued_after_cancel
+
+    encoder, kept, queued_after_cancel = asyncio.run(run())
+    assert queued_after_cancel == 0, "a cancelled request's texts leave the queue at once"
+    assert [len(batch) for batch, _ in encoder.batches] == [4, 1], "only the batch already in the model ran"
+    np.testing.assert_array_equal(kept, expected(["kept"]))
 
 
 def test_close_finishes_queued_work_and_refuses_new():

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from bellm_st.api import default_model_name
 from bellm_st.cli import app
+from bellm_st.serving import ServerSettings
 
 runner = CliRunner()
 
@@ -19,6 +20,8 @@ def test_no_model_serves_the_shipped_default(captured, served_model):
     assert captured["settings"].model_id == default_model_name()
     assert (captured["host"], captured["port"]) == ("127.0.0.1", 8000)
     assert captured["settings"].api_key is None
+    # Every limit not given on the command line is ServerSettings' own default.
+    assert captured["settings"] == ServerSettings(model_id=default_model_name())
 
 
 def test_flags_reach_the_settings(captured, tmp_path, monkeypatch):
@@ -30,7 +33,8 @@ def test_flags_reach_the_settings(captured, tmp_path, monkeypatch):
         ["serve", str(folder), "--port", "9001", "--max-batch-size", "8", "--max-batch-tokens", "999",
          "--batch-wait-ms", "2.5", "--max-queue-items", "100", "--queue-full-status", "503",
          "--max-items-per-request", "50", "--max-input-chars", "1000", "--long-input", "reject",
-         "--max-payload-bytes", "4096", "--graceful-shutdown-seconds", "5"],
+         "--max-payload-bytes", "4096", "--graceful-shutdown-seconds", "5",
+         "--request-body-timeout-seconds", "7.5"],
     )
     assert result.exit_code == 0, result.output
     settings = captured["settings"]
@@ -41,6 +45,7 @@ def test_flags_reach_the_settings(captured, tmp_path, monkeypatch):
     assert (settings.max_queue_items, settings.queue_full_status) == (100, 503)
     assert (settings.max_items_per_request, settings.max_input_chars, settings.long_input) == (50, 1000, "reject")
     assert (settings.max_payload_bytes, settings.graceful_shutdown_seconds, captured["port"]) == (4096, 5.0, 9001)
+    assert settings.request_body_timeout_seconds == 7.5
 
 
 @pytest.mark.parametrize(
@@ -50,6 +55,7 @@ def test_flags_reach_the_settings(captured, tmp_path, monkeypatch):
         (["--queue-full-status", "500"], "use 429 or 503"),
         (["--max-items-per-request", "5000"], "exceeds max_queue_items"),
         (["--api-key", "  "], "api_key is blank"),
+        (["--request-body-timeout-seconds", "0"], "must be above 0"),
         (["--dtype", "int4"], "is not one of auto, fp32, bf16, fp16"),
         (["--onnx", "somewhere", "--dtype", "bf16"], "does not apply to --onnx"),
     ],

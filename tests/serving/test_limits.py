@@ -9,7 +9,7 @@ import pytest
 
 from bellm_st.serving import ServerSettings
 
-from .serving_support import MODEL_ID, live_server, reference
+from .serving_support import MODEL_ID, live_server, open_request, read_answer, reference
 
 API_KEY = "s3cret-key"
 
@@ -35,6 +35,12 @@ def strict_server(served_model):
         max_payload_bytes=2000,
     )
     with live_server(served_model, settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def impatient_server(served_model):
+    with live_server(served_model, ServerSettings(model_id=MODEL_ID, request_body_timeout_seconds=0.5)) as running:
         yield running
 
 
@@ -101,6 +107,14 @@ def test_unknown_route_and_method(server):
     error = assert_openai_error(httpx.post(f"{server.url}/v1/completions", json={}), 404, "/v1/completions")
     assert error["type"] == "not_found_error"
     assert_openai_error(httpx.get(f"{server.url}/v1/embeddings"), 405, "GET is not allowed")
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings/", "/embed/", "/v1/models/"])
+def test_a_trailing_slash_is_a_404_not_a_redirect(server, path):
+    # Starlette would answer 307 to an address built from the Host header the client sent.
+    answer = httpx.post(f"{server.url}{path}", json={"input": "x"}, headers={"host": "attacker.example"})
+    assert "location" not in answer.headers
+    assert_openai_error(answer, 404, f"no endpoint at {path}", f"use {path.rstrip('/')} (without the trailing slash)")
 
 
 def test_unknown_prompt_name(server):
@@ -184,3 +198,17 @@ def test_chunked_payload_over_the_limit_is_413(strict_server):
     )
     assert "content-length" not in answer.request.headers
     assert_openai_error(answer, 413, "2000 bytes")
+
+
+# -- slow bodies ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("sent", [b"", b'{"input": ["the rest never comes'])
+def test_a_body_that_does_not_arrive_in_time_is_408(impatient_server, sent):
+    with open_request(impatient_server.url, sent, declared_length=1000) as sock:
+        status, headers, body = read_answer(sock)
+    assert status == 408, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert (body["error"]["type"], body["error"]["code"]) == ("invalid_request_error", "request_body_timeout")
+    assert "within 0.5 seconds" in body["error"]["message"]
+    assert headers["connection"] == "close"
+    answer = httpx.post(f"{impatient_server.url}/v1/embeddings", json={"input": ["a whole body"]})
+    assert answer.status_code == 200, "a body sent at once is in time"
