@@ -40,7 +40,7 @@ def model_prompts(recipe: Recipe, model: SentenceTransformer) -> dict[str, str]:
 def resolve_prompt(prompt: str, named: dict[str, str], source: DataSource, column: str) -> str:
     """A column's prompt as the model reads it: ``query``/``document`` become the model's prompt of that name."""
     if prompt in PROMPT_NAMES:
-        if prompt not in named:
+        if not named.get(prompt):  # sentence-transformers gives models empty "query"/"document" prompts
             raise ValueError(
                 f"{source.path}: column {column!r} asks for the {prompt!r} prompt, but neither the recipe "
                 f"({prompt}_template) nor the model defines one"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,15 +52,22 @@ class TrainingResult:
     data_rows: dict[str, int]
 
 
-def training_datasets(recipe: Recipe, data_dir: str | os.PathLike | None) -> dict[str, Dataset]:
-    """Every training file as a dataset keyed by a short name (the mixture the trainer samples from)."""
+def training_datasets(
+    recipe: Recipe, data_dir: str | os.PathLike | None, in_memory: Mapping[str, Dataset] | None = None
+) -> dict[str, Dataset]:
+    """Every training file as a dataset keyed by a short name (the mixture the trainer samples from).
+
+    ``in_memory`` holds datasets already built for some of the recipe's paths (``bellm-st adapt``
+    builds its weak pairs before their file is written); those paths are not read.
+    """
     datasets: dict[str, Dataset] = {}
     for source in recipe.train_data:
         path = recipe.resolve(source.path, data_dir)
         name = dataset_name(path)
         if name in datasets:
             raise ValueError(f"two training files are both called {name!r}; rename one so the mixture can tell them apart")
-        datasets[name] = load_source(source, path, recipe.seed)
+        given = (in_memory or {}).get(source.path)
+        datasets[name] = given if given is not None else load_source(source, path, recipe.seed)
     return datasets
 
 
@@ -234,8 +242,7 @@ def start_from_trained(recipe: Recipe, device: str, dtype: torch.dtype) -> Sente
         if recipe.gradient_checkpointing or recipe.compile_layers:
             raise ValueError(f"{recipe.init_model} is not a BeLLM model; drop --gradient-checkpointing and --compile")
         return model  # its token budget while training comes from the collator (train_max_seq_length)
-    encoder.merge_adapter()
-    encoder.max_seq_length = recipe.train_max_seq_length
+    encoder.merge_adapter()  # its own max_seq_length stays: the collator gives training batches their budget
     trainable = add_lora(model, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout, recipe.lora_target_modules)
     logger.info("LoRA on %s: %d trainable parameters", recipe.init_model, trainable)
     return model
@@ -278,6 +285,7 @@ def train(
     device: str | None = None,
     callbacks: list[TrainerCallback] | None = None,
     card_notes: str = "",
+    in_memory: Mapping[str, Dataset] | None = None,
 ) -> TrainingResult:
     """Fine-tune a BeLLM encoder with LoRA and the AnglE objective, then save model, recipe, card and scores.
 
@@ -296,7 +304,7 @@ def train(
     if resume and resume_from is None:
         logger.warning("no checkpoint in %s; starting from scratch", checkpoint_dir)
 
-    datasets = training_datasets(recipe, data_dir)
+    datasets = training_datasets(recipe, data_dir, in_memory)
     names = list(datasets)
     for source, name in zip(recipe.train_data, names):
         check_task_columns(source, name, datasets[name].column_names)
@@ -345,7 +353,8 @@ def train(
         for callback in extra_callbacks:
             callback.on_train_end(args, trainer.state, trainer.control)
         if encoder is not None:
-            encoder.max_seq_length = recipe.max_seq_length
+            if recipe.init_model is None:
+                encoder.max_seq_length = recipe.max_seq_length
             encoder.packing_row_length = None
             uncompile_decoder_layers(encoder.decoder)
     data_rows = {source.path: len(dataset) for source, dataset in zip(recipe.train_data, datasets.values())}
