@@ -317,7 +317,7 @@ def adapt(
     device: str = typer.Option(None, help="cpu, cuda ... (default: the trainer's choice)."),
 ) -> None:
     """Adapt a model to your documents without labels: weak query -> passage pairs + general data, then save it."""
-    import bellm_st.training.adapt as adapt_module
+    from bellm_st.training import adaptation as adapt_module
 
     try:
         result = adapt_module.adapt(

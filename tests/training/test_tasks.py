@@ -163,7 +163,7 @@ def test_cli_trains_tasks_with_matryoshka(tiny_model_dir, data_dir, tmp_path):
     result = CliRunner().invoke(app, [
         "train", "--base", tiny_model_dir, "--data-dir", str(data_dir), "--train-data", qa, "--train-data", "nli.tsv:triplets",
         "--no-dev", "--max-steps", "2", "--batch-size", "4", "--lora-r", "4", "-k", "2", "--device", "cpu",
-        "--query-template", QUERY, "--matryoshka-dims", "16,32", "-o", str(tmp_path / "out"),
+        "--query-template", QUERY, "--document-template", DOCUMENT, "--matryoshka-dims", "16,32", "-o", str(tmp_path / "out"),
     ])
     assert result.exit_code == 0, result.output
     recipe = Recipe.load(tmp_path / "out")
