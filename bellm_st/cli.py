@@ -210,7 +210,10 @@ def train(
     data_dir: Path = typer.Option(None, help=DATA_DIR_HELP),
     train_data: list[str] = typer.Option(
         None, "--train-data", help="Training file PATH[:FORMAT[:MAX_ROWS]] (repeatable); formats: auto, triplets, "
-        "nli-triplets, nli-pairs, paraphrase-pairs, scored-pairs."
+        "nli-triplets, nli-pairs, paraphrase-pairs, scored-pairs. A task with its own prompts, loss and token budget: "
+        'a JSON object, e.g. \'{"path": "qa.tsv", "prompts": {"anchor": "query", "positive": "document"}, '
+        '"loss": "contrastive", "max_seq_length": 256}\'.'
+
     ),
     dev_data: list[str] = typer.Option(None, "--dev-data", help="STS dev file (repeatable)."),
     no_dev: bool = typer.Option(False, "--no-dev", help="Train without periodic dev evaluation."),
@@ -228,6 +231,9 @@ def train(
     angle_weight: float = typer.Option(None),
     cosent_weight: float = typer.Option(None),
     mixture: str = typer.Option(None, help="proportional or round_robin sampling across training files."),
+    query_template: str = typer.Option(None, help="The model's query prompt (a task's prompt 'query' means it)."),
+    document_template: str = typer.Option(None, help="The model's document prompt (a task's prompt 'document')."),
+    matryoshka_dims: str = typer.Option(None, help="Also train these leading sizes of the vector, e.g. 64,128,256,576."),
     seed: int = typer.Option(None),
     gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
     packing_row_length: int = typer.Option(
@@ -254,7 +260,14 @@ def train(
 
     try:
         settings = Recipe.load(recipe) if recipe is not None else Recipe()
+        dims = None
+        if matryoshka_dims is not None:
+            try:
+                dims = [int(part) for part in matryoshka_dims.split(",") if part.strip()]
+            except ValueError:
+                raise ValueError(f"--matryoshka-dims {matryoshka_dims!r} must be sizes separated by commas, e.g. 64,128,256") from None
         settings = settings.with_changes(
+            query_template=query_template, document_template=document_template, matryoshka_dims=dims,
             base=base, train_data=train_data or None, dev_data=[] if no_dev else (dev_data or None),
             bidirectional_layers=bidirectional_layers, pooling=pooling, learning_rate=learning_rate,
             batch_size=batch_size, max_steps=max_steps, epochs=epochs, train_max_seq_length=train_max_seq_length,
@@ -273,6 +286,56 @@ def train(
         from bellm_st.evaluation.report import scores_table
 
         console.print(scores_table("dev Spearman x100", {name: {"spearman": s} for name, s in result.dev_scores.items()}))
+
+
+@app.command()
+def adapt(
+    corpus: Path = typer.Option(..., "--corpus", help="The documents: BEIR corpus.jsonl (_id, text, optional title)."),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Where the adapted model, recipe.json and checkpoints/ go."),
+    model: str = typer.Option(
+        None, "--model", "-m", help=MODEL_HELP + " Any sentence-transformers folder works too (`minilm`: all-MiniLM-L6-v2)."
+    ),
+    pairs: str = typer.Option("title,ict", help="Weak pair kinds, comma-separated: title, ict (inverse cloze), generated."),
+    generated_queries: str = typer.Option(
+        None, "--generated-queries", help="A decoder LLM that writes a query per document (adds 'generated'; slow on CPU)."
+    ),
+    general_data: str = typer.Option(
+        None, help="General training file mixed in so STS is kept (default: nli/triplets.tsv under --data-dir)."
+    ),
+    general_ratio: float = typer.Option(None, min=0, help="General examples per weak pair (default 0.5; 0: none)."),
+    data_dir: Path = typer.Option(None, help=DATA_DIR_HELP),
+    query_template: str = typer.Option(None, help="Query prompt (default for BeLLM models: a query template; others: none)."),
+    document_template: str = typer.Option(None, help="Document prompt (default for BeLLM models: the model's template)."),
+    max_seq_length: int = typer.Option(None, min=2, help="Token budget of the weak pairs' passages (default 256)."),
+    batch_size: int = typer.Option(32, min=2),
+    max_steps: int = typer.Option(None, min=1),
+    epochs: float = typer.Option(1.0),
+    learning_rate: float = typer.Option(None, "--lr", help="Default: 2e-4 (LoRA on BeLLM models), 2e-5 (full fine-tune)."),
+    seed: int = typer.Option(42),
+    eval_retrieval: Path = typer.Option(None, help="A BEIR folder scored every --eval-steps (and at step 0)."),
+    eval_split: str = typer.Option("test", help="The qrels split of --eval-retrieval."),
+    eval_steps: int = typer.Option(None, min=1),
+    save_steps: int = typer.Option(None, min=1),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUTPUT_DIR/checkpoints."),
+    device: str = typer.Option(None, help="cpu, cuda ... (default: the trainer's choice)."),
+) -> None:
+    """Adapt a model to your documents without labels: weak query -> passage pairs + general data, then save it."""
+    from bellm_st.training import adaptation as adapt_module
+
+    try:
+        result = adapt_module.adapt(
+            corpus, output_dir, model=model, kinds=tuple(kind.strip() for kind in pairs.split(",") if kind.strip()),
+            generator=generated_queries,
+            general_data=general_data or adapt_module.DEFAULT_GENERAL_DATA,
+            general_ratio=adapt_module.DEFAULT_GENERAL_RATIO if general_ratio is None else general_ratio,
+            data_dir=data_dir, query_template=query_template, document_template=document_template,
+            max_seq_length=max_seq_length or adapt_module.DEFAULT_DOCUMENT_LENGTH, batch_size=batch_size,
+            max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, seed=seed, eval_retrieval=eval_retrieval,
+            eval_split=eval_split, eval_steps=eval_steps, save_steps=save_steps, resume=resume, device=device,
+        )
+    except (TypeError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    console.print(f"saved the adapted model to {result.output_dir} after {result.global_step} steps")
 
 
 @app.command(name="eval")

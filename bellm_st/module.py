@@ -158,20 +158,26 @@ class BeLLMEncoder(InputModule):
             raise ValueError(f"packing_row_length={value!r} must be None (pad each batch) or a positive int, e.g. 256")
         self._packing_row_length = value
 
-    def preprocess(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
+    def preprocess(
+        self, inputs: Sequence[Any], prompt: str | None = None, max_length: int | None = None, **kwargs
+    ) -> dict[str, torch.Tensor]:
+        """``max_length`` overrides ``max_seq_length`` for this batch (the trainer passes a task's own budget)."""
+        budget = max_length or self.max_seq_length
         if self.packing_row_length is None:
-            return preprocess_texts(self.tokenizer, inputs, self.template, prompt, self.max_seq_length, self.append_eos)
-        batch = self.tokenize_unpadded(validate_texts(inputs, where="texts"), prompt)
+            return preprocess_texts(self.tokenizer, inputs, self.template, prompt, budget, self.append_eos)
+        batch = self.tokenize_unpadded(validate_texts(inputs, where="texts"), prompt, budget)
         return pack_rows(batch, self.packing_row_length, self.tokenizer.pad_token_id)
 
-    def tokenize_unpadded(self, texts: Sequence[str], prompt: str | None = None) -> TokenizedBatch:
+    def tokenize_unpadded(
+        self, texts: Sequence[str], prompt: str | None = None, max_length: int | None = None
+    ) -> TokenizedBatch:
         """Tokenise like :meth:`preprocess` but leave the batch flat and unpadded (for bulk encoding).
 
         The text mask is only located when the pooling needs it (``mean_text``).
         """
         template = template_for_prompt(self.template, prompt)
         return tokenize_flat(
-            self.tokenizer, list(texts), template, self.max_seq_length, self.append_eos,
+            self.tokenizer, list(texts), template, max_length or self.max_seq_length, self.append_eos,
             with_text_mask=self.pooling == "mean_text",
         )
 

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 TEXT_SLOT = "{text}"
 DEFAULT_TEMPLATE = 'The representative word for sentence {text} is:"'
+# The query prompt ``bellm-st adapt`` gives BeLLM models (documents keep the model's template):
+# the same "summarise in one word" ending, with the text announced as a query.
+DEFAULT_QUERY_TEMPLATE = 'This query: "{text}" means in one word:"'
 
 
 @dataclass(frozen=True)

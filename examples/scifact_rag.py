@@ -3,12 +3,17 @@
 Both examples index the same documents in a real vector store through their framework's
 adapter, retrieve the top 10 for each claim, and score the ranking with nDCG@10 against the train
 qrels. Each runs the BeLLM model and the all-MiniLM-L6-v2 baseline through the same pipeline.
+With ``--adapt`` both are first adapted to the subset's abstracts without labels
+(:func:`bellm_st.training.adapt`: weak title/sentence -> passage pairs plus NLI triplets) and the
+adapted models run through the same pipeline beside the originals.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import tempfile
 import math
 import random
 import time
@@ -55,6 +60,10 @@ def parse_args(framework: str) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="seed for the random subset (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda... (default: CUDA when available)")
+    parser.add_argument("--adapt", action="store_true", help="also adapt both models to the indexed abstracts (no labels)")
+    parser.add_argument("--adapt-steps", type=int, default=30, help="training steps per adapted model (default: %(default)s)")
+    parser.add_argument("--adapt-batch-size", type=int, default=16, help="(default: %(default)s)")
+    parser.add_argument("--adapt-dir", type=Path, default=None, help="keep the adapted models here (default: a temporary folder)")
     return parser.parse_args()
 
 
@@ -102,6 +111,30 @@ def models(model_name: str | None, max_tokens: int, device: str | None) -> dict[
     return {f"BeLLM {model_name}": bellm, "all-MiniLM-L6-v2": baseline}
 
 
+def adapted_models(
+    originals: dict[str, str], subset: Subset, args: argparse.Namespace, work_dir: Path
+) -> dict[str, SentenceTransformer]:
+    """Each model adapted to the subset's abstracts (titles and texts only, never the qrels), cut to --max-tokens."""
+    from bellm_st.training import adapt
+    from bellm_st.training.weak_pairs import read_corpus
+
+    corpus = work_dir / "corpus.jsonl"
+    with open(corpus, "w", encoding="utf-8") as handle:
+        for document in read_corpus(args.data / "corpus.jsonl"):
+            if document.id in subset.corpus:
+                handle.write(json.dumps({"_id": document.id, "title": document.title, "text": document.text}) + "\n")
+    adapted = {}
+    for label, name in originals.items():
+        output = work_dir / label.replace(" ", "-").replace("/", "-")
+        print(f"\n== adapting {label} to {len(subset.corpus)} abstracts ({args.adapt_steps} steps)")
+        adapt(corpus, output, model=name, data_dir=args.data.parent, max_steps=args.adapt_steps,
+              batch_size=args.adapt_batch_size, max_seq_length=args.max_tokens, seed=args.seed, device=args.device)
+        model = SentenceTransformer(str(output), device=args.device, trust_remote_code=True)
+        model.max_seq_length = args.max_tokens
+        adapted[f"{label} adapted"] = model
+    return adapted
+
+
 def run_comparison(
     framework: str, evaluate: Callable[[SentenceTransformer, Subset, argparse.Namespace], dict[str, list[str]]]
 ) -> None:
@@ -109,14 +142,33 @@ def run_comparison(
     args = parse_args(framework)
     subset = load_subset(args.data, args.limit_queries, args.limit_corpus, args.seed)
     print(f"SciFact train qrels, {framework}: {subset.description}; texts cut to {args.max_tokens} tokens")
+    compared = models(args.model, args.max_tokens, args.device)
+    with tempfile.TemporaryDirectory(prefix="scifact-adapt-") as scratch:
+        if args.adapt:
+            work_dir = args.adapt_dir or Path(scratch)
+            work_dir.mkdir(parents=True, exist_ok=True)
+            originals = {f"BeLLM {args.model or default_model_name()}": args.model or default_model_name(),
+                         "all-MiniLM-L6-v2": "minilm"}
+            compared.update(adapted_models(originals, subset, args, work_dir))
+        rows = evaluate_all(evaluate, compared, subset, args)
+    print(f"\nnDCG@10 on SciFact train qrels ({framework}; {subset.description}; {args.max_tokens} tokens)")
+    for label, score, seconds in rows:
+        print(f"  {label:<44} nDCG@10 = {score:5.1f}   (index + retrieve: {seconds:.0f} s)")
+
+
+def evaluate_all(
+    evaluate: Callable[[SentenceTransformer, Subset, argparse.Namespace], dict[str, list[str]]],
+    compared: dict[str, SentenceTransformer],
+    subset: Subset,
+    args: argparse.Namespace,
+) -> list[tuple[str, float, float]]:
+    """Index and retrieve with each model, and score its rankings."""
     rows = []
-    for label, model in models(args.model, args.max_tokens, args.device).items():
+    for label, model in compared.items():
         print(f"\n== {label}")
         start = time.perf_counter()
         rankings = evaluate(model, subset, args)
         seconds = time.perf_counter() - start
         score = 100.0 * sum(ndcg_at_k(rankings[q], subset.relevant[q]) for q in subset.queries) / len(subset.queries)
         rows.append((label, score, seconds))
-    print(f"\nnDCG@10 on SciFact train qrels ({framework}; {subset.description}; {args.max_tokens} tokens)")
-    for label, score, seconds in rows:
-        print(f"  {label:<36} nDCG@10 = {score:5.1f}   (index + retrieve: {seconds:.0f} s)")
+    return rows

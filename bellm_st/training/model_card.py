@@ -13,21 +13,41 @@ CARD_FILE = "README.md"
 SECTION_TITLE = "## BeLLM training"
 
 
-def render_card_section(recipe: Recipe, data_rows: Mapping[str, int], dev_scores: Mapping[str, float]) -> str:
+def render_card_section(
+    recipe: Recipe, data_rows: Mapping[str, int], dev_scores: Mapping[str, float], notes: str = ""
+) -> str:
     """Markdown that lets a reader judge and reproduce the model without opening other files."""
+    if recipe.init_model is None:
+        start = (
+            f"Base `{recipe.base}`, last {recipe.bidirectional_layers} layer(s) bi-directional, `{recipe.pooling}` pooling, "
+            f"template `{recipe.template}`; LoRA r={recipe.lora_r}, alpha={recipe.lora_alpha}, dropout={recipe.lora_dropout}."
+        )
+    else:
+        start = (
+            f"Trained further from `{recipe.init_model}` (a BeLLM model: its adapter merged, then a new LoRA adapter "
+            f"r={recipe.lora_r}, alpha={recipe.lora_alpha}; any other model: every weight trained)."
+        )
+    prompts = [f"`{name}`: `{getattr(recipe, f'{name}_template')}`" for name in ("query", "document")
+               if getattr(recipe, f"{name}_template") is not None]
+    by_path = {source.path: source for source in recipe.train_data}
     lines = [
         SECTION_TITLE,
         "",
-        f"Base `{recipe.base}`, last {recipe.bidirectional_layers} layer(s) bi-directional, `{recipe.pooling}` pooling, "
-        f"template `{recipe.template}`; LoRA r={recipe.lora_r}, alpha={recipe.lora_alpha}, dropout={recipe.lora_dropout}.",
+        start,
         f"Objective: {recipe.contrastive_weight} x contrastive (scale {recipe.contrastive_scale}) + "
-        f"{recipe.angle_weight} x angle + {recipe.cosent_weight} x CoSENT.",
+        f"{recipe.angle_weight} x angle + {recipe.cosent_weight} x CoSENT"
+        + (f"; Matryoshka sizes {recipe.matryoshka_dims}." if recipe.matryoshka_dims else "."),
+        *([f"Prompts: {', '.join(prompts)}."] if prompts else []),
+        *(["", notes.strip()] if notes.strip() else []),
         "",
         "### Training data",
         "",
-        "| file | examples |",
-        "|---|---|",
-        *(f"| {name} | {rows} |" for name, rows in data_rows.items()),
+        "| file | examples | loss | prompts | max tokens |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {rows} | {_source_cells(by_path.get(name))} |"
+            for name, rows in data_rows.items()
+        ),
         "",
         "### Dev scores (Spearman x100 of cosine similarity)",
         "",
@@ -45,6 +65,13 @@ def render_card_section(recipe: Recipe, data_rows: Mapping[str, int], dev_scores
         "",
     ]
     return "\n".join(lines)
+
+
+def _source_cells(source) -> str:
+    if source is None:
+        return " | | "
+    prompts = ", ".join(f"{column}: {prompt}" for column, prompt in source.prompts.items()) or "model template"
+    return f"{source.loss} | {prompts} | {source.max_seq_length or 'recipe default'}"
 
 
 def add_card_section(folder: str | os.PathLike, section: str) -> Path:

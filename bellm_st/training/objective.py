@@ -12,6 +12,11 @@ loss costs no extra forward pass:
   positives, where a ranking loss has nothing to rank, so it is skipped.
 
 The loss returns its weighted parts as a dict; the trainer sums them and logs each one.
+
+Matryoshka training (``matryoshka_dims``) computes every part again on the first d dimensions of
+the same embeddings, re-normalised (sentence-transformers' ``shrink``), and sums over the sizes, as
+``MatryoshkaLoss`` does. It lives here rather than as a ``MatryoshkaLoss`` wrapper because that
+wrapper adds up plain tensors and would lose the named parts the trainer logs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.sentence_transformer.losses import AnglELoss, CoSENTLoss, MultipleNegativesRankingLoss
+from sentence_transformers.sentence_transformer.losses.matryoshka import shrink
 from torch import Tensor, nn
 
 from bellm_st.packing import is_packed, merge_packed
@@ -47,6 +53,8 @@ class BeLLMLoss(nn.Module):
         contrastive_scale, angle_scale, cosent_scale: inverse temperatures (20 in BeLLM/AnglE).
         gather_across_devices: under distributed training, rank every GPU's texts as negatives in
             the contrastive part (a larger effective batch); no effect on one device.
+        matryoshka_dims: also train the first d dimensions for each d (e.g. ``[64, 128, 256]``);
+            None trains the full vector only.
     """
 
     def __init__(
@@ -59,10 +67,16 @@ class BeLLMLoss(nn.Module):
         angle_scale: float = 20.0,
         cosent_scale: float = 20.0,
         gather_across_devices: bool = False,
+        matryoshka_dims: list[int] | None = None,
     ):
         super().__init__()
         if min(contrastive_weight, angle_weight, cosent_weight) < 0:
             raise ValueError("loss weights must be >= 0; use 0 to turn a part off")
+        if matryoshka_dims:
+            size = model.get_embedding_dimension()
+            if max(matryoshka_dims) > size or min(matryoshka_dims) < 1:
+                raise ValueError(f"matryoshka_dims={list(matryoshka_dims)} must lie in 1..{size}, the model's embedding size")
+        self.matryoshka_dims = sorted(set(matryoshka_dims), reverse=True) if matryoshka_dims else None
         self.model = model
         # Read now: under DDP the trainer swaps self.model for the wrapped model, which has no modules to index.
         self.pad_token_id = getattr(getattr(model[0], "tokenizer", None), "pad_token_id", None) or 0
@@ -85,6 +99,16 @@ class BeLLMLoss(nn.Module):
         return list(embeddings.split([len(features["attention_mask"]) for features in columns]))
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> dict[str, Tensor]:
+        """The weighted parts that apply to this batch's shape, summed over the Matryoshka sizes if any."""
+        if not self.matryoshka_dims:
+            return self.parts_for(embeddings, labels)
+        totals: dict[str, Tensor] = {}
+        for dim in self.matryoshka_dims:
+            for name, value in self.parts_for([shrink(column, dim) for column in embeddings], labels).items():
+                totals[name] = totals[name] + value if name in totals else value
+        return totals
+
+    def parts_for(self, embeddings: list[Tensor], labels: Tensor | None) -> dict[str, Tensor]:
         """The weighted parts that apply to this batch's shape (contrastive needs unlabelled columns)."""
         parts: dict[str, Tensor] = {}
         if labels is None:
@@ -115,6 +139,7 @@ class BeLLMLoss(nn.Module):
             "angle_scale": self.angle.scale,
             "cosent_scale": self.cosent.scale,
             "gather_across_devices": self.contrastive.gather_across_devices,
+            "matryoshka_dims": self.matryoshka_dims,
         }
 
     @property

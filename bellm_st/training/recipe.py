@@ -17,37 +17,72 @@ from typing import Any
 
 from bellm_st.packing import DEFAULT_ROW_LENGTH
 from bellm_st.pooling import check_pooling
-from bellm_st.prompts import DEFAULT_TEMPLATE, Template
+from bellm_st.prompts import DEFAULT_TEMPLATE, TEXT_SLOT, Template
 
 RECIPE_FILE = "recipe.json"
 DATA_FORMATS = ("auto", "triplets", "nli-triplets", "nli-pairs", "paraphrase-pairs", "scored-pairs")
 MIXTURES = ("proportional", "round_robin")
+# "bellm": the recipe's weighted contrastive + angle (+ CoSENT) objective; "contrastive": its
+# in-batch contrastive part alone (MultipleNegativesRankingLoss), for query -> passage pairs.
+TASK_LOSSES = ("bellm", "contrastive")
+PROMPT_NAMES = ("query", "document")
 BATCH_SAMPLERS = ("no_duplicates", "batch_sampler")
 
 
 @dataclass
 class DataSource:
-    """One training file: where it is, how to read it, and optionally how many rows to use.
+    """One training file (one task): where it is, how to read it, and how to train on it.
 
     ``format="auto"`` recognises the format from the header (see :mod:`bellm_st.training.data`).
+    ``prompts`` maps a column (``anchor``, ``positive``, ``negative``, ``sentence1``...) to a prompt:
+    ``query`` or ``document`` (the recipe's ``query_template``/``document_template``), a full
+    template with ``{text}`` or a plain prefix; columns not named get the model's own template.
+    ``loss`` is one of :data:`TASK_LOSSES`; ``max_seq_length`` overrides the recipe's
+    ``train_max_seq_length`` for this file's batches (e.g. 256 for passages).
     """
 
     path: str
     format: str = "auto"
     max_rows: int | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    loss: str = "bellm"
+    max_seq_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.format not in DATA_FORMATS:
             raise ValueError(f"data format {self.format!r} is not known; use one of {', '.join(DATA_FORMATS)}")
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError(f"max_rows={self.max_rows} must be at least 1 (or left out to use every row)")
+        if self.loss not in TASK_LOSSES:
+            raise ValueError(f"loss {self.loss!r} of {self.path} is not known; use one of {', '.join(TASK_LOSSES)}")
+        if self.max_seq_length is not None and (isinstance(self.max_seq_length, bool) or self.max_seq_length < 2):
+            raise ValueError(f"max_seq_length={self.max_seq_length!r} of {self.path} must be at least 2 (or left out)")
+        if not isinstance(self.prompts, dict) or not all(isinstance(v, str) and v for v in self.prompts.values()):
+            raise ValueError(
+                f"prompts of {self.path} must map column names to prompts, e.g. "
+                '{"anchor": "query", "positive": "document"}; got ' + repr(self.prompts)
+            )
+        for column, prompt in self.prompts.items():
+            if TEXT_SLOT in prompt:
+                Template.parse(prompt)
 
     @classmethod
     def parse(cls, spec: str | dict[str, Any] | DataSource) -> DataSource:
-        """Accept ``path``, ``path:format``, ``path:format:max_rows`` or a dict from a recipe file."""
+        """Accept ``path``, ``path:format``, ``path:format:max_rows``, a JSON object or a dict from a recipe file."""
         if isinstance(spec, DataSource):
             return spec
+        if isinstance(spec, str) and spec.lstrip().startswith("{"):
+            try:
+                spec = json.loads(spec)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"cannot read the data spec {spec!r} as JSON ({error.msg})") from None
         if isinstance(spec, dict):
+            unknown = set(spec) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise ValueError(
+                    f"unknown data source field(s) {', '.join(sorted(unknown))}; use "
+                    f"{', '.join(f.name for f in dataclasses.fields(cls))}"
+                )
             return cls(**spec)
         parts = spec.split(":")
         if len(parts) == 1:
@@ -55,7 +90,7 @@ class DataSource:
         if len(parts) > 3 or (parts[1] and parts[1] not in DATA_FORMATS):
             raise ValueError(
                 f"cannot read the data spec {spec!r}; write PATH, PATH:FORMAT or PATH:FORMAT:MAX_ROWS "
-                f"(FORMAT empty or one of {', '.join(DATA_FORMATS)})"
+                f"(FORMAT empty or one of {', '.join(DATA_FORMATS)}), or a JSON object with prompts/loss/max_seq_length"
             )
         max_rows = parts[2] if len(parts) == 3 and parts[2] else None
         if max_rows is not None and not max_rows.isdigit():
@@ -68,6 +103,15 @@ class Recipe:
     """Hyperparameters, data and seed of one BeLLM training run (defaults follow the BeLLM/AnglE recipe)."""
 
     base: str = "smollm2-135m"
+    # Start from this trained model instead of building ``base`` (``bellm-st adapt``): a BeLLM
+    # model has its adapter merged and gets a fresh LoRA adapter; any other sentence-transformers
+    # model is fine-tuned in full. The BeLLM fields below (layers, pooling, template) then come
+    # from that model.
+    init_model: str | None = None
+    # The trained model's "query" and "document" prompts (for encode_query/encode_document), and
+    # what a DataSource's prompts "query"/"document" mean while training.
+    query_template: str | None = None
+    document_template: str | None = None
     bidirectional_layers: int | list[int] = 16
     pooling: str = "mean"
     template: str = DEFAULT_TEMPLATE
@@ -96,6 +140,9 @@ class Recipe:
     angle_weight: float = 1.0
     cosent_weight: float = 0.0
     contrastive_scale: float = 20.0
+    # Matryoshka training: every loss part is also computed on the first d dimensions
+    # (re-normalised) for each d here, e.g. [64, 128, 256, 576]; None trains the full vector only.
+    matryoshka_dims: list[int] | None = None
     angle_scale: float = 20.0
     cosent_scale: float = 20.0
     # With several GPUs (torchrun), each GPU's contrastive loss also ranks the other GPUs' texts
@@ -112,6 +159,10 @@ class Recipe:
     dataloader_workers: int | None = None
     gradient_checkpointing: bool = False
     eval_steps: int = 100
+    # A BEIR folder to score retrieval on every eval_steps (and before the first step), with the
+    # qrels split to use; the scores per step go to eval_history.json beside the model.
+    eval_retrieval: str | None = None
+    eval_retrieval_split: str = "test"
     save_steps: int = 100
     save_total_limit: int = 2
     logging_steps: int = 10
@@ -141,6 +192,13 @@ class Recipe:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1), e.g. 0.05")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ValueError("set max_steps > 0 or epochs > 0, or the run has nothing to do")
+        for name in PROMPT_NAMES:
+            if getattr(self, f"{name}_template") is not None and TEXT_SLOT in getattr(self, f"{name}_template"):
+                Template.parse(getattr(self, f"{name}_template"))
+        if self.matryoshka_dims is not None:
+            self.matryoshka_dims = [int(dim) for dim in self.matryoshka_dims]
+            if not self.matryoshka_dims or min(self.matryoshka_dims) < 1:
+                raise ValueError(f"matryoshka_dims={self.matryoshka_dims} must be positive sizes, e.g. [64, 128, 256, 576]")
         weights = (self.contrastive_weight, self.angle_weight, self.cosent_weight)
         if min(weights) < 0 or max(weights) == 0:
             raise ValueError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +26,18 @@ from transformers.trainer_utils import get_last_checkpoint
 import bellm_st
 from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs, sts_evaluator
 from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers, uncompile_decoder_layers
+from bellm_st.module import BeLLMEncoder
 from bellm_st.training.data import dataset_name, load_source
 from bellm_st.training.lora import add_lora, encoder_of
+from bellm_st.training.tasks import TaskLengthCollator, check_task_columns, model_prompts, task_loss, task_prompts
 from bellm_st.training.model_card import add_card_section, render_card_section
 from bellm_st.training.recipe import RECIPE_FILE, Recipe
-from bellm_st.training.objective import BeLLMLoss
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FOLDER = "checkpoints"
 SCORES_FILE = "dev_scores.json"
+EVAL_HISTORY_FILE = "eval_history.json"
 RUN_TIME_FIELDS = ("data_dir", "packing_row_length", "compile_layers", "dataloader_workers")  # may change on resume: they do not change what is learned
 
 
@@ -49,21 +52,36 @@ class TrainingResult:
     data_rows: dict[str, int]
 
 
-def training_datasets(recipe: Recipe, data_dir: str | os.PathLike | None) -> dict[str, Dataset]:
-    """Every training file as a dataset keyed by a short name (the mixture the trainer samples from)."""
+def training_datasets(
+    recipe: Recipe, data_dir: str | os.PathLike | None, in_memory: Mapping[str, Dataset] | None = None
+) -> dict[str, Dataset]:
+    """Every training file as a dataset keyed by a short name (the mixture the trainer samples from).
+
+    ``in_memory`` holds datasets already built for some of the recipe's paths (``bellm-st adapt``
+    builds its weak pairs before their file is written); those paths are not read.
+    """
     datasets: dict[str, Dataset] = {}
     for source in recipe.train_data:
         path = recipe.resolve(source.path, data_dir)
         name = dataset_name(path)
         if name in datasets:
             raise ValueError(f"two training files are both called {name!r}; rename one so the mixture can tell them apart")
-        datasets[name] = load_source(source, path, recipe.seed)
+        given = (in_memory or {}).get(source.path)
+        datasets[name] = given if given is not None else load_source(source, path, recipe.seed)
     return datasets
 
 
-def dev_evaluator(recipe: Recipe, data_dir: str | os.PathLike | None) -> SequentialEvaluator | None:
-    """STS dev evaluators (STS-B dev and SICK dev by default) run every ``eval_steps``; None without dev files."""
+def dev_evaluator(
+    recipe: Recipe, data_dir: str | os.PathLike | None, model: SentenceTransformer | None = None
+) -> SequentialEvaluator | None:
+    """STS dev evaluators (STS-B dev and SICK dev by default), plus retrieval on ``eval_retrieval`` if set,
+    run every ``eval_steps``; None without either."""
     evaluators = [sts_evaluator(read_scored_pairs(recipe.resolve(path, data_dir))) for path in recipe.dev_data]
+    if recipe.eval_retrieval is not None:
+        from bellm_st.evaluation.retrieval import read_beir_folder, retrieval_evaluator
+
+        folder = recipe.resolve(recipe.eval_retrieval, data_dir)
+        evaluators.append(retrieval_evaluator(read_beir_folder(folder, recipe.eval_retrieval_split), model, recipe.batch_size))
     if not evaluators:
         return None
     return SequentialEvaluator(evaluators, main_score_function=lambda scores: sum(scores) / len(scores))
@@ -119,6 +137,7 @@ def training_arguments(
         multi_dataset_batch_sampler=recipe.mixture,
         eval_strategy="steps" if has_evaluator else "no",
         eval_steps=recipe.eval_steps,
+        eval_on_start=has_evaluator and recipe.eval_retrieval is not None,  # the curve's step 0
         save_strategy="steps",
         save_steps=recipe.save_steps,
         save_total_limit=recipe.save_total_limit,
@@ -159,6 +178,23 @@ class BF16AdapterInputsCallback(TrainerCallback):
     on_train_end = on_step_end
 
 
+class EvalHistoryCallback(TrainerCallback):
+    """Write every evaluation's scores, step by step, to ``eval_history.json`` (a steps curve; kept across resumes)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.is_world_process_zero and metrics:
+            history = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else []
+            history = [entry for entry in history if entry["step"] != state.global_step]
+            scores = {key.removeprefix("eval_"): value for key, value in metrics.items() if isinstance(value, (int, float))}
+            history.append({"step": state.global_step, **scores})
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(sorted(history, key=lambda e: e["step"]), indent=2) + "\n", encoding="utf-8")
+        return control
+
+
 class SaveRecipeCallback(TrainerCallback):
     """Put ``recipe.json`` into every checkpoint, so a resumed run can prove it continues the same recipe."""
 
@@ -178,7 +214,7 @@ def find_checkpoint(checkpoint_dir: Path, recipe: Recipe) -> str | None:
         return None
     saved = Path(last) / RECIPE_FILE
     if saved.exists():
-        previous = json.loads(saved.read_text(encoding="utf-8"))
+        previous = Recipe.load(saved).to_dict()  # through the dataclass: fields added since then get their defaults
         current = recipe.to_dict()
         changed = sorted(key for key in current if key not in RUN_TIME_FIELDS and previous.get(key) != current[key])
         if changed:
@@ -189,22 +225,50 @@ def find_checkpoint(checkpoint_dir: Path, recipe: Recipe) -> str | None:
     return last
 
 
+def bellm_encoder(model: SentenceTransformer) -> BeLLMEncoder | None:
+    """The BeLLM module of a model, or None for any other sentence-transformers model."""
+    return model[0] if isinstance(model[0], BeLLMEncoder) else None
+
+
+def start_from_trained(recipe: Recipe, device: str, dtype: torch.dtype) -> SentenceTransformer:
+    """``recipe.init_model`` ready to train: a BeLLM model's adapter merged and a fresh LoRA added;
+    any other sentence-transformers model trained in full."""
+    from bellm_st.evaluation.models import load_for_evaluation
+
+    model = load_for_evaluation(recipe.init_model, device=device)
+    model.to(dtype)
+    encoder = bellm_encoder(model)
+    if encoder is None:
+        if recipe.gradient_checkpointing or recipe.compile_layers:
+            raise ValueError(f"{recipe.init_model} is not a BeLLM model; drop --gradient-checkpointing and --compile")
+        return model  # its token budget while training comes from the collator (train_max_seq_length)
+    encoder.merge_adapter()  # its own max_seq_length stays: the collator gives training batches their budget
+    trainable = add_lora(model, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout, recipe.lora_target_modules)
+    logger.info("LoRA on %s: %d trainable parameters", recipe.init_model, trainable)
+    return model
+
+
 def build_trainable_model(recipe: Recipe, device: str) -> SentenceTransformer:
-    """The BeLLM encoder of the recipe with a fresh, seeded LoRA adapter; bf16 weights on GPU."""
+    """The BeLLM encoder of the recipe (or ``init_model``) with a fresh, seeded LoRA adapter; bf16 weights on GPU."""
     set_seed(recipe.seed)
     dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    model = bellm_st.build(
-        recipe.base,
-        bidirectional_layers=recipe.bidirectional_layers,
-        pooling=recipe.pooling,
-        template=recipe.template,
-        append_eos=recipe.append_eos,
-        max_seq_length=recipe.train_max_seq_length,
-        device=device,
-        dtype=dtype,
-    )
-    trainable = add_lora(model, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout, recipe.lora_target_modules)
-    logger.info("LoRA: %d trainable parameters", trainable)
+    if recipe.init_model is not None:
+        model = start_from_trained(recipe, device, dtype)
+        if bellm_encoder(model) is None:
+            return model
+    else:
+        model = bellm_st.build(
+            recipe.base,
+            bidirectional_layers=recipe.bidirectional_layers,
+            pooling=recipe.pooling,
+            template=recipe.template,
+            append_eos=recipe.append_eos,
+            max_seq_length=recipe.train_max_seq_length,
+            device=device,
+            dtype=dtype,
+        )
+        trainable = add_lora(model, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout, recipe.lora_target_modules)
+        logger.info("LoRA: %d trainable parameters", trainable)
     if recipe.gradient_checkpointing:
         enable_activation_checkpointing(model)
     if recipe.compile_layers:
@@ -220,6 +284,8 @@ def train(
     resume: bool = False,
     device: str | None = None,
     callbacks: list[TrainerCallback] | None = None,
+    card_notes: str = "",
+    in_memory: Mapping[str, Dataset] | None = None,
 ) -> TrainingResult:
     """Fine-tune a BeLLM encoder with LoRA and the AnglE objective, then save model, recipe, card and scores.
 
@@ -227,6 +293,8 @@ def train(
     loads it) with ``recipe.json``, ``dev_scores.json`` and a model card; checkpoints go to
     ``output_dir/checkpoints``. ``resume=True`` continues from the last checkpoint there (adapter,
     optimizer, scheduler, data order and RNG state), after checking the recipe is unchanged.
+    Each training file is a task (:mod:`bellm_st.training.tasks`); ``card_notes`` (markdown) goes
+    into the model card's BeLLM section.
     """
     output_dir = Path(output_dir)
     checkpoint_dir = output_dir / CHECKPOINT_FOLDER
@@ -236,30 +304,45 @@ def train(
     if resume and resume_from is None:
         logger.warning("no checkpoint in %s; starting from scratch", checkpoint_dir)
 
-    datasets = training_datasets(recipe, data_dir)
-    evaluator = dev_evaluator(recipe, data_dir)
-    args = training_arguments(recipe, checkpoint_dir, evaluator is not None, use_cpu=device == "cpu")
+    datasets = training_datasets(recipe, data_dir, in_memory)
+    names = list(datasets)
+    for source, name in zip(recipe.train_data, names):
+        check_task_columns(source, name, datasets[name].column_names)
+    has_evaluator = bool(recipe.dev_data) or recipe.eval_retrieval is not None
+    args = training_arguments(recipe, checkpoint_dir, has_evaluator, use_cpu=device == "cpu")
     model = build_trainable_model(recipe, device or str(args.device))
-    loss = BeLLMLoss(
-        model,
-        contrastive_weight=recipe.contrastive_weight,
-        angle_weight=recipe.angle_weight,
-        cosent_weight=recipe.cosent_weight,
-        contrastive_scale=recipe.contrastive_scale,
-        angle_scale=recipe.angle_scale,
-        cosent_scale=recipe.cosent_scale,
-        gather_across_devices=recipe.gather_across_devices,
+    model.prompts = model_prompts(recipe, model)
+    args.prompts = task_prompts(recipe.train_data, names, model.prompts, model) or None
+    evaluator = dev_evaluator(recipe, data_dir, model)
+    multi_task = len(datasets) > 1 or any(
+        source.prompts or source.max_seq_length or source.loss != "bellm" for source in recipe.train_data
     )
-    train_dataset = next(iter(datasets.values())) if len(datasets) == 1 else DatasetDict(datasets)
+    if multi_task:  # one loss per dataset: the trainer then tags each batch with its dataset's name
+        train_dataset = DatasetDict(datasets)
+        loss = {name: task_loss(model, recipe, source) for source, name in zip(recipe.train_data, names)}
+    else:
+        train_dataset, loss = datasets[names[0]], task_loss(model, recipe, recipe.train_data[0])
+    collator = TaskLengthCollator(
+        preprocess_fn=model.preprocess,
+        prompts=args.prompts,
+        task_max_length={name: s.max_seq_length for s, name in zip(recipe.train_data, names) if s.max_seq_length},
+        default_max_length=recipe.train_max_seq_length,
+    )
     extra_callbacks = [BF16AdapterInputsCallback(model)] if args.bf16 else []
-    encoder_of(model).packing_row_length = recipe.packing_row_length or None
+    encoder = bellm_encoder(model)
+    if encoder is not None:
+        encoder.packing_row_length = recipe.packing_row_length or None
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         loss=loss,
         evaluator=evaluator,
-        callbacks=[SaveRecipeCallback(recipe), *extra_callbacks, *(callbacks or [])],
+        data_collator=collator,
+        callbacks=[
+            SaveRecipeCallback(recipe), EvalHistoryCallback(output_dir / EVAL_HISTORY_FILE), *extra_callbacks,
+            *(callbacks or []),
+        ],
     )
     try:
         with attention_without_cudnn():  # cuDNN re-plans attention for every padded batch shape
@@ -269,9 +352,11 @@ def train(
         # (no recompiling for no-grad passes; the model pickles), PEFT's casting, the full token budget.
         for callback in extra_callbacks:
             callback.on_train_end(args, trainer.state, trainer.control)
-        encoder_of(model).max_seq_length = recipe.max_seq_length
-        encoder_of(model).packing_row_length = None
-        uncompile_decoder_layers(encoder_of(model).decoder)
+        if encoder is not None:
+            if recipe.init_model is None:
+                encoder.max_seq_length = recipe.max_seq_length
+            encoder.packing_row_length = None
+            uncompile_decoder_layers(encoder.decoder)
     data_rows = {source.path: len(dataset) for source, dataset in zip(recipe.train_data, datasets.values())}
     dev_scores: dict[str, float] = {}
     if trainer.is_world_process_zero():
@@ -280,5 +365,5 @@ def train(
         model.save(str(output_dir))
         recipe.save(output_dir)
         (output_dir / SCORES_FILE).write_text(json.dumps(dev_scores, indent=2) + "\n", encoding="utf-8")
-        add_card_section(output_dir, render_card_section(recipe, data_rows, dev_scores))
+        add_card_section(output_dir, render_card_section(recipe, data_rows, dev_scores, card_notes))
     return TrainingResult(output_dir, trainer.state.global_step, float(outcome.training_loss), dev_scores, data_rows)

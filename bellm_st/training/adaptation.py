@@ -1,0 +1,206 @@
+"""Adapt an embedding model to a user's corpus without labels (``bellm-st adapt``).
+
+The corpus gives weak query -> passage pairs (:mod:`bellm_st.training.weak_pairs`); some general
+data (NLI triplets by default) is mixed in so sentence similarity is not forgotten. Both go through
+the ordinary trainer as two tasks of one recipe: weak pairs with the in-batch contrastive loss, the
+query prompt on the query and the document prompt on the passage, at the documents' token budget;
+general data with the model's own objective and template. Each batch comes from one task.
+
+A BeLLM model gets a fresh LoRA adapter on top of its (merged) weights; any other
+sentence-transformers model (e.g. all-MiniLM-L6-v2) is fine-tuned in full, so the two can be
+compared on the same pairs. The output folder holds the model, ``recipe.json`` (which
+``bellm-st train --recipe`` reruns), ``weak_pairs.jsonl`` and, with ``eval_retrieval``,
+``eval_history.json`` (scores per evaluation step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from datasets import Dataset
+
+from bellm_st.training.data import load_source
+from bellm_st.training.recipe import DataSource, Recipe
+from bellm_st.training.trainer import TrainingResult, train
+from bellm_st.training.weak_pairs import build_weak_pairs, read_corpus
+
+logger = logging.getLogger(__name__)
+
+WEAK_PAIRS_FILE = "weak_pairs.jsonl"
+DEFAULT_GENERAL_DATA = "nli/triplets.tsv"
+DEFAULT_GENERAL_RATIO = 0.5  # general examples per weak pair
+DEFAULT_DOCUMENT_LENGTH = 256
+DEFAULT_KINDS = ("title", "ict")
+# LoRA on a BeLLM model trains at the recipe's rate; a full fine-tune needs a far smaller one.
+FULL_FINE_TUNE_LEARNING_RATE = 2e-5
+
+
+def bellm_template(model: str) -> str | None:
+    """The template of a BeLLM model name or folder, or None when ``model`` is another sentence-transformers model.
+
+    Read from the configs, without loading weights, so bad options fail in a second.
+    """
+    from bellm_st.bases import SHIPPED_BASES
+    from bellm_st.module import CONFIG_FILE
+    from bellm_st.prompts import DEFAULT_TEMPLATE
+    from bellm_st.shipped import SHIPPED_MODELS, SHIPPED_ROOT
+
+    if model in SHIPPED_BASES:
+        return DEFAULT_TEMPLATE
+    folder = SHIPPED_ROOT / model if model in SHIPPED_MODELS else Path(model)
+    config = folder / CONFIG_FILE
+    if config.is_file():
+        return json.loads(config.read_text(encoding="utf-8")).get("template", DEFAULT_TEMPLATE)
+    return None
+
+
+def model_reference(model: str) -> str:
+    """How the recipe names the starting model: shipped names and shortcuts as they are, folders absolute."""
+    from bellm_st.evaluation.models import BASELINE_SHORTCUTS
+
+    path = Path(model)
+    return str(path.resolve()) if model not in BASELINE_SHORTCUTS and path.exists() else model
+
+
+@contextlib.contextmanager
+def quiet_truncation() -> Iterator[None]:
+    """Passages are cut to the token budget on purpose; one warning per passage would bury the progress bar."""
+    tokenization = logging.getLogger("bellm_st.tokenization")
+    level = tokenization.level
+    tokenization.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tokenization.setLevel(level)
+
+
+def adapt(
+    corpus: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+    kinds: Sequence[str] = DEFAULT_KINDS,
+    generator: str | None = None,
+    general_data: str | None = DEFAULT_GENERAL_DATA,
+    general_ratio: float = DEFAULT_GENERAL_RATIO,
+    data_dir: str | os.PathLike | None = None,
+    query_template: str | None = None,
+    document_template: str | None = None,
+    max_seq_length: int = DEFAULT_DOCUMENT_LENGTH,
+    batch_size: int = 32,
+    max_steps: int | None = None,
+    epochs: float = 1.0,
+    learning_rate: float | None = None,
+    seed: int = 42,
+    eval_retrieval: str | os.PathLike | None = None,
+    eval_split: str = "test",
+    eval_steps: int | None = None,
+    save_steps: int | None = None,
+    resume: bool = False,
+    device: str | None = None,
+) -> TrainingResult:
+    """Train ``model`` (default: the shipped default model) on weak pairs from ``corpus`` plus general data.
+
+    Every input is checked before ``output_dir`` is created: an empty corpus, documents without
+    ``_id``, a corpus giving fewer pairs than ``batch_size``, a missing general data file or a
+    bad evaluation folder fail with the file (and line) and leave nothing behind. Documents
+    without a text are skipped with a warning; documents without a title give no title pair.
+    ``general_ratio`` is the number of general examples per weak pair (0: none).
+    ``generator`` (a decoder LLM) adds a written query per document when ``"generated"`` is in
+    ``kinds`` (slow on CPU: one generation per document).
+    """
+    from bellm_st.api import default_model_name
+    from bellm_st.prompts import DEFAULT_QUERY_TEMPLATE
+
+    model = model or default_model_name()
+    if general_ratio < 0:
+        raise ValueError(f"general_ratio={general_ratio} must be >= 0 (general examples per weak pair; 0 for none)")
+    if batch_size < 2:
+        raise ValueError(f"batch_size={batch_size} must be at least 2: the other passages of a batch are the negatives")
+    if generator and "generated" not in kinds:
+        kinds = (*kinds, "generated")
+    template = bellm_template(model)
+    if template is not None:
+        query_template = query_template or DEFAULT_QUERY_TEMPLATE
+        document_template = document_template or template
+
+    documents = read_corpus(corpus)
+    pairs = build_weak_pairs(documents, kinds, seed=seed, generator=generator, device=device)
+    rows = [(query, passage) for kind in pairs for query, passage in pairs[kind]]
+    if len(rows) < batch_size:
+        counts = ", ".join(f"{len(found)} {kind}" for kind, found in pairs.items())
+        raise ValueError(
+            f"{corpus}: {len(documents)} document(s) gave {len(rows)} weak pair(s) ({counts}), fewer than "
+            f"batch_size={batch_size}; lower --batch-size to at most {max(len(rows), 2)} or give a larger corpus "
+            "(title pairs need a title, inverse cloze pairs a text of two sentences or more)"
+        )
+    weak = Dataset.from_dict({"anchor": [q for q, _ in rows], "positive": [p for _, p in rows]})
+
+    output_dir = Path(output_dir)
+    weak_source = DataSource(
+        str((output_dir / WEAK_PAIRS_FILE).resolve()),
+        "triplets",
+        prompts={
+            **({"anchor": "query"} if query_template else {}),
+            **({"positive": "document"} if document_template else {}),
+        },
+        loss="contrastive",
+        max_seq_length=max_seq_length,
+    )
+    sources = [weak_source]
+    settings = Recipe(train_data=[weak_source], dev_data=[])
+    if data_dir is not None:
+        settings = settings.with_changes(data_dir=str(data_dir))
+    general_rows = 0
+    if general_data and general_ratio > 0:
+        general_rows = max(1, round(general_ratio * len(rows)))
+        general = DataSource(general_data, max_rows=general_rows, loss="bellm" if template is not None else "contrastive")
+        general_rows = len(load_source(general, settings.resolve(general.path), seed))  # fail now, not after loading the model
+        sources.append(general)
+    if eval_retrieval is not None:
+        from bellm_st.evaluation.retrieval import read_beir_folder
+
+        read_beir_folder(eval_retrieval, eval_split)
+    recipe = Recipe(
+        base=model,
+        init_model=model_reference(model),
+        query_template=query_template,
+        document_template=document_template,
+        train_data=sources,
+        dev_data=[],
+        data_dir=settings.data_dir,
+        learning_rate=learning_rate or (Recipe.learning_rate if template is not None else FULL_FINE_TUNE_LEARNING_RATE),
+        batch_size=batch_size,
+        max_steps=max_steps if max_steps is not None else -1,
+        epochs=epochs,
+        angle_weight=Recipe.angle_weight if template is not None else 0.0,
+        seed=seed,
+        eval_retrieval=str(Path(eval_retrieval).resolve()) if eval_retrieval is not None else None,
+        eval_retrieval_split=eval_split,
+        **({"eval_steps": eval_steps} if eval_steps else {}),
+        **({"save_steps": save_steps} if save_steps else {}),
+    )
+
+    counts = ", ".join(f"{len(found)} {kind}" for kind, found in pairs.items())
+    notes = (
+        f"Adapted without labels to `{corpus}` ({len(documents)} documents): weak query -> passage pairs "
+        f"({counts}{f'; queries written by `{generator}`' if generator else ''}), in-batch contrastive loss, "
+        f"passages up to {max_seq_length} tokens"
+        + (f"; mixed with {general_rows} rows of `{general_data}` so sentence similarity is kept." if general_rows else ".")
+        + (f" Query prompt `{query_template}`, document prompt `{document_template}`." if query_template or document_template else "")
+    )
+    with quiet_truncation():
+        result = train(
+            recipe, output_dir, data_dir=data_dir, resume=resume, device=device, card_notes=notes,
+            in_memory={weak_source.path: weak},
+        )
+    with open(output_dir / WEAK_PAIRS_FILE, "w", encoding="utf-8") as handle:
+        for kind, found in pairs.items():
+            for query, passage in found:
+                handle.write(json.dumps({"anchor": query, "positive": passage, "kind": kind}, ensure_ascii=False) + "\n")
+    return result
