@@ -133,9 +133,9 @@ def test_a_named_model_loads_once_per_process_and_device(tiny_bellm_dir, monkeyp
     loads = []
     original = bellm_st.api.load_default_or
 
-    def counting_load(name, device=None):
+    def counting_load(name, device=None, trust_remote_code=False):
         loads.append((name, device))
-        return original(name, device=device)
+        return original(name, device=device, trust_remote_code=trust_remote_code)
 
     monkeypatch.setattr(bellm_st.api, "load_default_or", counting_load)
     threads = [
