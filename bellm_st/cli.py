@@ -258,7 +258,10 @@ def train(
     ),
     eval_steps: int = typer.Option(None),
     save_steps: int = typer.Option(None),
-    resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUTPUT_DIR/checkpoints."),
+    resume: bool = typer.Option(False, help="Continue from the last complete checkpoint in OUTPUT_DIR/checkpoints."),
+    overwrite: bool = typer.Option(
+        False, help="Train into a non-empty OUTPUT_DIR anyway, deleting its previous run's checkpoints."
+    ),
     device: str = typer.Option(None, help="cpu, cuda ... (default: the trainer's choice)."),
 ) -> None:
     """Fine-tune a BeLLM encoder with LoRA and the AnglE objective; saves model, recipe.json and a model card."""
@@ -278,7 +281,7 @@ def train(
             dataloader_workers=dataloader_workers,
             eval_steps=eval_steps, save_steps=save_steps,
         )
-        result = run_training(settings, output_dir, data_dir=data_dir, resume=resume, device=device)
+        result = run_training(settings, output_dir, data_dir=data_dir, resume=resume, overwrite=overwrite, device=device)
     except (TypeError, ValueError, FileNotFoundError) as error:
         _fail(error)
     console.print(f"saved the model to {result.output_dir} after {result.global_step} steps")
