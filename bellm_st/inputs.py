@@ -54,7 +54,7 @@ def validate_text(text: Any, *, where: str = "text") -> str:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
         raise ValueError(
-            f"{where} holds {text[error.start]!r} at character {error.start}, a lone surrogate that is not valid "
+            f"{where} holds {text[error.start]!r} at character {error.start}, an unpaired UTF-16 surrogate that is not valid "
             "Unicode text; decode the source bytes correctly, or clean the text with "
             "text.encode('utf-8', 'replace').decode('utf-8')"
         ) from None

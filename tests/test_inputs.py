@@ -20,7 +20,7 @@ from bellm_st.inputs import validate_text, validate_texts
         (["", "fine"], ValueError, r"texts\[0\] is empty"),
         (["fine", "  \n\t "], ValueError, r"texts\[1\] is only whitespace"),
         ([b"bytes"], TypeError, r"texts\[0\] is bytes"),
-        (["fine", "ab\ud800c"], ValueError, r"texts\[1\] holds '\\ud800' at character 2, a lone surrogate"),
+        (["fine", "ab\ud800c"], ValueError, r"texts\[1\] holds '\\ud800' at character 2, an unpaired UTF-16 surrogate"),
     ],
 )
 def test_validate_texts_names_the_bad_item(texts, error, message):

@@ -267,5 +267,5 @@ def test_a_folder_with_foreign_code_is_refused_unless_trusted(tiny_bellm_dir, tm
 
 def test_a_lone_surrogate_is_named_with_its_position(tiny_bellm):
     """Was the tokenizer's `TextEncodeInput must be Union[...]` with no position."""
-    with pytest.raises(ValueError, match=r"texts\[1\] holds '\\ud800' at character 0, a lone surrogate"):
+    with pytest.raises(ValueError, match=r"texts\[1\] holds '\\ud800' at character 0, an unpaired UTF-16 surrogate"):
         BeLLMEmbeddings(model=tiny_bellm).embed_documents(["fine", "\ud800"])
