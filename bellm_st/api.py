@@ -10,6 +10,7 @@ from sentence_transformers import SentenceTransformer
 
 from bellm_st.bases import base_checkpoint
 from bellm_st.bidirectional import BidirectionalLayers
+from bellm_st.model import BeLLMSentenceTransformer
 from bellm_st.module import DEFAULT_MAX_SEQ_LENGTH, BeLLMEncoder
 from bellm_st.pooling import PoolingMode
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template
@@ -69,18 +70,32 @@ def build(
         if prompt_template is not None:
             Template.parse(prompt_template)
             prompts[name] = prompt_template
-    model = SentenceTransformer(modules=[encoder], device=device or default_device(), prompts=prompts)
+    model = BeLLMSentenceTransformer(modules=[encoder], device=device or default_device(), prompts=prompts)
     model.model_card_data.tags = sorted({*(model.model_card_data.tags or []), "bellm", "bidirectional-decoder"})
     return model
 
 
-def load(name_or_path: str, *, device: str | None = None, cache_dir: str | os.PathLike | None = None) -> SentenceTransformer:
-    """Load a shipped trained model by name, or any saved BeLLM / sentence-transformers folder."""
+def load(
+    name_or_path: str,
+    *,
+    device: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
+) -> SentenceTransformer:
+    """Load a shipped trained model by name, or any saved BeLLM / sentence-transformers folder.
+
+    Every way bellm-st loads a model ends here. A folder runs no code of its own: only module
+    classes of the installed sentence-transformers and bellm-st load, and weights only from
+    safetensors, unless ``trust_remote_code=True`` says the folder is trusted (see
+    :mod:`bellm_st.loading`).
+    """
+    from bellm_st.loading import load_saved
     from bellm_st.shipped import SHIPPED_MODELS, load_shipped
 
     if name_or_path in SHIPPED_MODELS:
         return load_shipped(name_or_path, device=device or default_device(), cache_dir=cache_dir)
-    return SentenceTransformer(name_or_path, device=device or default_device(), trust_remote_code=True)
+    return load_saved(name_or_path, device=device or default_device(), trust_remote_code=trust_remote_code,
+                      cache_dir=cache_dir)
 
 
 def default_model_name() -> str:
@@ -90,13 +105,15 @@ def default_model_name() -> str:
     return DEFAULT_MODEL if DEFAULT_MODEL in SHIPPED_MODELS else DEFAULT_BASE
 
 
-def load_default_or(name_or_path: str | None, *, device: str | None = None) -> SentenceTransformer:
+def load_default_or(
+    name_or_path: str | None, *, device: str | None = None, trust_remote_code: bool = False
+) -> SentenceTransformer:
     """The model a command-line user means: the named one, or the shipped default
-    (:func:`default_model_name`)."""
+    (:func:`default_model_name`); a shipped base is built zero-shot, anything else goes to :func:`load`."""
     from bellm_st.bases import SHIPPED_BASES
 
     if name_or_path is None:
         name_or_path = default_model_name()
     if name_or_path in SHIPPED_BASES:
         return build(name_or_path, device=device)
-    return load(name_or_path, device=device)
+    return load(name_or_path, device=device, trust_remote_code=trust_remote_code)

@@ -69,10 +69,11 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def resolve_layer_indices(num_layers: int, bidirectional_layers: BidirectionalLayers) -> tuple[int, ...]:
     """Turn ``k`` (the last k layers) or an explicit list of indices into sorted layer indices."""
-    if isinstance(bidirectional_layers, bool) or not isinstance(bidirectional_layers, (int, Sequence)):
+    if isinstance(bidirectional_layers, (bool, str)) or not isinstance(bidirectional_layers, (int, Sequence)):
         raise TypeError(
-            f"bidirectional_layers must be an int (the last k layers) or a list of layer indices, "
-            f"got {type(bidirectional_layers).__name__}"
+            f"bidirectional_layers={bidirectional_layers!r} is a {type(bidirectional_layers).__name__}, which is not "
+            f"accepted; give an int k (the last k layers, 0..{num_layers}; {num_layers} for all) or a list of "
+            f"layer indices such as [{num_layers - 2}, {num_layers - 1}]"
         )
     if isinstance(bidirectional_layers, int):
         if not 0 <= bidirectional_layers <= num_layers:

@@ -17,19 +17,29 @@ console = Console()
 
 SERVER_DEFAULTS = ServerSettings()  # `serve` shows and uses these; their home is ServerSettings
 MODEL_HELP = "A shipped model or base name, or a saved model folder (default: the shipped default model)."
+TRUST_HELP = (
+    "Load a model folder that names module classes outside sentence-transformers and bellm-st, or holds only "
+    "pickle weights: runs code from the folder. Only for folders you trust."
+)
 
 
 def _read_texts(texts: list[str], file: Path | None) -> list[str]:
+    from bellm_st.tabular import read_text_file
+
     collected = list(texts)
     if file is not None:
-        collected += [line.rstrip("\n") for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        collected += [line for line in read_text_file(file).splitlines() if line.strip()]
     return collected
 
 
-def _load_model(model: str | None, device: str | None):
+def _load_model(model: str | None, device: str | None, trust_remote_code: bool):
+    """The model a command names, or exit 2 with one line (a missing folder, an untrusted one ...)."""
     from bellm_st.api import load_default_or
 
-    return load_default_or(model, device=device)
+    try:
+        return load_default_or(model, device=device, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        _fail(error)
 
 
 # encode_bulk's batch limits for the command line: the fastest measured on an H100 with flat batches
@@ -74,7 +84,9 @@ def _fail(error: Exception) -> None:
 @app.command()
 def encode(
     texts: list[str] = typer.Argument(None, help="Texts to embed."),
-    file: Path = typer.Option(None, "--file", "-f", help="A UTF-8 file with one text per line."),
+    file: Path = typer.Option(
+        None, "--file", "-f", exists=True, dir_okay=False, readable=True, help="A UTF-8 file with one text per line."
+    ),
     output: Path = typer.Option(None, "--output", "-o", help="Write vectors to .npy or .jsonl instead of stdout."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     prompt_name: str = typer.Option(None, help="Use the model's named prompt, e.g. query or document."),
@@ -92,6 +104,7 @@ def encode(
     dtype: str = typer.Option(
         "auto", help="Weights' precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16."
     ),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Embed texts and print them as JSON lines (or save them).
 
@@ -107,10 +120,11 @@ def encode(
         _fail(error)
     _check_dtype(dtype)
     if device is not None and "," in device:
-        vectors = _encode_on_devices(items, model, device, prompt_name, batch_size, normalize, bulk, compile_layers, dtype)
+        vectors = _encode_on_devices(items, model, device, prompt_name, batch_size, normalize, bulk, compile_layers, dtype,
+                                     trust_remote_code)
         _write_vectors(items, vectors, output)
         return
-    encoder = _load_model(model, device)
+    encoder = _load_model(model, device, trust_remote_code)
     encoder.to(inference_dtype(dtype, encoder.device))
     if prompt_name is not None and prompt_name not in encoder.prompts:
         _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
@@ -136,7 +150,8 @@ def encode(
 
 
 def _encode_on_devices(items: list[str], model: str | None, device: str, prompt_name: str | None,
-                       batch_size: int | None, normalize: bool, bulk: bool | None, compile_layers: bool, dtype: str):
+                       batch_size: int | None, normalize: bool, bulk: bool | None, compile_layers: bool, dtype: str,
+                       trust_remote_code: bool):
     """``encode --device a,b``: one process per device (:mod:`bellm_st.multi_device`)."""
     import torch
 
@@ -149,8 +164,8 @@ def _encode_on_devices(items: list[str], model: str | None, device: str, prompt_
         return encode_on_devices(model, items, devices, dtype=inference_dtype(dtype, torch.device(devices[0])),
                                  compile_layers=compile_layers, batch_size=batch_size or GPU_BATCH_TEXTS,
                                  max_batch_tokens=GPU_BATCH_TOKENS, prompt_name=prompt_name,
-                                 normalize_embeddings=normalize)
-    except ValueError as error:
+                                 normalize_embeddings=normalize, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
         _fail(error)
 
 
@@ -175,6 +190,7 @@ def similarity(
     texts: list[str] = typer.Argument(..., help="Two or more texts to compare."),
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Print the cosine similarity of every pair of texts."""
     from bellm_st.inputs import validate_texts
@@ -185,7 +201,7 @@ def similarity(
             raise ValueError("similarity needs at least two texts")
     except (TypeError, ValueError) as error:
         _fail(error)
-    encoder = _load_model(model, device)
+    encoder = _load_model(model, device, trust_remote_code)
     vectors = encoder.encode(items, normalize_embeddings=True, convert_to_tensor=True)
     scores = (vectors @ vectors.T).cpu()
     table = Table(title="cosine similarity")
@@ -251,7 +267,10 @@ def train(
     ),
     eval_steps: int = typer.Option(None),
     save_steps: int = typer.Option(None),
-    resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUTPUT_DIR/checkpoints."),
+    resume: bool = typer.Option(False, help="Continue from the last complete checkpoint in OUTPUT_DIR/checkpoints."),
+    overwrite: bool = typer.Option(
+        False, help="Train into a non-empty OUTPUT_DIR anyway, deleting its previous run's checkpoints."
+    ),
     device: str = typer.Option(None, help="cpu, cuda ... (default: the trainer's choice)."),
 ) -> None:
     """Fine-tune a BeLLM encoder with LoRA and the AnglE objective; saves model, recipe.json and a model card."""
@@ -278,7 +297,7 @@ def train(
             dataloader_workers=dataloader_workers,
             eval_steps=eval_steps, save_steps=save_steps,
         )
-        result = run_training(settings, output_dir, data_dir=data_dir, resume=resume, device=device)
+        result = run_training(settings, output_dir, data_dir=data_dir, resume=resume, overwrite=overwrite, device=device)
     except (TypeError, ValueError, FileNotFoundError) as error:
         _fail(error)
     console.print(f"saved the model to {result.output_dir} after {result.global_step} steps")
@@ -347,6 +366,7 @@ def evaluate(
     output: Path = typer.Option(None, "--output", "-o", help="Write the scores as JSON here."),
     batch_size: int = typer.Option(64, min=1),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Score a model: Spearman x100 on STS files (and their average), nDCG@10/Recall@100/MRR@10 on a BEIR folder."""
     from bellm_st.evaluation.models import load_for_evaluation
@@ -361,13 +381,14 @@ def evaluate(
             read_scored_pairs(path)  # fail on bad data before loading a model
         if retrieval is not None:
             read_beir_folder(retrieval, split)
-        encoder = load_for_evaluation(model, device=device)
+        encoder = load_for_evaluation(model, device=device, trust_remote_code=trust_remote_code)
         results: dict[str, dict[str, float]] = {}
         if sts:
             results["sts"] = evaluate_sts_files(encoder, sts, batch_size=batch_size)
         if retrieval is not None:
-            results["retrieval"] = evaluate_retrieval(encoder, retrieval, split, batch_size=batch_size)
-    except (TypeError, ValueError, FileNotFoundError) as error:
+            results["retrieval"] = evaluate_retrieval(encoder, retrieval, split, batch_size=batch_size,
+                                                      show_progress_bar=True)
+    except (TypeError, ValueError, OSError) as error:
         _fail(error)
     if "sts" in results:
         console.print(scores_table("STS: Spearman x100 (cosine)", {n: {"spearman": s} for n, s in results["sts"].items()}))
@@ -414,24 +435,25 @@ def export(
     model: str = typer.Argument(..., help="A shipped model, base name or trained model folder."),
     output_dir: Path = typer.Argument(..., help="Where to write the merged sentence-transformers folder."),
     onnx: bool = typer.Option(False, "--onnx", help="Write an ONNX graph for fast CPU inference instead."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Write a sentence-transformers folder with the LoRA adapter merged (no peft needed to load it)."""
     if onnx:
         try:
             from bellm_st.onnx_export import export_merged_onnx
 
-            export_merged_onnx(model, output_dir)
-        except (TypeError, ValueError, FileNotFoundError, ImportError) as error:
+            export_merged_onnx(model, output_dir, trust_remote_code=trust_remote_code)
+        except (TypeError, ValueError, OSError, ImportError) as error:
             _fail(error)
         console.print(f"wrote {output_dir}; load it with bellm_st.onnx_export.OnnxEncoder({str(output_dir)!r})")
         return
     from bellm_st.export import export_merged
 
     try:
-        export_merged(model, output_dir)
-    except (TypeError, ValueError, FileNotFoundError) as error:
+        export_merged(model, output_dir, trust_remote_code=trust_remote_code)
+    except (TypeError, ValueError, OSError) as error:
         _fail(error)
-    console.print(f"wrote {output_dir}; load it with SentenceTransformer({str(output_dir)!r}, trust_remote_code=True)")
+    console.print(f"wrote {output_dir}; load it with bellm_st.load({str(output_dir)!r})")
 
 
 @app.command()
@@ -481,6 +503,7 @@ def serve(
         "auto", help="Weights' precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16."
     ),
     log_level: str = typer.Option("info"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Serve the model as an OpenAI-compatible embeddings API (POST /v1/embeddings)."""
     from bellm_st.api import default_model_name
@@ -520,7 +543,7 @@ def serve(
     except ValueError as error:
         _fail(error)
     if onnx is None:
-        served = _load_model(model, device)
+        served = _load_model(model, device, trust_remote_code)
         served.to(inference_dtype(dtype, served.device))
     else:
         try:

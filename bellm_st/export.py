@@ -22,15 +22,17 @@ from bellm_st.training.lora import encoder_of
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def export_merged(name_or_path: str, output_dir: str | os.PathLike, device: str = "cpu") -> Path:
+def export_merged(
+    name_or_path: str, output_dir: str | os.PathLike, device: str = "cpu", trust_remote_code: bool = False
+) -> Path:
     """Save a shipped model, base or trained folder as a standalone folder with the adapter merged.
 
-    The folder loads with ``SentenceTransformer(output_dir, trust_remote_code=True)`` wherever
-    bellm-st is installed (the BeLLM module's code), and needs no peft.
+    The folder loads with ``bellm_st.load(output_dir)`` wherever bellm-st is installed (the BeLLM
+    module's code), and needs no peft. ``trust_remote_code`` is :func:`bellm_st.load`'s.
     """
     from bellm_st.api import load_default_or
 
-    model = load_default_or(name_or_path, device=device)
+    model = load_default_or(name_or_path, device=device, trust_remote_code=trust_remote_code)
     encoder_of(model).merge_adapter()
     output_dir = Path(output_dir)
     model.save(str(output_dir))

@@ -22,7 +22,8 @@ def validate_texts(texts: Any, *, where: str = "input") -> list[str]:
     """Check that ``texts`` is a non-empty list of non-blank strings and return it as a list.
 
     Raises ``TypeError`` for a wrong container or item type and ``ValueError`` for an empty list
-    or a blank item, naming the item's index and the fix. Mixed scripts, emoji and control
+    or a blank item or one holding a lone surrogate (not encodable text), naming the item's index
+    and the fix. Mixed scripts, emoji and control
     characters are valid text and pass through unchanged.
     """
     if isinstance(texts, (str, bytes)) or texts is None or not isinstance(texts, Sequence):
@@ -49,4 +50,12 @@ def validate_text(text: Any, *, where: str = "text") -> str:
             f"{where} is {'empty' if not text else 'only whitespace'} ({_preview(text)}); "
             "remove blank texts before encoding: they carry no meaning to embed"
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{where} holds {text[error.start]!r} at character {error.start}, an unpaired UTF-16 surrogate that is not valid "
+            "Unicode text; decode the source bytes correctly, or clean the text with "
+            "text.encode('utf-8', 'replace').decode('utf-8')"
+        ) from None
     return text

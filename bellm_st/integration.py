@@ -2,7 +2,7 @@
 
 Each framework creates embedding objects freely (one per index, per chain, per request), so the
 model behind them is loaded once per process and shared: :func:`shared_model` keeps one model per
-``(model_name, device)``. A tokenizer and a module in eval mode are not safe to drive from two
+``(model_name, device, trust_remote_code)``. A tokenizer and a module in eval mode are not safe to drive from two
 threads at once (fast tokenizers raise "Already borrowed"), so :func:`embed` holds one lock per
 model while it encodes; the frameworks' async methods run it in a worker thread.
 """
@@ -23,22 +23,25 @@ from bellm_st.prompts import TEXT_SLOT, Template
 
 Role = Literal["query", "document"]
 
-_models: dict[tuple[str, str], SentenceTransformer] = {}
+_models: dict[tuple[str, str, bool], SentenceTransformer] = {}
 _models_lock = threading.Lock()
 _encode_locks: weakref.WeakKeyDictionary[SentenceTransformer, threading.Lock] = weakref.WeakKeyDictionary()
 _encode_locks_lock = threading.Lock()
 
 
-def shared_model(model_name: str | None = None, device: str | None = None) -> SentenceTransformer:
-    """The model for ``(model_name, device)``, loaded on first use and reused by every later caller.
+def shared_model(
+    model_name: str | None = None, device: str | None = None, trust_remote_code: bool = False
+) -> SentenceTransformer:
+    """The model for ``(model_name, device, trust_remote_code)``, loaded on first use and reused by every later caller.
 
     ``model_name`` is anything :func:`bellm_st.api.load_default_or` accepts (a shipped model or
-    base name, a saved folder); ``None`` means the shipped default.
+    base name, a saved folder); ``None`` means the shipped default. ``trust_remote_code`` is part
+    of the key, so a folder refused without it is never served from a trusted load.
     """
-    key = (model_name or api.default_model_name(), device or api.default_device())
+    key = (model_name or api.default_model_name(), device or api.default_device(), trust_remote_code)
     with _models_lock:
         if key not in _models:
-            _models[key] = api.load_default_or(key[0], device=key[1])
+            _models[key] = api.load_default_or(key[0], device=key[1], trust_remote_code=trust_remote_code)
         return _models[key]
 
 
@@ -49,7 +52,7 @@ def clear_shared_models() -> None:
 
 
 def resolve_model(
-    model_name: str | None, model: SentenceTransformer | None, device: str | None
+    model_name: str | None, model: SentenceTransformer | None, device: str | None, trust_remote_code: bool = False
 ) -> tuple[str | None, SentenceTransformer]:
     """The model an integration was asked for, and its name: the given object, else the shared one.
 
@@ -58,7 +61,7 @@ def resolve_model(
     """
     if model is None:
         model_name = model_name or api.default_model_name()
-        return model_name, shared_model(model_name, device)
+        return model_name, shared_model(model_name, device, trust_remote_code)
     if not isinstance(model, SentenceTransformer):
         raise TypeError(f"model must be a SentenceTransformer, got {type(model).__name__}; or pass model_name=")
     if device is not None:

@@ -2,8 +2,7 @@
 
 One module holds everything BeLLM adds to a backbone — which layers are bi-directional, the
 prompt template, the pooling and the EOS policy — and saves it next to the backbone's weights,
-so ``model.save(dir)`` followed by ``SentenceTransformer(dir, trust_remote_code=True)`` gives
-the same embeddings.
+so ``model.save(dir)`` followed by ``bellm_st.load(dir)`` gives the same embeddings.
 """
 
 from __future__ import annotations
@@ -261,8 +260,11 @@ class BeLLMEncoder(InputModule):
         revision: str | None = None,
         local_files_only: bool = False,
         model_kwargs: dict[str, Any] | None = None,
+        trust_remote_code: bool = False,
         **kwargs,
     ) -> BeLLMEncoder:
+        """Load a saved encoder; transformers runs no code from the folder unless ``trust_remote_code``
+        (see :mod:`bellm_st.loading`)."""
         local_path = cls.load_dir_path(
             model_name_or_path,
             subfolder=subfolder,
@@ -273,13 +275,16 @@ class BeLLMEncoder(InputModule):
         )
         with open(os.path.join(local_path, CONFIG_FILE), encoding="utf-8") as config_file:
             config = json.load(config_file)
-        backbone = AutoModel.from_pretrained(local_path, **(model_kwargs or {}))
+        model_kwargs = {**(model_kwargs or {}), "trust_remote_code": trust_remote_code}
+        backbone = AutoModel.from_pretrained(local_path, **model_kwargs)
         adapter_path = os.path.join(local_path, ADAPTER_FOLDER)
         if os.path.isdir(adapter_path):
             from peft import PeftModel
 
             backbone = PeftModel.from_pretrained(backbone, adapter_path)
-        return cls(local_path, backbone=backbone, **config)
+        tokenizer = AutoTokenizer.from_pretrained(local_path, trust_remote_code=trust_remote_code)
+        settings = {key: config[key] for key in cls.config_keys if key in config}
+        return cls(local_path, backbone=backbone, tokenizer=tokenizer, **settings)
 
     def merge_adapter(self) -> None:
         """Fold a LoRA adapter into the backbone's weights (faster inference, plain checkpoint)."""

@@ -34,11 +34,12 @@ def encode_on_devices(
     max_batch_tokens: int = 131_072,
     prompt_name: str | None = None,
     normalize_embeddings: bool = False,
+    trust_remote_code: bool = False,
 ) -> np.ndarray:
     """Embed ``texts`` with one process per device; float32 vectors in the order of ``texts``.
 
     ``model`` is what :func:`bellm_st.api.load_default_or` takes (a shipped name, a saved folder,
-    or ``None`` for the default model): each process loads its own copy, casts it to ``dtype``
+    or ``None`` for the default model; ``trust_remote_code`` as there): each process loads its own copy, casts it to ``dtype``
     (``None`` keeps the loaded precision), optionally compiles its decoder layers, and encodes
     one contiguous share of the texts with :func:`bellm_st.bulk.encode_bulk`. An error in any
     process is raised here.
@@ -48,7 +49,7 @@ def encode_on_devices(
     shares = [share for share in np.array_split(np.arange(len(texts)), len(devices)) if len(share)]
     options = {"dtype": dtype, "compile_layers": compile_layers, "batch_size": batch_size,
                "max_batch_tokens": max_batch_tokens, "prompt_name": prompt_name,
-               "normalize_embeddings": normalize_embeddings}
+               "normalize_embeddings": normalize_embeddings, "trust_remote_code": trust_remote_code}
     jobs = [(model, [texts[index] for index in share], device, options) for share, device in zip(shares, devices)]
     # spawn: a forked child of a process that already touched CUDA cannot use it. An executor's
     # workers, unlike a Pool's, are not daemons, so they may start multiprocessing children of
@@ -79,7 +80,7 @@ def _encode_share(model: str | None, texts: list[str], device: str, options: dic
 
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
-    encoder = load_default_or(model, device=device)
+    encoder = load_default_or(model, device=device, trust_remote_code=options["trust_remote_code"])
     if options["dtype"] is not None:
         encoder.to(options["dtype"])
     if options["compile_layers"]:

@@ -142,11 +142,13 @@ def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike) -> Pa
     return output_dir
 
 
-def export_merged_onnx(name_or_path: str, output_dir: str | os.PathLike) -> Path:
-    """Load a shipped model, base or saved folder on CPU, merge any adapter, and export it (the CLI's path)."""
+def export_merged_onnx(name_or_path: str, output_dir: str | os.PathLike, trust_remote_code: bool = False) -> Path:
+    """Load a shipped model, base or saved folder on CPU, merge any adapter, and export it (the CLI's path).
+
+    ``trust_remote_code`` is :func:`bellm_st.load`'s."""
     from bellm_st.api import load_default_or
 
-    model = load_default_or(name_or_path, device="cpu")
+    model = load_default_or(name_or_path, device="cpu", trust_remote_code=trust_remote_code)
     if len(model) and isinstance(model[0], BeLLMEncoder):
         model[0].merge_adapter()
     return export_onnx(model, output_dir)  # explains what else it was given

@@ -33,6 +33,7 @@ def load_shipped(name: str, device: str, cache_dir: str | os.PathLike | None = N
     from transformers import AutoModel
 
     from bellm_st.bases import base_checkpoint
+    from bellm_st.model import BeLLMSentenceTransformer
     from bellm_st.module import BeLLMEncoder
 
     if name not in SHIPPED_MODELS:
@@ -46,6 +47,6 @@ def load_shipped(name: str, device: str, cache_dir: str | os.PathLike | None = N
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         backbone = PeftModel.from_pretrained(AutoModel.from_pretrained(checkpoint), str(folder / "adapter"))
     encoder = BeLLMEncoder(checkpoint, backbone=backbone.merge_and_unload(), **settings)
-    model = SentenceTransformer(modules=[encoder], device=device, prompts=prompts)
+    model = BeLLMSentenceTransformer(modules=[encoder], device=device, prompts=prompts)
     model.model_card_data.tags = ["bellm", "bidirectional-decoder", name]
     return model

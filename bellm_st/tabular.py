@@ -3,12 +3,14 @@
 One reader serves every data format so a bad file always fails the same way: the error names
 the file and the line, says what was expected and how to fix it. TSV is read without quoting
 (sentences contain ``"``), as the project's data is written; CSV follows the usual quoting rules
-(what spreadsheets and ``pandas.to_csv`` write); JSONL has one object per line.
+(what spreadsheets and ``pandas.to_csv`` write); JSONL has one object per line. Files are UTF-8,
+with or without the byte-order mark spreadsheets write.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -56,9 +58,24 @@ class Table:
             )
 
 
+def read_text_file(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's contents (a leading byte-order mark dropped), or an error naming file and line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataFileError(
+            path, line, f"byte {data[error.start]:#04x} is not UTF-8; re-save the file as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8 FILE)"
+        ) from None
+
+
 def _check_path(path: Path) -> None:
     if not path.exists():
         raise DataFileError(path, None, "no such file; check the path (relative paths are read from --data-dir)")
+    if path.is_dir():
+        raise DataFileError(path, None, f"is a folder; give a {', '.join(TABLE_SUFFIXES)} file inside it")
     if path.suffix not in TABLE_SUFFIXES:
         raise DataFileError(path, None, f"unsupported file type {path.suffix!r}; use one of {', '.join(TABLE_SUFFIXES)}")
     if path.stat().st_size == 0:
@@ -74,20 +91,23 @@ def _delimiter_hint(header_line: str, delimiter: str) -> str:
 
 def _read_delimited(path: Path, delimiter: str) -> Table:
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with open(path, encoding="utf-8", newline="") as handle:
-        lines = handle.read().splitlines()
-    if not lines or not lines[0].strip():
+    text = read_text_file(path)
+    header_line = io.StringIO(text).readline()
+    if not header_line.strip():
         raise DataFileError(path, 1, "the first line is empty; it must be the header naming the columns")
-    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
     header = tuple(name.strip() for name in next(reader))
     if len(header) < 2:
         separator = "tab" if delimiter == "\t" else "comma"
         raise DataFileError(
             path, 1, f"the header has a single column {header[0]!r}; columns must be {separator}-separated"
-            + _delimiter_hint(lines[0], delimiter),
+            + _delimiter_hint(header_line, delimiter),
         )
     rows = []
-    for line_number, fields in enumerate(reader, start=2):
+    record_end = reader.line_num
+    for fields in reader:
+        # A quoted CSV field may span lines: a record starts on the line after the previous one ended.
+        line_number, record_end = record_end + 1, reader.line_num
         if not fields or (len(fields) == 1 and not fields[0].strip()):
             continue
         if len(fields) != len(header):
@@ -108,19 +128,18 @@ def _read_delimited(path: Path, delimiter: str) -> Table:
 def _read_jsonl(path: Path) -> Table:
     columns: dict[str, None] = {}
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFileError(path, line_number, f"not valid JSON ({error.msg}); write one object per line")
-            if not isinstance(record, dict):
-                raise DataFileError(path, line_number, f"expected a JSON object, got {type(record).__name__}")
-            for key in record:
-                columns.setdefault(key, None)
-            rows.append(Row(line_number, {key: "" if value is None else str(value) for key, value in record.items()}))
+    for line_number, line in enumerate(io.StringIO(read_text_file(path)), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFileError(path, line_number, f"not valid JSON ({error.msg}); write one object per line")
+        if not isinstance(record, dict):
+            raise DataFileError(path, line_number, f"expected a JSON object, got {type(record).__name__}")
+        for key in record:
+            columns.setdefault(key, None)
+        rows.append(Row(line_number, {key: "" if value is None else str(value) for key, value in record.items()}))
     if not rows:
         raise DataFileError(path, None, "the file holds no JSON objects")
     return Table(path, tuple(columns), rows)

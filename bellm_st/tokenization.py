@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +28,31 @@ from bellm_st.prompts import Template
 logger = logging.getLogger(__name__)
 
 _flatten = itertools.chain.from_iterable
+# Token counts of the texts truncated since :func:`one_truncation_warning` began (None: outside one).
+_truncated_lengths: ContextVar[list[int] | None] = ContextVar("truncated_lengths", default=None)
+
+
+def _warn_truncated(lengths: list[int], max_length: int) -> None:
+    if lengths:
+        logger.warning(
+            "%d text(s) were longer than max_seq_length=%d (the longest had %d tokens) and were truncated so the "
+            "template fits", len(lengths), max_length, max(lengths),
+        )
+
+
+@contextmanager
+def one_truncation_warning(max_length: int) -> Iterator[None]:
+    """Gather the truncations of every batch tokenised inside (one ``encode`` call) into one warning.
+
+    Outside it each tokenising call warns once for its own texts.
+    """
+    token = _truncated_lengths.set([])
+    try:
+        yield
+    finally:
+        lengths = _truncated_lengths.get()
+        _truncated_lengths.reset(token)
+        _warn_truncated(lengths, max_length)
 
 
 @dataclass
@@ -149,13 +177,16 @@ def _truncate_long_rows(
     tokenizer: PreTrainedTokenizerBase, template: Template, texts: list[str], batch: TokenizedBatch, budget: int, max_length: int
 ) -> TokenizedBatch:
     rows = [batch.row(index) for index in range(len(texts))]
+    lengths = []
     for index in np.flatnonzero(batch.lengths > budget):
         ids, text_mask, original_text_tokens = _truncate(tokenizer, template, texts[index], *rows[index], budget)
-        logger.warning(
-            "a text of %d tokens was truncated to %d so the template fits in max_seq_length=%d",
-            original_text_tokens, sum(text_mask), max_length,
-        )
+        lengths.append(original_text_tokens)
         rows[index] = (ids, text_mask)
+    gathering = _truncated_lengths.get()
+    if gathering is None:
+        _warn_truncated(lengths, max_length)
+    else:
+        gathering.extend(lengths)
     return TokenizedBatch.from_rows(rows)
 
 

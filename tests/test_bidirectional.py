@@ -131,9 +131,12 @@ def test_out_of_range_layer_index_is_rejected():
         make_bidirectional(tiny_backbone("llama"), [7])
 
 
-def test_wrong_type_is_rejected():
-    with pytest.raises(TypeError, match="bidirectional_layers must be an int"):
-        make_bidirectional(tiny_backbone("llama"), 1.5)
+@pytest.mark.parametrize("bad", [1.5, "all"])
+def test_wrong_type_is_rejected_showing_the_valid_forms(bad):
+    """A string was read as a list of one-letter layer indices ("layer indices must be ints, got 'a'")."""
+    with pytest.raises(TypeError, match=rf"bidirectional_layers={bad!r} is a \w+, which is not accepted; give an int k "
+                                        r"\(the last k layers, 0..4; 4 for all\) or a list of layer indices such as \[2, 3\]"):
+        make_bidirectional(tiny_backbone("llama"), bad)
 
 
 def test_encoder_models_are_rejected():

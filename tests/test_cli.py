@@ -102,3 +102,34 @@ def test_bad_input_exits_2_with_a_message(saved_tiny_model, arguments):
     result = runner.invoke(app, [*arguments, "--model", saved_tiny_model])
     assert result.exit_code == 2
     assert "error" in result.stdout
+
+
+def test_encode_file_that_is_not_utf8_names_file_and_line(saved_tiny_model, tmp_path):
+    source = tmp_path / "texts.txt"
+    source.write_bytes("first\ncaf\xe9\n".encode("latin-1"))
+    result = runner.invoke(app, ["encode", "-f", str(source), "--model", saved_tiny_model])
+    assert result.exit_code == 2
+    assert "texts.txt, line 2: byte 0xe9 is not UTF-8" in " ".join(result.output.split())
+
+
+def test_encode_file_with_a_byte_order_mark_keeps_the_first_text_clean(saved_tiny_model, tmp_path):
+    source = tmp_path / "texts.txt"
+    source.write_text("\ufefffirst\n", encoding="utf-8")
+    result = runner.invoke(app, ["encode", "-f", str(source), "--model", saved_tiny_model])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["text"] == "first"
+
+
+@pytest.mark.parametrize("texts", [["fine", "\ud800"]])
+def test_encode_names_a_lone_surrogate(saved_tiny_model, texts):
+    result = runner.invoke(app, ["encode", *texts, "--model", saved_tiny_model])
+    assert result.exit_code == 2
+    assert "texts[1] holds '\\ud800'" in " ".join(result.output.split())
+
+
+def test_train_data_that_is_a_folder_exits_2_with_a_message(tmp_path):
+    (tmp_path / "data").mkdir()
+    result = runner.invoke(app, ["train", "-o", str(tmp_path / "out"), "--data-dir", str(tmp_path),
+                                 "--train-data", "data", "--no-dev"])
+    assert result.exit_code == 2
+    assert "data: is a folder" in " ".join(result.output.split()) and "Traceback" not in result.output

@@ -20,6 +20,7 @@ from bellm_st.inputs import validate_text, validate_texts
         (["", "fine"], ValueError, r"texts\[0\] is empty"),
         (["fine", "  \n\t "], ValueError, r"texts\[1\] is only whitespace"),
         ([b"bytes"], TypeError, r"texts\[0\] is bytes"),
+        (["fine", "ab\ud800c"], ValueError, r"texts\[1\] holds '\\ud800' at character 2, an unpaired UTF-16 surrogate"),
     ],
 )
 def test_validate_texts_names_the_bad_item(texts, error, message):
@@ -52,15 +53,24 @@ def test_validate_text_returns_valid_text_unchanged():
         ([7], TypeError, "is int"),
         ([""], ValueError, "is empty"),
         (["   "], ValueError, "only whitespace"),
-        ([], None, None),
+        ([], ValueError, "empty list"),  # sentence-transformers alone returns an empty float64 array
+        (["a", "b", "c", "\ud800"], ValueError, r"texts\[3\] holds '\\ud800'"),  # was the tokenizer's TextEncodeInput error
+        (["a", "b", "c", 7], TypeError, r"texts\[3\] is int"),  # the position in the whole list, not in a batch
     ],
 )
 def test_encode_rejects_bad_items_with_our_message(tiny_model, texts, error, message):
-    if error is None:  # sentence-transformers itself returns an empty result for an empty list
-        assert len(tiny_model.encode(texts)) == 0
-        return
     with pytest.raises(error, match=message):
-        tiny_model.encode(texts)
+        tiny_model.encode(texts, batch_size=2)
+
+
+def test_encode_query_with_a_nested_list_names_the_item(tiny_model_dir):
+    """With a query prompt sentence-transformers took our TypeError for an old signature and ended in
+    `can only concatenate str`."""
+    import bellm_st
+
+    model = bellm_st.build(tiny_model_dir, bidirectional_layers=2, device="cpu", query_template="query: {text}")
+    with pytest.raises(TypeError, match=r"texts\[0\] is list \(\['a', 'b'\]\), not a string"):
+        model.encode_query([["a", "b"]])
 
 
 def test_mixed_scripts_emoji_and_control_characters_encode(tiny_model):
@@ -75,3 +85,13 @@ def test_a_very_long_text_warns_and_is_truncated(tiny_model, caplog):
         vector = tiny_model.encode(["word " * 5000])
     assert "truncated" in caplog.text
     assert np.isfinite(vector).all()
+
+
+def test_truncation_warns_once_per_encode_call_with_a_count(tiny_model, caplog):
+    """Was one warning line per truncated text."""
+    texts = ["word " * (600 + i) for i in range(10)] + ["short"]
+    with caplog.at_level("WARNING"):
+        tiny_model.encode(texts, batch_size=3)
+    warnings = [record.getMessage() for record in caplog.records if "truncated" in record.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("10 text(s) were longer than max_seq_length=512")

@@ -27,12 +27,12 @@ def baseline_path(shortcut: str) -> Path:
     return Path(spec.origin).parent / folder
 
 
-def load_for_evaluation(name_or_path: str | None, device: str | None = None) -> SentenceTransformer:
+def load_for_evaluation(
+    name_or_path: str | None, device: str | None = None, trust_remote_code: bool = False
+) -> SentenceTransformer:
     """Load what a user names for evaluation: a baseline shortcut, a shipped model or base, or a folder/hub id."""
     from bellm_st.api import load_default_or
 
     if name_or_path in BASELINE_SHORTCUTS:
-        from bellm_st.api import default_device
-
-        return SentenceTransformer(str(baseline_path(name_or_path)), device=device or default_device())
-    return load_default_or(name_or_path, device=device)
+        name_or_path = str(baseline_path(name_or_path))
+    return load_default_or(name_or_path, device=device, trust_remote_code=trust_remote_code)

@@ -68,7 +68,9 @@ def read_beir_folder(folder: str | os.PathLike, split: str = "test") -> Retrieva
     return RetrievalSet(f"{folder.name}-{split}", {q: queries[q] for q in relevant}, corpus, relevant)
 
 
-def retrieval_evaluator(data: RetrievalSet, model: SentenceTransformer, batch_size: int = 64) -> InformationRetrievalEvaluator:
+def retrieval_evaluator(
+    data: RetrievalSet, model: SentenceTransformer, batch_size: int = 64, show_progress_bar: bool = False
+) -> InformationRetrievalEvaluator:
     """A sentence-transformers IR evaluator that uses the model's query/document prompts when it has them."""
     prompts = getattr(model, "prompts", {}) or {}
     return InformationRetrievalEvaluator(
@@ -81,6 +83,7 @@ def retrieval_evaluator(data: RetrievalSet, model: SentenceTransformer, batch_si
         precision_recall_at_k=[100],
         map_at_k=[100],
         batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
         name="",
         write_csv=False,
         score_functions={"cosine": cos_sim},
@@ -90,9 +93,14 @@ def retrieval_evaluator(data: RetrievalSet, model: SentenceTransformer, batch_si
 
 
 def evaluate_retrieval(
-    model: SentenceTransformer, folder: str | os.PathLike, split: str = "test", batch_size: int = 64
+    model: SentenceTransformer,
+    folder: str | os.PathLike,
+    split: str = "test",
+    batch_size: int = 64,
+    show_progress_bar: bool = False,
 ) -> dict[str, float]:
-    """nDCG@10, Recall@100 and MRR@10 (x100) of ``model`` on a BEIR folder."""
+    """nDCG@10, Recall@100 and MRR@10 (x100) of ``model`` on a BEIR folder; ``show_progress_bar``
+    shows the encoding of queries and corpus (minutes on a large corpus)."""
     data = read_beir_folder(folder, split)
-    metrics = retrieval_evaluator(data, model, batch_size)(model)
+    metrics = retrieval_evaluator(data, model, batch_size, show_progress_bar)(model)
     return {name: 100.0 * float(metrics[key]) for name, key in RETRIEVAL_METRICS.items()}

@@ -136,9 +136,13 @@ def _not_found_message(request: Request) -> str:
 
 
 async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    # FastAPI's answer to a body it cannot decode: not UTF-8, or JSON nested deeper than the parser goes.
+    unparsable = (
+        "the request body nests JSON too deeply to parse" if isinstance(error.__cause__, RecursionError)
+        else "the request body could not be parsed"
+    )
     messages = {
-        # FastAPI's answer to a body it cannot decode (e.g. not UTF-8).
-        400: f"the request body could not be parsed; send UTF-8 encoded JSON such as {EXAMPLE_BODY}",
+        400: f"{unparsable}; send UTF-8 encoded JSON such as {EXAMPLE_BODY}",
         404: _not_found_message(request),
         405: f"{request.method} is not allowed on {request.url.path}",
     }

@@ -77,15 +77,18 @@ def _texts(table: Table, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
     return rows
 
 
+def _as_columns(rows: list[tuple[str, ...]], names: tuple[str, ...]) -> dict[str, list]:
+    """Rows of texts as named columns (empty columns when no row is left)."""
+    return {name: [row[position] for row in rows] for position, name in enumerate(names)}
+
+
 def _triplets(table: Table) -> dict[str, list]:
     columns = ("anchor", "positive", "negative") if "negative" in table.columns else ("anchor", "positive")
-    return dict(zip(columns, map(list, zip(*_texts(table, columns)))))
+    return _as_columns(_texts(table, columns), columns)
 
 
 def _nli_triplets(table: Table) -> dict[str, list]:
-    rows = _texts(table, FORMAT_COLUMNS["nli-triplets"])
-    anchors, positives, negatives = map(list, zip(*rows))
-    return {"anchor": anchors, "positive": positives, "negative": negatives}
+    return _as_columns(_texts(table, FORMAT_COLUMNS["nli-triplets"]), ("anchor", "positive", "negative"))
 
 
 def _nli_pairs(table: Table) -> dict[str, list]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,8 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from sentence_transformers.base.evaluation import SequentialEvaluator
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import bellm_st
 from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs, sts_evaluator
@@ -207,12 +210,54 @@ class SaveRecipeCallback(TrainerCallback):
         return control
 
 
+def is_complete_checkpoint(folder: Path) -> bool:
+    """Whether a checkpoint was written to the end: transformers writes ``trainer_state.json`` last.
+
+    A run killed while saving leaves a folder with only some files (or a cut-off state file).
+    """
+    try:
+        TrainerState.load_from_json(str(folder / "trainer_state.json"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The highest-step checkpoint that is complete; incomplete later ones are skipped with a warning.
+
+    Chosen over writing under a temporary name and renaming: that would mean replacing the
+    trainer's private save method, whereas the trainer's own write order already marks a
+    complete checkpoint. A skipped folder is overwritten when the resumed run reaches its step.
+    """
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    steps = {int(m.group(1)): path for path in checkpoint_dir.iterdir() if path.is_dir() and (m := pattern.match(path.name))}
+    for step in sorted(steps, reverse=True):
+        if is_complete_checkpoint(steps[step]):
+            return steps[step]
+        logger.warning("%s is incomplete (the run stopped while saving it); resuming from an earlier one", steps[step])
+    return None
+
+
+def check_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a previous run's folder unless told to continue it or replace it.
+
+    The trainer would otherwise delete that run's checkpoints as it rotates its own.
+    """
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run in the output folder, or replace it")
+    if not (resume or overwrite) and output_dir.is_dir() and any(output_dir.iterdir()):
+        raise ValueError(
+            f"{output_dir} is not empty (a previous run?); pass --resume to continue it, --overwrite to replace it "
+            "(its checkpoints are deleted), or choose another --output-dir"
+        )
+
+
 def find_checkpoint(checkpoint_dir: Path, recipe: Recipe) -> str | None:
-    """The last checkpoint of this run, after checking it was made with the same recipe."""
-    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    """The last complete checkpoint of this run, after checking it was made with the same recipe."""
+    last = last_complete_checkpoint(checkpoint_dir) if checkpoint_dir.is_dir() else None
     if last is None:
         return None
-    saved = Path(last) / RECIPE_FILE
+    saved = last / RECIPE_FILE
     if saved.exists():
         previous = Recipe.load(saved).to_dict()  # through the dataclass: fields added since then get their defaults
         current = recipe.to_dict()
@@ -222,7 +267,7 @@ def find_checkpoint(checkpoint_dir: Path, recipe: Recipe) -> str | None:
                 f"{last} was trained with a different recipe (changed: {', '.join(changed)}); resume with "
                 f"--recipe {saved}, or train into a new --output-dir"
             )
-    return last
+    return str(last)
 
 
 def bellm_encoder(model: SentenceTransformer) -> BeLLMEncoder | None:
@@ -282,6 +327,7 @@ def train(
     *,
     data_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     callbacks: list[TrainerCallback] | None = None,
     card_notes: str = "",
@@ -289,15 +335,17 @@ def train(
 ) -> TrainingResult:
     """Fine-tune a BeLLM encoder with LoRA and the AnglE objective, then save model, recipe, card and scores.
 
-    ``output_dir`` receives the final model (``SentenceTransformer(output_dir, trust_remote_code=True)``
-    loads it) with ``recipe.json``, ``dev_scores.json`` and a model card; checkpoints go to
-    ``output_dir/checkpoints``. ``resume=True`` continues from the last checkpoint there (adapter,
-    optimizer, scheduler, data order and RNG state), after checking the recipe is unchanged.
-    Each training file is a task (:mod:`bellm_st.training.tasks`); ``card_notes`` (markdown) goes
-    into the model card's BeLLM section.
+    ``output_dir`` receives the final model (``bellm_st.load(output_dir)`` loads it) with
+    ``recipe.json``, ``dev_scores.json`` and a model card; checkpoints go to
+    ``output_dir/checkpoints``. ``resume=True`` continues from the last complete checkpoint there
+    (adapter, optimizer, scheduler, data order and RNG state), after checking the recipe is
+    unchanged. A non-empty ``output_dir`` is refused unless ``resume`` or ``overwrite`` (which
+    deletes the previous run's checkpoints) says what to do with it. Each training file is a task
+    (:mod:`bellm_st.training.tasks`); ``card_notes`` (markdown) goes into the model card's BeLLM section.
     """
     output_dir = Path(output_dir)
     checkpoint_dir = output_dir / CHECKPOINT_FOLDER
+    check_output_dir(output_dir, resume, overwrite)
     if data_dir is not None:
         recipe = recipe.with_changes(data_dir=str(data_dir))
     resume_from = find_checkpoint(checkpoint_dir, recipe) if resume else None
@@ -328,6 +376,8 @@ def train(
         task_max_length={name: s.max_seq_length for s, name in zip(recipe.train_data, names) if s.max_seq_length},
         default_max_length=recipe.train_max_seq_length,
     )
+    if overwrite:  # only now that the new run's data and settings have been checked
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     extra_callbacks = [BF16AdapterInputsCallback(model)] if args.bf16 else []
     encoder = bellm_encoder(model)
     if encoder is not None:

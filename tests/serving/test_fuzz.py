@@ -105,3 +105,10 @@ def test_fuzzed_json_bodies_never_get_5xx(http, path):
 def test_fuzzed_raw_bytes_never_get_5xx(http, content, content_type):
     headers = {"content-type": content_type} if content_type else {}
     check_answer(http.post("/v1/embeddings", content=content, headers=headers))
+
+
+def test_deeply_nested_json_is_called_too_deep_not_undecodable(http):
+    body = "[" * 100_000 + "]" * 100_000  # beyond Python's JSON parser (RecursionError)
+    answer = http.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"].startswith("the request body nests JSON too deeply to parse")

@@ -84,6 +84,44 @@ def test_bad_training_data_names_file_and_line(tmp_path, text, message):
         load(write(tmp_path / "p.tsv", text))
 
 
+def test_a_triplets_file_whose_only_row_is_blank_is_a_data_error(tmp_path):
+    """Was a StopIteration from deep inside the reader."""
+    with pytest.raises(DataFileError, match=r"p\.tsv: no usable triplets examples"):
+        load(write(tmp_path / "p.tsv", "anchor\tpositive\tnegative\n\t\t\n"))
+
+
+def test_a_folder_given_as_training_data_is_a_data_error(tmp_path):
+    """Was an IsADirectoryError."""
+    folder = tmp_path / "nli.tsv"
+    folder.mkdir()
+    with pytest.raises(DataFileError, match=r"nli\.tsv: is a folder; give a \.tsv, \.csv, \.jsonl file inside it"):
+        load(folder)
+
+
+@pytest.mark.parametrize("suffix", ["tsv", "jsonl"])
+def test_a_file_that_is_not_utf8_names_file_and_line(tmp_path, suffix):
+    rows = {"tsv": "anchor\tpositive\nfine\talso fine\ncaf\xe9\tbar\n", "jsonl": '{"anchor": "a", "positive": "b"}\n{"anchor": "caf\xe9", "positive": "b"}\n'}
+    path = tmp_path / f"p.{suffix}"
+    path.write_bytes(rows[suffix].encode("latin-1"))
+    line = 3 if suffix == "tsv" else 2
+    with pytest.raises(DataFileError, match=rf"p\.{suffix}, line {line}: byte 0xe9 is not UTF-8; re-save the file as UTF-8"):
+        load(path)
+
+
+@pytest.mark.parametrize("suffix", ["tsv", "csv", "jsonl"])
+def test_a_byte_order_mark_before_the_header_is_accepted(tmp_path, suffix):
+    text = {"tsv": "anchor\tpositive\na\tb\n", "csv": "anchor,positive\na,b\n", "jsonl": '{"anchor": "a", "positive": "b"}\n'}
+    path = tmp_path / f"p.{suffix}"
+    path.write_text("\ufeff" + text[suffix], encoding="utf-8")
+    assert load(path)["anchor"] == ["a"]
+
+
+def test_csv_line_numbers_count_the_lines_of_multi_line_quoted_fields(tmp_path):
+    text = 'sentence1,sentence2,label\n"a sentence\nover two lines",b,1\nc,d,maybe\n'
+    with pytest.raises(DataFileError, match=r"p\.csv, line 4: label 'maybe'"):
+        load(write(tmp_path / "p.csv", text))
+
+
 def test_recipe_round_trips_through_json(tmp_path):
     recipe = Recipe(train_data=["nli/pairs.tsv:nli-pairs:1000", "pairs/mrpc_train.tsv"], learning_rate=1e-4, seed=7)
     assert Recipe.load(recipe.save(tmp_path)) == recipe

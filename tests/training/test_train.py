@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
+import random
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
+from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
+from transformers.trainer_callback import TrainerState
+from typer.testing import CliRunner
 
+from bellm_st.cli import app
+from bellm_st.module import BeLLMEncoder
 from bellm_st.training import Recipe, train
 
 TRIPLETS = [
@@ -108,6 +116,120 @@ def test_resume_after_a_kill_continues_the_same_run(tiny_model_dir, data_dir, tm
     for name in full:
         torch.testing.assert_close(continued[name], full[name], rtol=1e-4, atol=1e-6)
     assert logged_losses(checkpoints / "checkpoint-6")[3:] == pytest.approx(logged_losses(tmp_path / "full" / "checkpoints" / "checkpoint-6")[3:], rel=1e-4)
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: no handler of the trainer's catches it."""
+
+
+def kill_at_call(monkeypatch, owner, name: str, occurrence: int, partial_write=None) -> None:
+    """Make the ``occurrence``-th call of ``owner.name`` die (optionally after writing part of its file)."""
+    original, calls = getattr(owner, name), itertools.count(1)
+
+    def dying(self, *args, **kwargs):
+        if next(calls) == occurrence:
+            if partial_write is not None:
+                partial_write(self, *args)
+            raise Killed(f"{name} #{occurrence}")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, dying)
+
+
+def half_a_state_file(state: TrainerState, json_path: str) -> None:
+    text = json.dumps(dataclasses.asdict(state), indent=2)
+    Path(json_path).write_text(text[: len(text) // 2])
+
+
+class KillAfterStep(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise Killed(f"after step {self.step}")
+        return control
+
+
+# Where a 6-step run (checkpoints at steps 3 and 6, then the final save) can die, and at which call:
+# between steps, or inside a checkpoint write (the model files, the optimizer, a half-written trainer state).
+KILL_MOMENTS = {"after step": range(1, 7), "model files": (1, 2, 3), "optimizer": (1, 2), "trainer state": (1, 2)}
+
+
+def random_kill_moment(seed: int) -> tuple[str, int]:
+    """Each kind of moment in turn, at a random call of it."""
+    where = list(KILL_MOMENTS)[seed % len(KILL_MOMENTS)]
+    return where, random.Random(seed).choice(KILL_MOMENTS[where])
+
+
+def arm_kill(monkeypatch, moment: tuple[str, int]) -> list[TrainerCallback]:
+    where, n = moment
+    if where == "after step":
+        return [KillAfterStep(n)]
+    if where == "model files":  # the reported case: the checkpoint holds only config_sentence_transformers.json
+        kill_at_call(monkeypatch, BeLLMEncoder, "save", n)
+    elif where == "optimizer":
+        kill_at_call(monkeypatch, SentenceTransformerTrainer, "_save_optimizer_and_scheduler", n)
+    else:
+        kill_at_call(monkeypatch, TrainerState, "save_to_json", n, partial_write=half_a_state_file)
+    return []
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tiny_model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    data = folder / "data"
+    data.mkdir()
+    (data / "triplets.tsv").write_text(
+        "\n".join(["anchor\tpositive\tnegative"] + ["\t".join(row) for row in TRIPLETS]) + "\n", encoding="utf-8"
+    )
+    recipe = tiny_recipe(tiny_model_dir)
+    train(recipe, folder / "out", data_dir=data, device="cpu")
+    return recipe, data, adapter_weights(folder / "out")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_run_killed_at_a_random_moment_resumes_to_the_same_adapter(uninterrupted_run, tmp_path, monkeypatch, seed):
+    recipe, data, expected = uninterrupted_run
+    moment = random_kill_moment(seed)
+    with monkeypatch.context() as patches, pytest.raises(Killed):
+        train(recipe, tmp_path / "out", data_dir=data, device="cpu", callbacks=arm_kill(patches, moment))
+
+    resumed = train(recipe, tmp_path / "out", data_dir=data, device="cpu", resume=True)
+    assert resumed.global_step == 6, moment
+    found = adapter_weights(tmp_path / "out")
+    assert found.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(found[name], expected[name], rtol=1e-4, atol=1e-6, msg=f"{moment}: {name}")
+
+
+def test_a_partly_written_checkpoint_is_skipped_with_a_warning(tiny_model_dir, data_dir, tmp_path, caplog):
+    recipe = tiny_recipe(tiny_model_dir, max_steps=3)
+    train(recipe, tmp_path / "out", data_dir=data_dir, device="cpu")
+    partial = tmp_path / "out" / "checkpoints" / "checkpoint-10"
+    partial.mkdir()
+    (partial / "config_sentence_transformers.json").write_text("{}")  # what a kill while saving left behind
+    result = train(recipe, tmp_path / "out", data_dir=data_dir, device="cpu", resume=True)
+    assert result.global_step == 3  # resumed from checkpoint-3, which had finished
+    assert "checkpoint-10 is incomplete" in caplog.text
+
+
+def test_training_into_a_previous_runs_folder_needs_resume_or_overwrite(tiny_model_dir, data_dir, tmp_path):
+    recipe = tiny_recipe(tiny_model_dir, max_steps=3)
+    train(recipe, tmp_path / "out", data_dir=data_dir, device="cpu")
+    checkpoint = tmp_path / "out" / "checkpoints" / "checkpoint-3"
+    with pytest.raises(ValueError, match=r"out is not empty \(a previous run\?\); pass --resume .* --overwrite"):
+        train(recipe, tmp_path / "out", data_dir=data_dir, device="cpu")
+    assert checkpoint.exists()
+
+    arguments = ["train", "-o", str(tmp_path / "out"), "--base", tiny_model_dir, "--data-dir", str(data_dir),
+                 "--train-data", "triplets.tsv", "--no-dev", "--max-steps", "2", "--batch-size", "8", "-k", "2"]
+    refused = CliRunner().invoke(app, arguments)
+    assert refused.exit_code == 2 and "--overwrite" in refused.output and refused.output.count("\n") <= 3
+    assert checkpoint.exists()
+    replaced = CliRunner().invoke(app, [*arguments, "--overwrite", "--save-steps", "2"])
+    assert replaced.exit_code == 0, replaced.output
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["checkpoint-2"]
 
 
 def test_resume_refuses_a_changed_recipe(tiny_model_dir, data_dir, tmp_path):

@@ -28,6 +28,8 @@ class BeLLMEmbeddings(BaseModel, Embeddings):
             for queries / documents; default: the model's own ``query``/``document`` prompts.
         batch_size: texts per forward pass. normalize: L2-normalise vectors (default True).
         device: ``cpu``, ``cuda``...; default: CUDA when available.
+        trust_remote_code: load a ``model_name`` folder that names module classes outside
+            sentence-transformers and bellm-st, or holds only pickle weights (runs its code).
         show_progress: show a progress bar while embedding documents.
 
     Instantiate:
@@ -58,13 +60,14 @@ class BeLLMEmbeddings(BaseModel, Embeddings):
     batch_size: int = Field(default=32, gt=0)
     normalize: bool = True
     device: str | None = None
+    trust_remote_code: bool = False
     show_progress: bool = False
 
     _model: SentenceTransformer = PrivateAttr()
 
     @model_validator(mode="after")
     def _load_model(self) -> Self:
-        self.model_name, self._model = resolve_model(self.model_name, self.model, self.device)
+        self.model_name, self._model = resolve_model(self.model_name, self.model, self.device, self.trust_remote_code)
         check_template(self._model, self.query_template, "query")
         check_template(self._model, self.document_template, "document")
         return self

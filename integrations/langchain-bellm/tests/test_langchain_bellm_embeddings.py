@@ -133,9 +133,9 @@ def test_a_named_model_loads_once_per_process_and_device(tiny_bellm_dir, monkeyp
     loads = []
     original = bellm_st.api.load_default_or
 
-    def counting_load(name, device=None):
+    def counting_load(name, device=None, trust_remote_code=False):
         loads.append((name, device))
-        return original(name, device=device)
+        return original(name, device=device, trust_remote_code=trust_remote_code)
 
     monkeypatch.setattr(bellm_st.api, "load_default_or", counting_load)
     threads = [
@@ -232,3 +232,40 @@ def test_a_langchain_vector_store_finds_the_exact_document(tiny_bellm):
     store = InMemoryVectorStore.from_texts(DOCUMENTS, BeLLMEmbeddings(model=tiny_bellm), ids=["guitar", "stocks", "frog"])
     hits = store.similarity_search("The stock market fell sharply today.", k=1)
     assert hits[0].id == "stocks"
+
+
+def folder_with_foreign_code(tiny_bellm_dir, tmp_path):
+    """The saved tiny model plus a module class outside sentence-transformers and bellm-st, whose file
+    leaves a marker when imported."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    folder = Path(shutil.copytree(tiny_bellm_dir, tmp_path / "model"))
+    marker = tmp_path / "ran"
+    (folder / "evilmod.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nimport torch\n\nclass Evil(torch.nn.Module):\n"
+        "    @classmethod\n    def load(cls, *args, **kwargs):\n        return cls()\n\n"
+        "    def forward(self, features, **kwargs):\n        return features\n"
+    )
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.append({"idx": len(modules), "name": "evil", "path": "evil", "type": "evilmod.Evil"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    return str(folder), marker
+
+
+def test_a_folder_with_foreign_code_is_refused_unless_trusted(tiny_bellm_dir, tmp_path):
+    clear_shared_models()
+    folder, marker = folder_with_foreign_code(tiny_bellm_dir, tmp_path)
+    with pytest.raises(ValueError, match=r"'evilmod\.Evil'.*trust_remote_code=True"):
+        BeLLMEmbeddings(model_name=folder, device="cpu")
+    assert not marker.exists()
+    BeLLMEmbeddings(model_name=folder, device="cpu", trust_remote_code=True)
+    assert marker.exists()
+    clear_shared_models()
+
+
+def test_a_lone_surrogate_is_named_with_its_position(tiny_bellm):
+    """Was the tokenizer's `TextEncodeInput must be Union[...]` with no position."""
+    with pytest.raises(ValueError, match=r"texts\[1\] holds '\\ud800' at character 0, an unpaired UTF-16 surrogate"):
+        BeLLMEmbeddings(model=tiny_bellm).embed_documents(["fine", "\ud800"])

@@ -248,3 +248,40 @@ def test_vector_store_index_retrieves_the_expected_document_with_the_default_mod
     retriever = index.as_retriever(similarity_top_k=1)
     assert retriever.retrieve("How do plants make food from light?")[0].node.node_id == "photosynthesis"
     assert retriever.retrieve("Which organ makes the hormone that controls blood sugar?")[0].node.node_id == "insulin"
+
+
+def folder_with_foreign_code(tiny_bellm_dir, tmp_path):
+    """The saved tiny model plus a module class outside sentence-transformers and bellm-st, whose file
+    leaves a marker when imported."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    folder = Path(shutil.copytree(tiny_bellm_dir, tmp_path / "model"))
+    marker = tmp_path / "ran"
+    (folder / "evilmod.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nimport torch\n\nclass Evil(torch.nn.Module):\n"
+        "    @classmethod\n    def load(cls, *args, **kwargs):\n        return cls()\n\n"
+        "    def forward(self, features, **kwargs):\n        return features\n"
+    )
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.append({"idx": len(modules), "name": "evil", "path": "evil", "type": "evilmod.Evil"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    return str(folder), marker
+
+
+def test_a_folder_with_foreign_code_is_refused_unless_trusted(tiny_bellm_dir, tmp_path):
+    clear_shared_models()
+    folder, marker = folder_with_foreign_code(tiny_bellm_dir, tmp_path)
+    with pytest.raises(ValueError, match=r"'evilmod\.Evil'.*trust_remote_code=True"):
+        BeLLMEmbedding(model_name=folder, device="cpu")
+    assert not marker.exists()
+    BeLLMEmbedding(model_name=folder, device="cpu", trust_remote_code=True)
+    assert marker.exists()
+    clear_shared_models()
+
+
+def test_a_lone_surrogate_is_named_with_its_position(tiny_bellm):
+    """Was the tokenizer's `TextEncodeInput must be Union[...]` with no position."""
+    with pytest.raises(ValueError, match=r"texts\[1\] holds '\\ud800' at character 0, an unpaired UTF-16 surrogate"):
+        BeLLMEmbedding(model=tiny_bellm).get_text_embedding_batch(["fine", "\ud800"])

@@ -22,7 +22,8 @@ class BeLLMEmbedding(BaseEmbedding):
 
     ``model_name`` is a shipped model or base name (``smollm2-135m``) or a saved model folder
     (default: the shipped default model), loaded once per process and ``device``; ``model`` is an already-built ``SentenceTransformer``
-    to use instead. ``query_template``/``document_template`` are a full template with ``{text}``
+    to use instead; ``trust_remote_code=True`` loads a folder whose own code or pickle weights
+    would run (see bellm_st.loading). ``query_template``/``document_template`` are a full template with ``{text}``
     or a plain prefix (default: the model's own ``query``/``document`` prompts). Texts go to the
     model in batches of ``embed_batch_size``; callbacks and instrumentation events fire as for any
     LlamaIndex embedding.
@@ -45,6 +46,9 @@ class BeLLMEmbedding(BaseEmbedding):
     document_template: str | None = Field(default=None, description="Template ({text}) or prefix for documents.")
     normalize: bool = Field(default=True, description="L2-normalise the embeddings.")
     device: str | None = Field(default=None, description="Device to load the model on; default CUDA when available.")
+    trust_remote_code: bool = Field(
+        default=False, description="Load a model_name folder whose own code or pickle weights would run."
+    )
 
     _model: SentenceTransformer = PrivateAttr()
 
@@ -58,10 +62,11 @@ class BeLLMEmbedding(BaseEmbedding):
         embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
         normalize: bool = True,
         device: str | None = None,
+        trust_remote_code: bool = False,
         callback_manager: CallbackManager | None = None,
         **kwargs: Any,
     ) -> None:
-        model_name, resolved_model = resolve_model(model_name, model, device)
+        model_name, resolved_model = resolve_model(model_name, model, device, trust_remote_code)
         super().__init__(
             model_name=model_name,
             query_template=query_template,
@@ -69,6 +74,7 @@ class BeLLMEmbedding(BaseEmbedding):
             embed_batch_size=embed_batch_size,
             normalize=normalize,
             device=device,
+            trust_remote_code=trust_remote_code,
             callback_manager=callback_manager,
             **kwargs,
         )

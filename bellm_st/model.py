@@ -1,0 +1,32 @@
+"""The SentenceTransformer that BeLLM models come as: checks a whole input list before encoding it.
+
+sentence-transformers sorts inputs by length and batches them before a module sees them, returns
+an empty array for an empty list, and takes a ``TypeError`` from a module's ``preprocess`` for an
+old signature (then retries with the prompt glued on, which ends in ``can only concatenate str``).
+Checking the whole list up front gives one clear error naming the original position instead, and
+the truncations of all batches are reported in one warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sentence_transformers import SentenceTransformer
+
+from bellm_st.inputs import validate_text, validate_texts
+from bellm_st.tokenization import one_truncation_warning
+
+
+class BeLLMSentenceTransformer(SentenceTransformer):
+    """A :class:`SentenceTransformer` whose ``encode`` (and ``encode_query``/``encode_document``) validates texts first."""
+
+    def encode(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(inputs, str):
+            validate_text(inputs, where="text")
+        else:
+            if isinstance(inputs, Iterable) and not isinstance(inputs, (Sequence, bytes, dict)):
+                inputs = list(inputs)  # a generator or numpy array of texts, as sentence-transformers accepts
+            validate_texts(inputs, where="texts")
+        with one_truncation_warning(self.max_seq_length):
+            return super().encode(inputs, *args, **kwargs)
