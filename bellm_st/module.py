@@ -22,8 +22,8 @@ from bellm_st.bidirectional import BidirectionalLayers, find_decoder_layers, mak
 from bellm_st.inputs import validate_texts
 from bellm_st.packing import PACKED_FEATURE, PACKING_ATTENTION, is_packed, pack_rows, unpack_states
 from bellm_st.pooling import PoolingMode, check_pooling, pool, pool_flat
-from bellm_st.pruning import DEFAULT_KEEP_LAYERS, check_bidirectional_fits, check_keep_layers, prune_layers
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
+from bellm_st.pruning import DEFAULT_KEEP_LAYERS, check_bidirectional_fits, check_keep_layers, prune_layers
 from bellm_st.tokenization import TokenizedBatch, tokenize_flat, tokenize_with_template
 from bellm_st.varlen import FLAT_FEATURE, TEXT_OF_TOKEN, flat_attention, is_flat, use_packed_attention
 
