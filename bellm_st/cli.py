@@ -234,6 +234,9 @@ def train(
     dev_data: list[str] = typer.Option(None, "--dev-data", help="STS dev file (repeatable)."),
     no_dev: bool = typer.Option(False, "--no-dev", help="Train without periodic dev evaluation."),
     bidirectional_layers: int = typer.Option(None, "--bidirectional-layers", "-k"),
+    keep_layers: int = typer.Option(
+        None, "--keep-layers", help="Keep only the first N decoder layers (smaller, faster); -k counts among them."
+    ),
     pooling: str = typer.Option(None),
     learning_rate: float = typer.Option(None, "--lr"),
     batch_size: int = typer.Option(None),
@@ -250,6 +253,13 @@ def train(
     query_template: str = typer.Option(None, help="The model's query prompt (a task's prompt 'query' means it)."),
     document_template: str = typer.Option(None, help="The model's document prompt (a task's prompt 'document')."),
     matryoshka_dims: str = typer.Option(None, help="Also train these leading sizes of the vector, e.g. 64,128,256,576."),
+    distill_teacher: str = typer.Option(
+        None, help="A teacher model whose embeddings supervise the student (with only --distill-weight: the shipped default model)."
+    ),
+    distill_weight: float = typer.Option(None, min=0, help="Weight of the teacher's part of the loss (default 0: no teacher)."),
+    distill_loss: str = typer.Option(
+        None, help="cosine or mse (each text's two vectors, same size) or similarity (the batch's similarity matrices)."
+    ),
     seed: int = typer.Option(None),
     gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
     packing_row_length: int = typer.Option(
@@ -288,7 +298,8 @@ def train(
         settings = settings.with_changes(
             query_template=query_template, document_template=document_template, matryoshka_dims=dims,
             base=base, train_data=train_data or None, dev_data=[] if no_dev else (dev_data or None),
-            bidirectional_layers=bidirectional_layers, pooling=pooling, learning_rate=learning_rate,
+            bidirectional_layers=bidirectional_layers, keep_layers=keep_layers, pooling=pooling, learning_rate=learning_rate,
+            distill_teacher=distill_teacher, distill_weight=distill_weight, distill_loss=distill_loss,
             batch_size=batch_size, max_steps=max_steps, epochs=epochs, train_max_seq_length=train_max_seq_length,
             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, contrastive_weight=contrastive_weight,
             angle_weight=angle_weight, cosent_weight=cosent_weight, mixture=mixture, seed=seed,
@@ -326,6 +337,7 @@ def adapt(
     query_template: str = typer.Option(None, help="Query prompt (default for BeLLM models: a query template; others: none)."),
     document_template: str = typer.Option(None, help="Document prompt (default for BeLLM models: the model's template)."),
     max_seq_length: int = typer.Option(None, min=2, help="Token budget of the weak pairs' passages (default 256)."),
+    keep_layers: int = typer.Option(None, "--keep-layers", help="Keep only the first N decoder layers of a BeLLM model."),
     batch_size: int = typer.Option(32, min=2),
     max_steps: int = typer.Option(None, min=1),
     epochs: float = typer.Option(1.0),
@@ -348,7 +360,8 @@ def adapt(
             general_data=general_data or adapt_module.DEFAULT_GENERAL_DATA,
             general_ratio=adapt_module.DEFAULT_GENERAL_RATIO if general_ratio is None else general_ratio,
             data_dir=data_dir, query_template=query_template, document_template=document_template,
-            max_seq_length=max_seq_length or adapt_module.DEFAULT_DOCUMENT_LENGTH, batch_size=batch_size,
+            max_seq_length=max_seq_length or adapt_module.DEFAULT_DOCUMENT_LENGTH, keep_layers=keep_layers,
+            batch_size=batch_size,
             max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, seed=seed, eval_retrieval=eval_retrieval,
             eval_split=eval_split, eval_steps=eval_steps, save_steps=save_steps, resume=resume, device=device,
         )

@@ -22,6 +22,7 @@ from bellm_st.inputs import validate_texts
 from bellm_st.packing import PACKED_FEATURE, PACKING_ATTENTION, is_packed, pack_rows, unpack_states
 from bellm_st.pooling import PoolingMode, check_pooling, pool, pool_flat
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
+from bellm_st.pruning import DEFAULT_KEEP_LAYERS, check_bidirectional_fits, check_keep_layers, prune_layers
 from bellm_st.tokenization import TokenizedBatch, tokenize_flat, tokenize_with_template
 from bellm_st.varlen import FLAT_FEATURE, TEXT_OF_TOKEN, flat_attention, is_flat, use_packed_attention
 
@@ -78,6 +79,9 @@ class BeLLMEncoder(InputModule):
         packing_row_length: pack texts end to end into rows of this many tokens instead of padding
             each to the longest (same embeddings, no compute on padding; see :mod:`bellm_st.packing`).
             A run-time choice, not saved with the model; ``bellm-st train`` turns it on.
+        keep_layers: keep only the first N decoder layers (see :mod:`bellm_st.pruning`); the
+            bi-directional layers are counted among those kept. Not saved as a setting: the saved
+            backbone config describes the pruned model. None keeps every layer.
     """
 
     config_file_name = CONFIG_FILE
@@ -97,6 +101,7 @@ class BeLLMEncoder(InputModule):
         backbone: PreTrainedModel | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
         packing_row_length: int | None = None,
+        keep_layers: int | None = DEFAULT_KEEP_LAYERS,
     ):
         super().__init__()
         Template.parse(template)
@@ -111,6 +116,8 @@ class BeLLMEncoder(InputModule):
             if model_name_or_path is None:
                 raise ValueError("give either model_name_or_path or an already-loaded backbone")
             backbone = AutoModel.from_pretrained(model_name_or_path, **(model_kwargs or {}))
+        prune_layers(backbone, keep_layers)
+        check_bidirectional_fits(bidirectional_layers, keep_layers)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(model_name_or_path or backbone.name_or_path)
         self.auto_model = backbone
@@ -285,6 +292,17 @@ class BeLLMEncoder(InputModule):
         tokenizer = AutoTokenizer.from_pretrained(local_path, trust_remote_code=trust_remote_code)
         settings = {key: config[key] for key in cls.config_keys if key in config}
         return cls(local_path, backbone=backbone, tokenizer=tokenizer, **settings)
+
+    def keep_first_layers(self, keep_layers: int) -> None:
+        """Prune a built or loaded encoder to its first ``keep_layers`` layers; the bi-directional
+        choice is applied again, counted among the layers that remain."""
+        if hasattr(self.auto_model, "peft_config"):
+            raise ValueError("merge the LoRA adapter (merge_adapter()) before pruning layers")
+        check_keep_layers(keep_layers, len(find_decoder_layers(self.decoder)))
+        check_bidirectional_fits(self.bidirectional_layers, keep_layers)
+        self.decoder._bellm_patch.remove()
+        prune_layers(self.decoder, keep_layers)
+        self.bidirectional_layers = self.bidirectional_layers
 
     def merge_adapter(self) -> None:
         """Fold a LoRA adapter into the backbone's weights (faster inference, plain checkpoint)."""

@@ -179,6 +179,43 @@ def build_variant(name: str, reference, args, onnx_folders: OnnxFolders) -> tupl
     raise SystemExit(f"unknown variant {name!r}; use {', '.join(VARIANTS)}")
 
 
+def time_encoders(
+    models: dict[str, tuple[Any, Callable[[], None]]], queries: list[str], sentences: list[str], batch_size: int,
+    repeats: int,
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """Single-query latency (p50/p99 ms) and batch throughput (sentences/s, median of ``repeats``) per model.
+
+    Models are interleaved query by query (and repeat by repeat) so that load from other
+    processes hits all alike; each model's ``prepare`` (its thread count) runs before it is timed.
+    Returns the figures and each model's vectors of ``sentences``.
+    """
+    latencies: dict[str, list[float]] = {name: [] for name in models}
+    for query in queries:
+        for name, (model, prepare) in models.items():
+            prepare()
+            started = time.perf_counter()
+            model.encode([query])
+            latencies[name].append(time.perf_counter() - started)
+
+    throughputs: dict[str, list[float]] = {name: [] for name in models}
+    vectors: dict[str, np.ndarray] = {}
+    for _ in range(repeats):
+        for name, (model, prepare) in models.items():
+            prepare()
+            started = time.perf_counter()
+            vectors[name] = model.encode(sentences, batch_size=batch_size)
+            throughputs[name].append(len(sentences) / (time.perf_counter() - started))
+    timings = {
+        name: {
+            "p50_ms": 1000 * harness.percentile(latencies[name], 50),
+            "p99_ms": 1000 * harness.percentile(latencies[name], 99),
+            "sentences_per_s": float(np.median(throughputs[name])),
+        }
+        for name in models
+    }
+    return timings, vectors
+
+
 def main() -> None:
     args = arguments()
     warnings.filterwarnings("ignore")
@@ -219,31 +256,11 @@ def main() -> None:
             models[name] = (model, prepare)
             result["variants"][name] = {"variant": name, "setup_seconds": time.perf_counter() - started}
 
-    latencies: dict[str, list[float]] = {name: [] for name in models}
-    for query in queries:
-        for name, (model, prepare) in models.items():
-            prepare()
-            started = time.perf_counter()
-            model.encode([query])
-            latencies[name].append(time.perf_counter() - started)
-
-    throughputs: dict[str, list[float]] = {name: [] for name in models}
-    vectors: dict[str, np.ndarray] = {}
-    for _ in range(args.repeats):
-        for name, (model, prepare) in models.items():
-            prepare()
-            started = time.perf_counter()
-            vectors[name] = model.encode(sentences, batch_size=args.batch_size)
-            throughputs[name].append(len(sentences) / (time.perf_counter() - started))
-
+    timings, vectors = time_encoders(models, queries, sentences, args.batch_size, args.repeats)
     for name, (model, _) in models.items():
         row = result["variants"][name]
-        row.update({
-            "p50_ms": 1000 * harness.percentile(latencies[name], 50),
-            "p99_ms": 1000 * harness.percentile(latencies[name], 99),
-            "sentences_per_s": float(np.median(throughputs[name])),
-            "threads": 1 if name.endswith("1thread") else (args.threads or torch.get_num_threads()),
-        })
+        row.update(timings[name])
+        row["threads"] = 1 if name.endswith("1thread") else (args.threads or torch.get_num_threads())
         if name != "minilm":
             row.update(agreement(vectors[name], reference_vectors, causal_vectors))
             exported_from = reference if name.startswith("onnx") else model

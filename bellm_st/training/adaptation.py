@@ -24,6 +24,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from bellm_st.pruning import DEFAULT_KEEP_LAYERS
 from bellm_st.training.data import load_source
 from bellm_st.training.recipe import DataSource, Recipe
 from bellm_st.training.trainer import TrainingResult, train
@@ -92,6 +93,7 @@ def adapt(
     query_template: str | None = None,
     document_template: str | None = None,
     max_seq_length: int = DEFAULT_DOCUMENT_LENGTH,
+    keep_layers: int | None = DEFAULT_KEEP_LAYERS,
     batch_size: int = 32,
     max_steps: int | None = None,
     epochs: float = 1.0,
@@ -112,7 +114,8 @@ def adapt(
     without a text are skipped with a warning; documents without a title give no title pair.
     ``general_ratio`` is the number of general examples per weak pair (0: none).
     ``generator`` (a decoder LLM) adds a written query per document when ``"generated"`` is in
-    ``kinds`` (slow on CPU: one generation per document).
+    ``kinds`` (slow on CPU: one generation per document). ``keep_layers`` prunes a BeLLM model to its
+    first N layers before it is adapted (:mod:`bellm_st.pruning`).
     """
     from bellm_st.api import default_model_name
     from bellm_st.prompts import DEFAULT_QUERY_TEMPLATE
@@ -125,6 +128,8 @@ def adapt(
     if generator and "generated" not in kinds:
         kinds = (*kinds, "generated")
     template = bellm_template(model)
+    if keep_layers is not None and template is None:
+        raise ValueError(f"keep_layers={keep_layers} prunes BeLLM models, and {model} is not one; drop keep_layers")
     if template is not None:
         query_template = query_template or DEFAULT_QUERY_TEMPLATE
         document_template = document_template or template
@@ -176,6 +181,7 @@ def adapt(
         data_dir=settings.data_dir,
         learning_rate=learning_rate or (Recipe.learning_rate if template is not None else FULL_FINE_TUNE_LEARNING_RATE),
         batch_size=batch_size,
+        keep_layers=keep_layers,
         max_steps=max_steps if max_steps is not None else -1,
         epochs=epochs,
         angle_weight=Recipe.angle_weight if template is not None else 0.0,

@@ -11,7 +11,8 @@ loss costs no extra forward pass:
   ``sentence1, sentence2, score`` batches use their scores. Without a hard negative all pairs are
   positives, where a ranking loss has nothing to rank, so it is skipped.
 
-The loss returns its weighted parts as a dict; the trainer sums them and logs each one.
+The loss returns its weighted parts as a dict; the trainer sums them and logs each one. With a
+teacher (:mod:`bellm_st.training.distillation`) a ``distill`` part joins them.
 
 Matryoshka training (``matryoshka_dims``) computes every part again on the first d dimensions of
 the same embeddings, re-normalised (sentence-transformers' ``shrink``), and sums over the sizes, as
@@ -32,6 +33,7 @@ from sentence_transformers.sentence_transformer.losses.matryoshka import shrink
 from torch import Tensor, nn
 
 from bellm_st.packing import is_packed, merge_packed
+from bellm_st.training.distillation import TeacherDistillation, split_teacher_features
 
 
 def contrastive_batch_as_pairs(embeddings: list[Tensor]) -> tuple[list[Tensor], Tensor]:
@@ -55,6 +57,7 @@ class BeLLMLoss(nn.Module):
             the contrastive part (a larger effective batch); no effect on one device.
         matryoshka_dims: also train the first d dimensions for each d (e.g. ``[64, 128, 256]``);
             None trains the full vector only.
+        distillation: a teacher's part (on the full vectors), or None to train without one.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class BeLLMLoss(nn.Module):
         cosent_scale: float = 20.0,
         gather_across_devices: bool = False,
         matryoshka_dims: list[int] | None = None,
+        distillation: TeacherDistillation | None = None,
     ):
         super().__init__()
         if min(contrastive_weight, angle_weight, cosent_weight) < 0:
@@ -86,9 +90,15 @@ class BeLLMLoss(nn.Module):
         )
         self.angle = AnglELoss(model, scale=angle_scale)
         self.cosent = CoSENTLoss(model, scale=cosent_scale)
+        self.distillation = distillation
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> dict[str, Tensor]:
-        return self.compute_loss_from_embeddings(self.embed(list(sentence_features)), labels)
+        columns, teacher_columns = split_teacher_features(list(sentence_features))
+        embeddings = self.embed(columns)
+        parts = self.compute_loss_from_embeddings(embeddings, labels)
+        if self.distillation is not None:
+            parts["distill"] = self.distillation(embeddings, teacher_columns)
+        return parts
 
     def embed(self, columns: list[dict[str, Tensor]]) -> list[Tensor]:
         """One embedding tensor per text column: packed columns in one forward pass, others as sentence-transformers does."""
@@ -140,6 +150,8 @@ class BeLLMLoss(nn.Module):
             "cosent_scale": self.cosent.scale,
             "gather_across_devices": self.contrastive.gather_across_devices,
             "matryoshka_dims": self.matryoshka_dims,
+            **({"distill_weight": self.distillation.weight, "distill_loss": self.distillation.loss}
+               if self.distillation is not None else {}),
         }
 
     @property

@@ -18,6 +18,7 @@ from typing import Any
 from bellm_st.packing import DEFAULT_ROW_LENGTH
 from bellm_st.pooling import check_pooling
 from bellm_st.prompts import DEFAULT_TEMPLATE, TEXT_SLOT, Template
+from bellm_st.pruning import DEFAULT_KEEP_LAYERS, check_bidirectional_fits, check_keep_layers
 
 RECIPE_FILE = "recipe.json"
 DATA_FORMATS = ("auto", "triplets", "nli-triplets", "nli-pairs", "paraphrase-pairs", "scored-pairs")
@@ -27,6 +28,9 @@ MIXTURES = ("proportional", "round_robin")
 TASK_LOSSES = ("bellm", "contrastive")
 PROMPT_NAMES = ("query", "document")
 BATCH_SAMPLERS = ("no_duplicates", "batch_sampler")
+# How the teacher supervises the student (bellm_st.training.distillation): "cosine"/"mse" compare each
+# text's two embeddings (same size needed), "similarity" compares the batch's cosine similarity matrices.
+DISTILL_LOSSES = ("cosine", "mse", "similarity")
 
 
 @dataclass
@@ -113,6 +117,8 @@ class Recipe:
     query_template: str | None = None
     document_template: str | None = None
     bidirectional_layers: int | list[int] = 16
+    # Keep only the first N decoder layers (bellm_st.pruning); bidirectional_layers are the last of those.
+    keep_layers: int | None = DEFAULT_KEEP_LAYERS
     pooling: str = "mean"
     template: str = DEFAULT_TEMPLATE
     append_eos: bool = False
@@ -145,6 +151,12 @@ class Recipe:
     matryoshka_dims: list[int] | None = None
     angle_scale: float = 20.0
     cosent_scale: float = 20.0
+    # Self-distillation beside the objective: a teacher sentence-transformers model (None: the shipped
+    # default model) embeds every training text under no_grad; the student is pulled towards it with
+    # weight distill_weight (0: no teacher).
+    distill_teacher: str | None = None
+    distill_weight: float = 0.0
+    distill_loss: str = "cosine"
     # With several GPUs (torchrun), each GPU's contrastive loss also ranks the other GPUs' texts
     # as negatives, so N GPUs train like one GPU with an N times larger batch.
     gather_across_devices: bool = False
@@ -199,6 +211,18 @@ class Recipe:
             self.matryoshka_dims = [int(dim) for dim in self.matryoshka_dims]
             if not self.matryoshka_dims or min(self.matryoshka_dims) < 1:
                 raise ValueError(f"matryoshka_dims={self.matryoshka_dims} must be positive sizes, e.g. [64, 128, 256, 576]")
+        check_keep_layers(self.keep_layers)
+        if self.init_model is None:  # otherwise the layer choice comes from init_model
+            check_bidirectional_fits(self.bidirectional_layers, self.keep_layers)
+        if self.distill_loss not in DISTILL_LOSSES:
+            raise ValueError(f"distill_loss={self.distill_loss!r}; use one of {', '.join(DISTILL_LOSSES)}")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill_weight={self.distill_weight} must be >= 0 (0: no distillation)")
+        if self.distill_teacher is not None and self.distill_weight == 0:
+            raise ValueError(
+                f"distill_teacher={self.distill_teacher!r} is set but distill_weight=0, so it would be ignored; "
+                "give a distill_weight > 0, e.g. 1.0"
+            )
         weights = (self.contrastive_weight, self.angle_weight, self.cosent_weight)
         if min(weights) < 0 or max(weights) == 0:
             raise ValueError(

@@ -22,6 +22,7 @@ from sentence_transformers.sentence_transformer.data_collator import SentenceTra
 
 from bellm_st.integration import check_template
 from bellm_st.prompts import TEXT_SLOT
+from bellm_st.training.distillation import TeacherDistillation
 from bellm_st.training.objective import BeLLMLoss
 from bellm_st.training.recipe import PROMPT_NAMES, DataSource, Recipe
 
@@ -64,8 +65,11 @@ def task_prompts(
     return prompts
 
 
-def task_loss(model: SentenceTransformer, recipe: Recipe, source: DataSource) -> BeLLMLoss:
-    """The loss of one task: the recipe's BeLLM objective, or its in-batch contrastive part alone."""
+def task_loss(
+    model: SentenceTransformer, recipe: Recipe, source: DataSource, teacher: SentenceTransformer | None = None
+) -> BeLLMLoss:
+    """The loss of one task: the recipe's BeLLM objective, or its in-batch contrastive part alone, plus
+    the teacher's distillation part when a teacher is given."""
     angle, cosent = (recipe.angle_weight, recipe.cosent_weight) if source.loss == "bellm" else (0.0, 0.0)
     contrastive = recipe.contrastive_weight if source.loss == "bellm" else 1.0
     return BeLLMLoss(
@@ -78,6 +82,9 @@ def task_loss(model: SentenceTransformer, recipe: Recipe, source: DataSource) ->
         cosent_scale=recipe.cosent_scale,
         gather_across_devices=recipe.gather_across_devices,
         matryoshka_dims=recipe.matryoshka_dims,
+        distillation=None if teacher is None else TeacherDistillation(
+            model, teacher, recipe.distill_weight, recipe.distill_loss
+        ),
     )
 
 

@@ -31,6 +31,7 @@ from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs, sts_e
 from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers, uncompile_decoder_layers
 from bellm_st.module import BeLLMEncoder
 from bellm_st.training.data import dataset_name, load_source
+from bellm_st.training.distillation import WithTeacherInputs, load_teacher
 from bellm_st.training.lora import add_lora, encoder_of
 from bellm_st.training.tasks import TaskLengthCollator, check_task_columns, model_prompts, task_loss, task_prompts
 from bellm_st.training.model_card import add_card_section, render_card_section
@@ -284,10 +285,14 @@ def start_from_trained(recipe: Recipe, device: str, dtype: torch.dtype) -> Sente
     model.to(dtype)
     encoder = bellm_encoder(model)
     if encoder is None:
-        if recipe.gradient_checkpointing or recipe.compile_layers:
-            raise ValueError(f"{recipe.init_model} is not a BeLLM model; drop --gradient-checkpointing and --compile")
+        if recipe.gradient_checkpointing or recipe.compile_layers or recipe.keep_layers is not None:
+            raise ValueError(
+                f"{recipe.init_model} is not a BeLLM model; drop --gradient-checkpointing, --compile and --keep-layers"
+            )
         return model  # its token budget while training comes from the collator (train_max_seq_length)
     encoder.merge_adapter()  # its own max_seq_length stays: the collator gives training batches their budget
+    if recipe.keep_layers is not None:
+        encoder.keep_first_layers(recipe.keep_layers)
     trainable = add_lora(model, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout, recipe.lora_target_modules)
     logger.info("LoRA on %s: %d trainable parameters", recipe.init_model, trainable)
     return model
@@ -305,6 +310,7 @@ def build_trainable_model(recipe: Recipe, device: str) -> SentenceTransformer:
         model = bellm_st.build(
             recipe.base,
             bidirectional_layers=recipe.bidirectional_layers,
+            keep_layers=recipe.keep_layers,
             pooling=recipe.pooling,
             template=recipe.template,
             append_eos=recipe.append_eos,
@@ -359,6 +365,9 @@ def train(
     has_evaluator = bool(recipe.dev_data) or recipe.eval_retrieval is not None
     args = training_arguments(recipe, checkpoint_dir, has_evaluator, use_cpu=device == "cpu")
     model = build_trainable_model(recipe, device or str(args.device))
+    teacher = None
+    if recipe.distill_weight > 0:
+        teacher = load_teacher(recipe.distill_teacher, str(model.device), next(model.parameters()).dtype)
     model.prompts = model_prompts(recipe, model)
     args.prompts = task_prompts(recipe.train_data, names, model.prompts, model) or None
     evaluator = dev_evaluator(recipe, data_dir, model)
@@ -367,11 +376,11 @@ def train(
     )
     if multi_task:  # one loss per dataset: the trainer then tags each batch with its dataset's name
         train_dataset = DatasetDict(datasets)
-        loss = {name: task_loss(model, recipe, source) for source, name in zip(recipe.train_data, names)}
+        loss = {name: task_loss(model, recipe, source, teacher) for source, name in zip(recipe.train_data, names)}
     else:
-        train_dataset, loss = datasets[names[0]], task_loss(model, recipe, recipe.train_data[0])
+        train_dataset, loss = datasets[names[0]], task_loss(model, recipe, recipe.train_data[0], teacher)
     collator = TaskLengthCollator(
-        preprocess_fn=model.preprocess,
+        preprocess_fn=model.preprocess if teacher is None else WithTeacherInputs(model.preprocess, teacher),
         prompts=args.prompts,
         task_max_length={name: s.max_seq_length for s, name in zip(recipe.train_data, names) if s.max_seq_length},
         default_max_length=recipe.train_max_seq_length,

@@ -188,3 +188,16 @@ def test_cli_reports_bad_corpus_with_file_and_line(tiny_bellm_dir, data_dir, tmp
     output = " ".join(result.output.split())  # rich wraps long lines
     assert "corpus.jsonl, line 2: _id 'a' was already used on line 1" in output
     assert not (tmp_path / "out").exists()
+
+
+def test_adapt_prunes_a_bellm_model_and_refuses_to_prune_a_plain_one(
+    tiny_bellm_dir, tiny_plain_dir, corpus, data_dir, tmp_path
+):
+    out = tmp_path / "pruned"
+    adapt(corpus, out, model=tiny_bellm_dir, data_dir=data_dir, keep_layers=3, **SMALL)
+    model = SentenceTransformer(str(out), trust_remote_code=True, device="cpu")
+    assert model[0].decoder.config.num_hidden_layers == 3 and model[0].bidirectional_layer_indices == (1, 2)
+    assert Recipe.load(out).keep_layers == 3
+    with pytest.raises(ValueError, match="keep_layers=3 prunes BeLLM models"):
+        adapt(corpus, tmp_path / "plain", model=tiny_plain_dir, data_dir=data_dir, keep_layers=3, **SMALL)
+    assert not (tmp_path / "plain").exists()
