@@ -32,33 +32,11 @@ def _load_model(model: str | None, device: str | None):
     return load_default_or(model, device=device)
 
 
-# encode_bulk's batch limits for the command line: the fastest measured on an H100 with flat batches
-# (docs/BENCHMARKS.md: 35,945/s against 33,976/s with four times larger batches).
-GPU_BATCH_TEXTS, GPU_BATCH_TOKENS = 4096, 131_072
-INFERENCE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def inference_dtype(name: str, device) -> "torch.dtype":
-    """The weights' dtype for ``--dtype``: ``auto`` is bf16 on a GPU that supports it, else fp32.
-
-    Why bf16 on GPUs: it doubles the throughput of the H100's matrix units and keeps every
-    embedding within cosine 0.9998 of fp32 (docs/BENCHMARKS.md); the flat, variable-length
-    attention of ``encode_bulk`` only runs in half precision.
-    """
-    import torch
-
-    if name == "auto":
-        # Native bf16 only (Ampere and newer): older GPUs would emulate it, slowly.
-        on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-        return torch.bfloat16 if on_gpu else torch.float32
-    if name not in INFERENCE_DTYPES:
-        raise ValueError(f"--dtype {name!r} is not one of auto, {', '.join(INFERENCE_DTYPES)}")
-    return getattr(torch, INFERENCE_DTYPES[name])
-
-
 def _check_dtype(name: str) -> None:
     """Refuse an unknown ``--dtype`` before the minutes a model may take to load."""
     import torch
+
+    from bellm_st.api import inference_dtype
 
     try:
         inference_dtype(name, torch.device("cpu"))
@@ -83,7 +61,8 @@ def encode(
     ),
     normalize: bool = typer.Option(True, help="L2-normalise the vectors."),
     device: str = typer.Option(
-        None, help="cpu, cuda, cuda:1 ...; several, comma-separated (cuda:0,cuda:1), run one process each."
+        None, help="cpu, cuda, cuda:1 ...; several, comma-separated (cuda:0,cuda:1), run one process each "
+        "(sentence-transformers' multi-process pool)."
     ),
     bulk: bool = typer.Option(None, "--bulk/--no-bulk", help="Use encode_bulk (default: on a GPU)."),
     compile_layers: bool = typer.Option(
@@ -99,6 +78,7 @@ def encode(
     without padding) in bf16: vectors within cosine 0.9998 of fp32, several times faster on
     large files.
     """
+    from bellm_st.api import GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, inference_dtype
     from bellm_st.inputs import validate_texts
 
     try:
@@ -137,19 +117,32 @@ def encode(
 
 def _encode_on_devices(items: list[str], model: str | None, device: str, prompt_name: str | None,
                        batch_size: int | None, normalize: bool, bulk: bool | None, compile_layers: bool, dtype: str):
-    """``encode --device a,b``: one process per device (:mod:`bellm_st.multi_device`)."""
+    """``encode --device a,b``: sentence-transformers' multi-process pool, one process per device,
+    each running ``encode_bulk`` (``--no-bulk``: sentence-transformers' own batches)."""
     import torch
 
-    from bellm_st.multi_device import encode_on_devices
+    from bellm_st.api import GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, inference_dtype
+    from bellm_st.bulk import checked_devices, encode_bulk
 
-    if bulk is False:
-        _fail(ValueError("several devices always use bulk encoding; drop --no-bulk or give one device"))
-    devices = [part.strip() for part in device.split(",") if part.strip()]
+    if compile_layers and bulk is False:
+        _fail(ValueError("--compile with several devices compiles inside bulk encoding; drop --no-bulk or --compile"))
     try:
-        return encode_on_devices(model, items, devices, dtype=inference_dtype(dtype, torch.device(devices[0])),
-                                 compile_layers=compile_layers, batch_size=batch_size or GPU_BATCH_TEXTS,
-                                 max_batch_tokens=GPU_BATCH_TOKENS, prompt_name=prompt_name,
-                                 normalize_embeddings=normalize)
+        devices = checked_devices([part.strip() for part in device.split(",") if part.strip()])
+    except ValueError as error:
+        _fail(error)
+    encoder = _load_model(model, "cpu")  # the pool moves a copy to each device
+    encoder.to(inference_dtype(dtype, torch.device(devices[0])))
+    if prompt_name is not None and prompt_name not in encoder.prompts:
+        _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
+    if bulk is False:
+        size = batch_size or 32
+        return encoder.encode(items, prompt_name=prompt_name, batch_size=size, normalize_embeddings=normalize,
+                              device=devices, show_progress_bar=len(items) > size)
+    size = batch_size or GPU_BATCH_TEXTS
+    try:
+        return encode_bulk(encoder, items, devices=devices, compile_layers=compile_layers, batch_size=size,
+                           max_batch_tokens=GPU_BATCH_TOKENS, prompt_name=prompt_name, normalize_embeddings=normalize,
+                           show_progress_bar=len(items) > size)
     except ValueError as error:
         _fail(error)
 
@@ -483,7 +476,7 @@ def serve(
     log_level: str = typer.Option("info"),
 ) -> None:
     """Serve the model as an OpenAI-compatible embeddings API (POST /v1/embeddings)."""
-    from bellm_st.api import default_model_name
+    from bellm_st.api import default_model_name, inference_dtype
 
     if onnx is not None and model is not None:
         _fail(ValueError(f"got both MODEL={model!r} and --onnx {str(onnx)!r}; serve one: drop MODEL or --onnx"))
