@@ -37,7 +37,8 @@ class EmbedBatches:
         self.model = load_default_or(model, device=device)
         self.model.to(inference_dtype(dtype, self.model.device))
         if prompt_name is not None and prompt_name not in self.model.prompts:
-            raise ValueError(f"prompt_name={prompt_name!r} is not one of the model's prompts {sorted(self.model.prompts)}")
+            raise ValueError(f"prompt_name={prompt_name!r} is not one of the model's prompts "
+                             f"{sorted(self.model.prompts)}")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch_texts(batch, self.text_column, self.output_column)

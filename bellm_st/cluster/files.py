@@ -48,7 +48,8 @@ def encode_files(pattern: str, output_dir: str | os.PathLike, model: str | None 
     Connects to the Ray cluster in ``RAY_ADDRESS`` (or the one this process already joined), or
     starts a local one. ``device`` is ``cuda`` (one GPU per worker; the default when the cluster
     has GPUs) or ``cpu``; ``workers`` defaults to the cluster's GPUs, or on CPUs to one per
-    ``cpus_per_worker`` CPUs less one left for reading. ``options`` go to
+    ``cpus_per_worker`` CPUs, less one CPU left for reading (CPU workers get less than
+    ``cpus_per_worker`` where needed to leave it). ``options`` go to
     :class:`bellm_st.cluster.actor.EmbedBatches`. Returns counts of files written and skipped and rows embedded.
     """
     import ray
@@ -69,9 +70,11 @@ def encode_files(pattern: str, output_dir: str | os.PathLike, model: str | None 
         if device is None:
             device = "cuda" if resources.get("GPU", 0) >= 1 else "cpu"
         gpu = device.startswith("cuda")
+        spare_cpus = max(resources.get("CPU", 1) - 1, 0.5)  # one CPU stays free, or Ray Data cannot read the files
         if workers is None:
-            workers = int(resources.get("GPU", 0)) if gpu else int((resources.get("CPU", 1) - 1) // cpus_per_worker)
+            workers = int(resources.get("GPU", 0)) if gpu else int(spare_cpus // cpus_per_worker)
         workers = max(1, workers)
+        cpus_per_worker = min(cpus_per_worker, spare_cpus / workers)
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         dataset = read_shards(todo)
         dataset.context.execution_options.preserve_order = True  # rows reach each output file in input order
@@ -93,8 +96,9 @@ def read_shards(shards: list[Shard]) -> Any:
     import ray
 
     parts = []
-    for suffix, reader in ((".parquet", ray.data.read_parquet),
-                           (".jsonl", lambda paths, **kwargs: ray.data.read_json(paths, lines=True, **kwargs))):
+    # read_json without lines=True reads JSONL through pyarrow; lines=True makes pandas blocks, which
+    # Ray Data 2.60 cannot batch together with the parquet files' arrow blocks.
+    for suffix, reader in ((".parquet", ray.data.read_parquet), (".jsonl", ray.data.read_json)):
         paths = [str(shard.source) for shard in shards if shard.source.suffix == suffix]
         if paths:
             parts.append(reader(paths, include_paths=True, file_extensions=[suffix.lstrip(".")]))
@@ -182,7 +186,7 @@ def check_input(source: Path, text_column: str, output_column: str) -> int:
     column = pq.read_table(source, columns=[text_column]).column(text_column)
     if len(column) == 0:
         raise ValueError(f"{source} has no rows; remove it from the inputs")
-    bad = pc.or_(pc.is_null(column), pc.equal(pc.utf8_trim_whitespace(column), "")).to_numpy(zero_copy_only=False)
+    bad = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_trim_whitespace(column), "")).to_numpy(zero_copy_only=False)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         validate_text(column[row].as_py(), where=f"{source}: column {text_column!r}, row {row} (counting from 0),")
