@@ -29,6 +29,9 @@ INPUT_SUFFIXES = (".parquet", ".jsonl")
 PARTIAL_PREFIX = ".bellm-st-partial-"  # an output file still being written (removed when a run starts)
 METADATA_KEY = b"bellm_st"  # parquet metadata naming the source, text column and model of an output
 RAY_PATH_COLUMN = "path"  # the column Ray Data adds to say which file a row came from
+# An actor works on one block at a time, and Ray Data may read many small files as one block: at
+# least this many blocks per worker keep every worker busy on small inputs.
+BLOCKS_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def encode_files(pattern: str, output_dir: str | os.PathLike, model: str | None 
         workers = max(1, workers)
         cpus_per_worker = min(cpus_per_worker, spare_cpus / workers)
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        dataset = read_shards(todo)
+        dataset = read_shards(todo, blocks=BLOCKS_PER_WORKER * workers)
         dataset.context.execution_options.preserve_order = True  # rows reach each output file in input order
         dataset.context.enable_progress_bars = show_progress
         embedded = embed_dataset(dataset, model, workers=workers, gpus_per_worker=1 if gpu else 0,
@@ -91,8 +94,8 @@ def encode_files(pattern: str, output_dir: str | os.PathLike, model: str | None 
     return summary
 
 
-def read_shards(shards: list[Shard]) -> Any:
-    """One Ray dataset over every input file, each row tagged with its file's path."""
+def read_shards(shards: list[Shard], blocks: int) -> Any:
+    """One Ray dataset over every input file, each row tagged with its file's path, in at least ``blocks`` blocks."""
     import ray
 
     parts = []
@@ -101,7 +104,8 @@ def read_shards(shards: list[Shard]) -> Any:
     for suffix, reader in ((".parquet", ray.data.read_parquet), (".jsonl", ray.data.read_json)):
         paths = [str(shard.source) for shard in shards if shard.source.suffix == suffix]
         if paths:
-            parts.append(reader(paths, include_paths=True, file_extensions=[suffix.lstrip(".")]))
+            parts.append(reader(paths, include_paths=True, file_extensions=[suffix.lstrip(".")],
+                                override_num_blocks=max(len(paths), blocks)))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 
