@@ -29,6 +29,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# encode_bulk's batch limits for the command line and Ray actors on GPUs: the fastest measured on
+# an H100 with flat batches (docs/BENCHMARKS.md: 35,945/s against 33,976/s with four times larger batches).
+GPU_BATCH_TEXTS, GPU_BATCH_TOKENS = 4096, 131_072
+INFERENCE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def inference_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The weights' dtype for ``--dtype``: ``auto`` is bf16 on a GPU that supports it, else fp32.
+
+    Why bf16 on GPUs: it doubles the throughput of the H100's matrix units and keeps every
+    embedding within cosine 0.9998 of fp32 (docs/BENCHMARKS.md); the flat, variable-length
+    attention of ``encode_bulk`` only runs in half precision.
+    """
+    if name == "auto":
+        # Native bf16 only (Ampere and newer): older GPUs would emulate it, slowly.
+        on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if on_gpu else torch.float32
+    if name not in INFERENCE_DTYPES:
+        raise ValueError(f"--dtype {name!r} is not one of auto, {', '.join(INFERENCE_DTYPES)}")
+    return getattr(torch, INFERENCE_DTYPES[name])
+
+
 def build(
     base: str = DEFAULT_BASE,
     *,

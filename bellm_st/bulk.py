@@ -6,7 +6,8 @@ GPU the tokenizer and the model take turns and each idles while the other works.
 :func:`encode_bulk` gives the same embeddings with the three overlapped: a background thread
 tokenises ahead (the Rust tokenizer releases the GIL and spreads a large chunk over every core)
 into pinned memory, copies do not wait, and embeddings stay on the device until the end. With
-several devices, each runs a replica of the model and takes the next ready batch.
+several devices, sentence-transformers' own multi-process pool runs ``encode_bulk`` in each
+process (one per device, see :class:`_BulkInference`).
 
 For a BeLLM model, texts are tokenised in large chunks and batched by *exact* token length, so
 no batch holds a single pad token: no compute is wasted on padding, and without a mask the
@@ -17,6 +18,7 @@ alike. Other models get length-sorted, padded batches.
 from __future__ import annotations
 
 import copy
+import math
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -163,12 +165,10 @@ class _Waiting:
 class _Tokenizer(threading.Thread):
     """Runs a batch generator ahead of the model into a bounded queue (pinned when a GPU reads them)."""
 
-    def __init__(self, batches: Iterator[tuple[np.ndarray, dict[str, Any]]], pin_memory: bool,
-                 prefetch_batches: int, consumers: int):
+    def __init__(self, batches: Iterator[tuple[np.ndarray, dict[str, Any]]], pin_memory: bool, prefetch_batches: int):
         super().__init__(daemon=True)
         self.batches = batches
         self.pin_memory = pin_memory
-        self.consumers = consumers
         self.ready: queue.Queue = queue.Queue(maxsize=prefetch_batches)
         self.stopped = threading.Event()
 
@@ -183,8 +183,7 @@ class _Tokenizer(threading.Thread):
                 self._put((indices, features))
         except BaseException as error:  # noqa: BLE001 - handed to the consumers, raised in the caller's thread
             self._put(error)
-        for _ in range(self.consumers):
-            self._put(_DONE)
+        self._put(_DONE)
 
     def _put(self, item: Any) -> None:
         while not self.stopped.is_set():
@@ -199,7 +198,7 @@ class _Tokenizer(threading.Thread):
             try:
                 item = self.ready.get(timeout=0.1)
             except queue.Empty:
-                if self.stopped.is_set():  # another consumer failed
+                if self.stopped.is_set():  # the consumer failed
                     return
                 continue
             if item is _DONE:
@@ -229,24 +228,8 @@ def _run_batches(
     return indices_done, embeddings_done
 
 
-def replicate(model: SentenceTransformer, devices: Sequence[str | torch.device]) -> list[SentenceTransformer]:
-    """One model per device for :func:`encode_bulk`: ``model`` itself on the first device that is
-    its own, copies elsewhere.
-
-    Made once and reused: copying weights to a device per call would cost more than it saves.
-    """
-    replicas, used = [], False
-    for device in devices:
-        if not used and model.device == torch.device(device):
-            replicas.append(model)
-            used = True
-        else:
-            replicas.append(copy.deepcopy(model).to(device))
-    return replicas
-
-
 def encode_bulk(
-    model: SentenceTransformer | Sequence[SentenceTransformer],
+    model: SentenceTransformer,
     texts: Sequence[str],
     *,
     batch_size: int = 1024,
@@ -258,15 +241,22 @@ def encode_bulk(
     convert_to_numpy: bool = True,
     show_progress_bar: bool = False,
     flat_batches: bool | None = None,
+    devices: Sequence[str] | None = None,
+    compile_layers: bool = False,
 ) -> np.ndarray | torch.Tensor:
     """Embed many texts with tokenisation overlapped with the forward pass; same vectors as ``model.encode``.
 
     Worth it on a GPU with thousands of texts or more; on a CPU the model is the bottleneck and
     ``model.encode`` is as fast. A batch holds at most ``batch_size`` texts and (for BeLLM
-    models, whose batches are unpadded) at most ``max_batch_tokens`` tokens. Given several
-    copies of one model on different devices (see :func:`replicate`), each takes the next
-    tokenised batch, one thread per device. Returns float32 vectors in the order of ``texts``:
-    a numpy array, or a tensor on the first model's device.
+    models, whose batches are unpadded) at most ``max_batch_tokens`` tokens. Returns float32
+    vectors in the order of ``texts``: a numpy array, or a tensor on the model's device.
+
+    ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) runs sentence-transformers' multi-process pool,
+    one process per device, each running ``encode_bulk`` on its chunks (unlike
+    ``model.encode(device=[...])``, the model goes back to its device afterwards). Each process
+    pays its start-up (seconds to tens of seconds), so this pays off only for large collections.
+    ``compile_layers`` compiles the decoder layers in each process first (pooled runs only;
+    compile a single model yourself with :func:`bellm_st.kernels.compile_model_layers`).
 
     BeLLM models on an Ampere-or-newer CUDA GPU in half precision get flat batches (texts of any length end to
     end, variable-length flash attention; :mod:`bellm_st.varlen`), other BeLLM models batches of
@@ -280,76 +270,119 @@ def encode_bulk(
         raise ValueError(f"max_batch_tokens={max_batch_tokens} must be at least 1")
     if prefetch_batches < 1:
         raise ValueError(f"prefetch_batches={prefetch_batches} must be at least 1")
-    replicas = [model] if isinstance(model, SentenceTransformer) else list(model)
-    if not replicas:
-        raise ValueError("encode_bulk needs a model (or a non-empty list of copies of one)")
-    model = replicas[0]
-    devices = [replica.device for replica in replicas]
-    for replica in replicas:
-        replica.eval()
     prompt = _resolve_prompt(model, prompt, prompt_name)
-    batches = _batches(replicas, texts, prompt, batch_size, max_batch_tokens, flat_batches)
-    source = _Tokenizer(
-        batches,
-        pin_memory=any(device.type == "cuda" for device in devices),
-        prefetch_batches=prefetch_batches,
-        consumers=len(devices),
-    )
-    results: list[tuple[list[np.ndarray], list[torch.Tensor]] | BaseException] = [None] * len(devices)  # type: ignore[list-item]
+    options = {"max_batch_tokens": max_batch_tokens, "prefetch_batches": prefetch_batches, "flat_batches": flat_batches}
+    if devices is not None:
+        vectors = _encode_in_pool(model, texts, checked_devices(devices), prompt, batch_size, normalize_embeddings,
+                                  show_progress_bar, {**options, "compile_layers": compile_layers})
+        return vectors.numpy() if convert_to_numpy else vectors
+    if compile_layers:
+        raise ValueError("compile_layers=True applies to the processes of devices=[...]; for one model call "
+                         "bellm_st.kernels.compile_model_layers(model) once instead")
+    model.eval()
+    device = model.device
+    batches = _batches(model, texts, prompt, batch_size, max_batch_tokens, flat_batches)
+    source = _Tokenizer(batches, pin_memory=device.type == "cuda", prefetch_batches=prefetch_batches)
     progress = tqdm(total=len(texts), unit="text", desc="Encoding") if show_progress_bar else None
-
-    def work(slot: int) -> None:
-        try:
-            results[slot] = _run_batches(replicas[slot], source, normalize_embeddings, progress)
-        except BaseException as error:  # noqa: BLE001 - raised in the caller's thread below
-            results[slot] = error
-            source.stopped.set()
-
     source.start()
     try:
         with attention_without_cudnn():
-            _run_on_devices(work, len(devices))
+            indices_done, embeddings_done = _run_batches(model, source, normalize_embeddings, progress)
     finally:
         source.stopped.set()
         source.join()
         if progress is not None:
             progress.close()
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    order = np.concatenate([indices for indices_done, _ in results for indices in indices_done])
-    embeddings = torch.cat([batch.to(devices[0]) for _, embeddings_done in results for batch in embeddings_done])
-    inverse = torch.from_numpy(np.argsort(order, kind="stable")).to(devices[0])
-    embeddings = embeddings[inverse]
+    order = np.concatenate(indices_done)
+    inverse = torch.from_numpy(np.argsort(order, kind="stable")).to(device)
+    embeddings = torch.cat(embeddings_done)[inverse]
     return embeddings.cpu().numpy() if convert_to_numpy else embeddings
 
 
-def _batches(replicas: list[SentenceTransformer], texts: list[str], prompt: str | None, batch_size: int,
+def checked_devices(devices: Sequence[str]) -> list[str]:
+    """``devices`` as torch device names, or a ``ValueError`` showing the expected form (before any process starts)."""
+    if isinstance(devices, str) or not len(devices):
+        raise ValueError(f"devices must be a non-empty list such as ['cuda:0', 'cuda:1'], got {devices!r}")
+    checked = []
+    for device in devices:
+        try:
+            checked.append(str(torch.device(device)))
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device {device!r} is not a torch device name such as 'cuda:1': {error}") from None
+    return checked
+
+
+# Texts per chunk a pool process takes at a time: several tokenizer chunks, so each process's
+# tokenizer thread runs ahead of its model for most of a chunk (sentence-transformers' own
+# default, at most 5,000, would restart that pipeline often). Not measured on GPUs.
+POOL_CHUNK_TEXTS = 4 * TOKENIZE_CHUNK
+
+
+def _encode_in_pool(model: SentenceTransformer, texts: list[str], devices: list[str], prompt: str | None,
+                    batch_size: int, normalize: bool, show_progress_bar: bool, options: dict[str, Any]) -> torch.Tensor:
+    """``encode_bulk`` in every process of sentence-transformers' pool: a copy of ``model`` whose inference is ours."""
+    if type(model) is not SentenceTransformer:
+        raise ValueError(f"devices=[...] needs a SentenceTransformer, got {type(model).__name__}")
+    pooled = copy.copy(model)  # shares the modules; only the copy's inference changes
+    pooled.__class__ = _BulkInference
+    pooled.bulk_options = options
+    chunk_size = max(1, min(POOL_CHUNK_TEXTS, math.ceil(len(texts) / len(devices))))
+    home = model.device
+    try:
+        return pooled.encode(texts, prompt=prompt, batch_size=batch_size, normalize_embeddings=normalize,
+                             device=devices, chunk_size=chunk_size, show_progress_bar=show_progress_bar,
+                             convert_to_tensor=True)
+    finally:
+        model.to(home)  # starting the pool moved the shared modules to the CPU
+
+
+class _BulkInference(SentenceTransformer):
+    """A SentenceTransformer whose inference is :func:`encode_bulk`, so that each process of
+    sentence-transformers' multi-process pool (which calls ``_inference``) takes the fast path.
+
+    Only :func:`encode_bulk` makes these (a copy of the caller's model with ``bulk_options``);
+    outputs other than sentence embeddings fall back to sentence-transformers' own inference.
+    """
+
+    bulk_options: dict[str, Any]
+
+    def _inference(self, inputs: list, *, prompt: str | None, batch_size: int, output_value: str | None,
+                   normalize_embeddings: bool, truncate_dim: int | None, device: str | None = None,
+                   **kwargs: Any) -> torch.Tensor:
+        plain = {"show_progress_bar", "save_to_cpu"}
+        if output_value != "sentence_embedding" or truncate_dim is not None or set(kwargs) - plain:
+            return super()._inference(inputs, prompt=prompt, batch_size=batch_size, output_value=output_value,
+                                      normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim,
+                                      device=device, **kwargs)
+        options = dict(self.bulk_options)
+        if device is not None and self.device != torch.device(device):
+            if torch.device(device).type == "cuda":
+                torch.cuda.set_device(torch.device(device))
+            self.to(device)
+        if options.pop("compile_layers") and not getattr(self, "_layers_compiled", False):
+            from bellm_st.kernels import compile_model_layers
+
+            compile_model_layers(self)
+            self._layers_compiled = True
+        vectors = encode_bulk(self, inputs, prompt=prompt, batch_size=batch_size,
+                              normalize_embeddings=normalize_embeddings, convert_to_numpy=False, **options)
+        return vectors.cpu()
+
+
+def _batches(model: SentenceTransformer, texts: list[str], prompt: str | None, batch_size: int,
              max_batch_tokens: int, flat_batches: bool | None):
     """The batches ``encode_bulk`` runs: flat or exact-length ones for BeLLM models, padded ones otherwise."""
-    model = replicas[0]
     if not isinstance(model[0], BeLLMEncoder):
         if flat_batches:
             raise ValueError(f"flat_batches=True needs a BeLLM model; this one starts with {type(model[0]).__name__}")
         return _padded_batches(model, texts, prompt, batch_size)
-    if _use_flat_batches(replicas, flat_batches):
+    if _use_flat_batches(model, flat_batches):
         return _flat_batches(model[0], texts, prompt, batch_size, max_batch_tokens)
     return _unpadded_batches(model[0], texts, prompt, batch_size, max_batch_tokens, PENDING_BATCHES)
 
 
-def _use_flat_batches(replicas: list[SentenceTransformer], flat_batches: bool | None) -> bool:
-    """Flat batches where every replica can run them fast; ``flat_batches`` overrides (True also where slow)."""
+def _use_flat_batches(model: SentenceTransformer, flat_batches: bool | None) -> bool:
+    """Flat batches where the model can run them fast; ``flat_batches`` overrides (True also where slow)."""
     if flat_batches is not None:
         return flat_batches
-    return all(flat_attention_unsupported(replica[0].decoder, replica.device) is None for replica in replicas)
-
-
-def _run_on_devices(work, count: int) -> None:
-    if count == 1:
-        work(0)
-        return
-    workers = [threading.Thread(target=work, args=(slot,), daemon=True) for slot in range(count)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    return flat_attention_unsupported(model[0].decoder, model.device) is None

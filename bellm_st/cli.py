@@ -42,33 +42,11 @@ def _load_model(model: str | None, device: str | None, trust_remote_code: bool):
         _fail(error)
 
 
-# encode_bulk's batch limits for the command line: the fastest measured on an H100 with flat batches
-# (docs/BENCHMARKS.md: 35,945/s against 33,976/s with four times larger batches).
-GPU_BATCH_TEXTS, GPU_BATCH_TOKENS = 4096, 131_072
-INFERENCE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-def inference_dtype(name: str, device) -> "torch.dtype":
-    """The weights' dtype for ``--dtype``: ``auto`` is bf16 on a GPU that supports it, else fp32.
-
-    Why bf16 on GPUs: it doubles the throughput of the H100's matrix units and keeps every
-    embedding within cosine 0.9998 of fp32 (docs/BENCHMARKS.md); the flat, variable-length
-    attention of ``encode_bulk`` only runs in half precision.
-    """
-    import torch
-
-    if name == "auto":
-        # Native bf16 only (Ampere and newer): older GPUs would emulate it, slowly.
-        on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-        return torch.bfloat16 if on_gpu else torch.float32
-    if name not in INFERENCE_DTYPES:
-        raise ValueError(f"--dtype {name!r} is not one of auto, {', '.join(INFERENCE_DTYPES)}")
-    return getattr(torch, INFERENCE_DTYPES[name])
-
-
 def _check_dtype(name: str) -> None:
     """Refuse an unknown ``--dtype`` before the minutes a model may take to load."""
     import torch
+
+    from bellm_st.api import inference_dtype
 
     try:
         inference_dtype(name, torch.device("cpu"))
@@ -95,7 +73,8 @@ def encode(
     ),
     normalize: bool = typer.Option(True, help="L2-normalise the vectors."),
     device: str = typer.Option(
-        None, help="cpu, cuda, cuda:1 ...; several, comma-separated (cuda:0,cuda:1), run one process each."
+        None, help="cpu, cuda, cuda:1 ...; several, comma-separated (cuda:0,cuda:1), run one process each "
+        "(sentence-transformers' multi-process pool)."
     ),
     bulk: bool = typer.Option(None, "--bulk/--no-bulk", help="Use encode_bulk (default: on a GPU)."),
     compile_layers: bool = typer.Option(
@@ -105,14 +84,33 @@ def encode(
         "auto", help="Weights' precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16."
     ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
+    on_ray: bool = typer.Option(
+        False, "--ray", help="Embed --input files on a Ray cluster ($RAY_ADDRESS, else a local one) into --output/."
+    ),
+    input_files: str = typer.Option(
+        None, "--input", help="With --ray: parquet/JSONL files, a glob such as 'corpus/*.parquet' (quote it)."
+    ),
+    text_column: str = typer.Option("text", help="With --ray: the column holding the texts; the others are kept."),
+    workers: int = typer.Option(
+        None, min=1, help="With --ray: model copies (actors); default one per GPU, or on CPUs one per CPU less one."
+    ),
 ) -> None:
     """Embed texts and print them as JSON lines (or save them).
 
     On a GPU the texts go through `encode_bulk` (tokenisation overlapped with the model, batches
     without padding) in bf16: vectors within cosine 0.9998 of fp32, several times faster on
-    large files.
+    large files. With --ray, each input file becomes one parquet file in --output (ids kept); a
+    re-run skips the files already written.
     """
+    from bellm_st.api import GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, inference_dtype
     from bellm_st.inputs import validate_texts
+
+    if on_ray or input_files is not None:
+        _check_dtype(dtype)
+        _encode_on_ray(texts, file, input_files, output, model, prompt_name, normalize, device, dtype, text_column,
+                       workers, trust_remote_code, refused={"--batch-size": batch_size is not None, "--bulk/--no-bulk": bulk is not None,
+                                         "--compile": compile_layers, "--ray": not on_ray})
+        return
 
     try:
         items = validate_texts(_read_texts(texts or [], file), where="texts")
@@ -152,21 +150,62 @@ def encode(
 def _encode_on_devices(items: list[str], model: str | None, device: str, prompt_name: str | None,
                        batch_size: int | None, normalize: bool, bulk: bool | None, compile_layers: bool, dtype: str,
                        trust_remote_code: bool):
-    """``encode --device a,b``: one process per device (:mod:`bellm_st.multi_device`)."""
+    """``encode --device a,b``: sentence-transformers' multi-process pool, one process per device,
+    each running ``encode_bulk`` (``--no-bulk``: sentence-transformers' own batches)."""
     import torch
 
-    from bellm_st.multi_device import encode_on_devices
+    from bellm_st.api import GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, inference_dtype
+    from bellm_st.bulk import checked_devices, encode_bulk
 
-    if bulk is False:
-        _fail(ValueError("several devices always use bulk encoding; drop --no-bulk or give one device"))
-    devices = [part.strip() for part in device.split(",") if part.strip()]
+    if compile_layers and bulk is False:
+        _fail(ValueError("--compile with several devices compiles inside bulk encoding; drop --no-bulk or --compile"))
     try:
-        return encode_on_devices(model, items, devices, dtype=inference_dtype(dtype, torch.device(devices[0])),
-                                 compile_layers=compile_layers, batch_size=batch_size or GPU_BATCH_TEXTS,
-                                 max_batch_tokens=GPU_BATCH_TOKENS, prompt_name=prompt_name,
-                                 normalize_embeddings=normalize, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
+        devices = checked_devices([part.strip() for part in device.split(",") if part.strip()])
+    except ValueError as error:
         _fail(error)
+    encoder = _load_model(model, "cpu", trust_remote_code)  # the pool moves a copy to each device
+    encoder.to(inference_dtype(dtype, torch.device(devices[0])))
+    if prompt_name is not None and prompt_name not in encoder.prompts:
+        _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
+    if bulk is False:
+        size = batch_size or 32
+        return encoder.encode(items, prompt_name=prompt_name, batch_size=size, normalize_embeddings=normalize,
+                              device=devices, show_progress_bar=len(items) > size)
+    size = batch_size or GPU_BATCH_TEXTS
+    try:
+        return encode_bulk(encoder, items, devices=devices, compile_layers=compile_layers, batch_size=size,
+                           max_batch_tokens=GPU_BATCH_TOKENS, prompt_name=prompt_name, normalize_embeddings=normalize,
+                           show_progress_bar=len(items) > size)
+    except ValueError as error:
+        _fail(error)
+
+
+def _encode_on_ray(texts: list[str] | None, file: Path | None, input_files: str | None, output: Path | None,
+                   model: str | None, prompt_name: str | None, normalize: bool, device: str | None, dtype: str,
+                   text_column: str, workers: int | None, trust_remote_code: bool, refused: dict[str, bool]) -> None:
+    """``encode --ray --input GLOB --output FOLDER``: :func:`bellm_st.cluster.encode_files`."""
+    if refused.pop("--ray"):
+        _fail(ValueError("--input reads files on a Ray cluster; add --ray (or pass -f FILE for one text file)"))
+    if texts or file is not None:
+        _fail(ValueError("--ray embeds --input files; drop the texts and -f, or drop --ray"))
+    if input_files is None or output is None:
+        _fail(ValueError("--ray needs --input 'corpus/*.parquet' and --output FOLDER"))
+    if given := [option for option, present in refused.items() if present]:
+        _fail(ValueError(f"{', '.join(given)} do not apply to --ray (each actor picks its batches); drop them"))
+    if device is not None and device not in ("cpu", "cuda"):
+        _fail(ValueError(f"--device {device} with --ray must be cpu or cuda (Ray gives each actor its GPU)"))
+    try:
+        from bellm_st.cluster import encode_files
+    except ImportError as error:
+        _fail(ImportError(f"{error}; --ray needs its extra: pip install 'bellm-st[ray]'"))
+    try:
+        summary = encode_files(input_files, output, model, text_column=text_column, workers=workers, device=device,
+                               dtype=dtype, prompt_name=prompt_name, normalize_embeddings=normalize,
+                               trust_remote_code=trust_remote_code)
+    except (TypeError, ValueError, FileNotFoundError) as error:
+        _fail(error)
+    console.print(f"wrote {summary['files_written']} files ({summary['rows']} vectors) to {output}; "
+                  f"{summary['files_skipped']} already there")
 
 
 def _write_vectors(items: list[str], vectors, output: Path | None) -> None:
@@ -519,7 +558,7 @@ def serve(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Serve the model as an OpenAI-compatible embeddings API (POST /v1/embeddings)."""
-    from bellm_st.api import default_model_name
+    from bellm_st.api import default_model_name, inference_dtype
 
     if onnx is not None and model is not None:
         _fail(ValueError(f"got both MODEL={model!r} and --onnx {str(onnx)!r}; serve one: drop MODEL or --onnx"))

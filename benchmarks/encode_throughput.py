@@ -26,7 +26,7 @@ import torch
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
 from bellm_st import bulk, varlen
-from bellm_st.bulk import encode_bulk, replicate
+from bellm_st.bulk import encode_bulk
 from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template
@@ -259,26 +259,23 @@ def main() -> None:
     pool = None
     if args.devices:
         devices = args.devices.split(",")
-        with harness.recorded_failure(result, "replicas"):
-            encoder.bidirectional_layers = top  # copies (replicas, the pool's processes) take the model as it is
-            replicas = replicate(ours, devices)
-            variants[f"ours-k{top}-bulk-{len(devices)}dev"] = with_layers(
-                top, lambda texts: encode_bulk(replicas, texts, batch_size=args.bulk_batch_size,
-                                               max_batch_tokens=args.bulk_max_tokens))
+        # encode_bulk in each process of sentence-transformers' pool; every call starts its own pool,
+        # so these timings include the processes' start-up, as `bellm-st encode --device a,b` pays it.
+        encoder.bidirectional_layers = top  # the pool's processes take the model as it is
+        variants[f"ours-k{top}-bulk-pool-{len(devices)}dev"] = with_layers(
+            top, lambda texts: encode_bulk(ours, texts, devices=devices, batch_size=args.bulk_batch_size,
+                                           max_batch_tokens=args.bulk_max_tokens))
         if args.compile_layers:
-            with harness.recorded_failure(result, "replicas-compiled-layers"):
-                # One graph per direction, kernel choice and device: more than dynamo's default of 8.
-                torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
-                compiled_replicas = replicate(our_model(path, top, dtype, args.attn, args.device, args.pooling), devices)
-                for replica in compiled_replicas:  # compile on each device alone first, then run them together
-                    compile_decoder_layers(replica[0].decoder)
-                    encode_bulk(replica, sentences, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens)
-                variants[f"ours-k{top}-bulk-compiled-layers-{len(devices)}dev"] = lambda texts: encode_bulk(
-                    compiled_replicas, texts, batch_size=args.bulk_batch_size, max_batch_tokens=args.bulk_max_tokens)
+            # One graph per direction and kernel choice: more than dynamo's default of 8.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+            variants[f"ours-k{top}-bulk-pool-compiled-layers-{len(devices)}dev"] = lambda texts: encode_bulk(
+                ours, texts, devices=devices, compile_layers=True, batch_size=args.bulk_batch_size,
+                max_batch_tokens=args.bulk_max_tokens)
         if not args.skip_st_encode:
             with harness.recorded_failure(result, "st-multiprocess"):
                 encoder.bidirectional_layers = top
                 pool = ours.start_multi_process_pool(devices)
+                ours.to(args.device)  # starting a pool moves the model to the CPU, under the other variants' feet
                 variants[f"ours-k{top}-st-multiprocess-{len(devices)}dev"] = lambda texts: ours.encode(
                     texts, batch_size=args.batch_size, pool=pool)
 

@@ -1,4 +1,4 @@
-"""encode_bulk gives what SentenceTransformer.encode gives, in the input order, on one or several models."""
+"""encode_bulk gives what SentenceTransformer.encode gives, in the input order, in one process or in a pool."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bellm_st
-from bellm_st.bulk import _unpadded_batches, encode_bulk, replicate
+from bellm_st.bulk import _unpadded_batches, checked_devices, encode_bulk
 
 TEXTS = [text[:cut] for text in (
     "A man is playing a guitar.",
@@ -36,10 +36,27 @@ def test_prompts_and_normalisation_follow_encode(model):
     assert torch.allclose(actual, expected, atol=1e-5)
 
 
-def test_several_replicas_share_the_work(model):
-    replicas = replicate(model, ["cpu", "cpu"])
-    assert replicas[0] is model and replicas[1] is not model
-    np.testing.assert_allclose(encode_bulk(replicas, TEXTS, batch_size=2), model.encode(TEXTS), atol=1e-5)
+def test_a_pool_of_two_processes_gives_the_vectors_of_one_model_in_input_order(model):
+    """sentence-transformers' pool with encode_bulk in each process (two CPU processes here; ~20-40 s of start-up)."""
+    expected = model.encode_query(TEXTS, normalize_embeddings=True)
+    actual = encode_bulk(model, TEXTS, devices=["cpu", "cpu"], batch_size=2, prompt_name="query",
+                         normalize_embeddings=True)
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("devices", [[], "cuda:0,cuda:1", ["gpu:0"]])
+def test_devices_are_checked_before_any_process_starts(model, devices):
+    with pytest.raises(ValueError, match="device"):
+        checked_devices(devices)
+    with pytest.raises(ValueError, match="device"):
+        encode_bulk(model, TEXTS, devices=devices)
+
+
+def test_pool_options_are_refused_without_a_pool(model):
+    with pytest.raises(ValueError, match="compile_layers=True"):
+        encode_bulk(model, TEXTS, compile_layers=True)
+    with pytest.raises(ValueError, match="prompt_name='nope'"):  # before any process starts
+        encode_bulk(model, TEXTS, devices=["cpu", "cpu"], prompt_name="nope")
 
 
 def test_bad_input_and_failures_reach_the_caller(model, monkeypatch):
@@ -55,7 +72,7 @@ def test_bad_input_and_failures_reach_the_caller(model, monkeypatch):
 
     monkeypatch.setattr(model[0], "tokenize_unpadded", broken)
     with pytest.raises(RuntimeError, match="tokenizer broke"):
-        encode_bulk(replicate(model, ["cpu", "cpu"]), TEXTS, batch_size=2)
+        encode_bulk(model, TEXTS, batch_size=2)
     with pytest.raises(ValueError, match="max_batch_tokens=0"):
         encode_bulk(model, TEXTS, max_batch_tokens=0)
 

@@ -133,3 +133,22 @@ def test_train_data_that_is_a_folder_exits_2_with_a_message(tmp_path):
                                  "--train-data", "data", "--no-dev"])
     assert result.exit_code == 2
     assert "data: is a folder" in " ".join(result.output.split()) and "Traceback" not in result.output
+
+
+def test_several_devices_go_through_the_sentence_transformers_pool(saved_tiny_model, tmp_path):
+    """`--device cpu,cpu`: two processes of sentence-transformers' pool, encode_bulk in each (~20-40 s of start-up)."""
+    source = tmp_path / "texts.txt"
+    source.write_text("\n".join(f"text number {i} {'word ' * (i % 6)}" for i in range(23)) + "\n", encoding="utf-8")
+    vectors = {}
+    for device in ("cpu", "cpu,cpu"):
+        target = tmp_path / f"{device.replace(',', '-')}.npy"
+        result = runner.invoke(app, ["encode", "-f", str(source), "-o", str(target), "--model", saved_tiny_model,
+                                     "--device", device, "--bulk", "--batch-size", "5"])
+        assert result.exit_code == 0, result.output
+        vectors[device] = np.load(target)
+    np.testing.assert_allclose(vectors["cpu,cpu"], vectors["cpu"], atol=1e-5)
+    refused = runner.invoke(app, ["encode", "x", "--model", saved_tiny_model, "--device", "cpu,cpu", "--no-bulk",
+                                  "--compile"])
+    assert refused.exit_code == 2 and "--no-bulk" in refused.output
+    refused = runner.invoke(app, ["encode", "x", "--model", saved_tiny_model, "--device", "cpu,gpu:1"])
+    assert refused.exit_code == 2 and "gpu:1" in refused.output
