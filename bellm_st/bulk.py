@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from bellm_st.inputs import validate_texts
 from bellm_st.kernels import attention_without_cudnn
+from bellm_st.model import BeLLMSentenceTransformer
 from bellm_st.module import BeLLMEncoder
 from bellm_st.tokenization import TokenizedBatch, group_by_length
 from bellm_st.varlen import flat_attention_unsupported, flat_features
@@ -321,7 +322,9 @@ POOL_CHUNK_TEXTS = 4 * TOKENIZE_CHUNK
 def _encode_in_pool(model: SentenceTransformer, texts: list[str], devices: list[str], prompt: str | None,
                     batch_size: int, normalize: bool, show_progress_bar: bool, options: dict[str, Any]) -> torch.Tensor:
     """``encode_bulk`` in every process of sentence-transformers' pool: a copy of ``model`` whose inference is ours."""
-    if type(model) is not SentenceTransformer:
+    # The copy's class is replaced, which would drop the overrides of an unknown subclass; ours only
+    # validates texts, which encode_bulk has done already.
+    if type(model) not in (SentenceTransformer, BeLLMSentenceTransformer):
         raise ValueError(f"devices=[...] needs a SentenceTransformer, got {type(model).__name__}")
     pooled = copy.copy(model)  # shares the modules; only the copy's inference changes
     pooled.__class__ = _BulkInference
