@@ -17,6 +17,7 @@ alike. Other models get length-sorted, padded batches.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import math
 import queue
@@ -33,7 +34,7 @@ from bellm_st.inputs import validate_texts
 from bellm_st.kernels import attention_without_cudnn
 from bellm_st.model import BeLLMSentenceTransformer
 from bellm_st.module import BeLLMEncoder
-from bellm_st.tokenization import TokenizedBatch, group_by_length
+from bellm_st.tokenization import TokenizedBatch, group_by_length, one_truncation_warning
 from bellm_st.varlen import flat_attention_unsupported, flat_features
 
 _DONE = object()
@@ -172,8 +173,13 @@ class _Tokenizer(threading.Thread):
         self.pin_memory = pin_memory
         self.ready: queue.Queue = queue.Queue(maxsize=prefetch_batches)
         self.stopped = threading.Event()
+        # The caller's context, so truncations are counted into the caller's one warning.
+        self.context = contextvars.copy_context()
 
     def run(self) -> None:
+        self.context.run(self._produce)
+
+    def _produce(self) -> None:
         try:
             for indices, features in self.batches:
                 if self.stopped.is_set():
@@ -283,17 +289,18 @@ def encode_bulk(
     model.eval()
     device = model.device
     batches = _batches(model, texts, prompt, batch_size, max_batch_tokens, flat_batches)
-    source = _Tokenizer(batches, pin_memory=device.type == "cuda", prefetch_batches=prefetch_batches)
     progress = tqdm(total=len(texts), unit="text", desc="Encoding") if show_progress_bar else None
-    source.start()
-    try:
-        with attention_without_cudnn():
-            indices_done, embeddings_done = _run_batches(model, source, normalize_embeddings, progress)
-    finally:
-        source.stopped.set()
-        source.join()
-        if progress is not None:
-            progress.close()
+    with one_truncation_warning(model.max_seq_length):
+        source = _Tokenizer(batches, pin_memory=device.type == "cuda", prefetch_batches=prefetch_batches)
+        source.start()
+        try:
+            with attention_without_cudnn():
+                indices_done, embeddings_done = _run_batches(model, source, normalize_embeddings, progress)
+        finally:
+            source.stopped.set()
+            source.join()
+            if progress is not None:
+                progress.close()
     order = np.concatenate(indices_done)
     inverse = torch.from_numpy(np.argsort(order, kind="stable")).to(device)
     embeddings = torch.cat(embeddings_done)[inverse]

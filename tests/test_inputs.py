@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bellm_st.bulk import encode_bulk
 from bellm_st.inputs import validate_text, validate_texts
 
 
@@ -87,11 +88,16 @@ def test_a_very_long_text_warns_and_is_truncated(tiny_model, caplog):
     assert np.isfinite(vector).all()
 
 
-def test_truncation_warns_once_per_encode_call_with_a_count(tiny_model, caplog):
-    """Was one warning line per truncated text."""
+@pytest.mark.parametrize("bulk", [False, True], ids=["encode", "encode_bulk"])
+def test_truncation_warns_once_per_encode_call_with_a_count(tiny_model, caplog, monkeypatch, bulk):
+    """Was one warning line per truncated text (encode), then one per tokenizer chunk (encode_bulk's thread)."""
     texts = ["word " * (600 + i) for i in range(10)] + ["short"]
+    monkeypatch.setattr("bellm_st.bulk.TOKENIZE_CHUNK", 4)
     with caplog.at_level("WARNING"):
-        tiny_model.encode(texts, batch_size=3)
+        if bulk:
+            encode_bulk(tiny_model, texts, batch_size=3)
+        else:
+            tiny_model.encode(texts, batch_size=3)
     warnings = [record.getMessage() for record in caplog.records if "truncated" in record.getMessage()]
     assert len(warnings) == 1
     assert warnings[0].startswith("10 text(s) were longer than max_seq_length=512")
