@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 
@@ -42,6 +43,17 @@ def test_without_templates_the_model_template_is_used_for_both(tiny_bellm):
     np.testing.assert_allclose(
         embeddings.embed_query(DOCUMENTS[1]), tiny_bellm.encode(DOCUMENTS[1], normalize_embeddings=True), atol=1e-6
     )
+
+
+def test_a_models_own_query_and_document_prompts_are_used_without_templates(tiny_bellm):
+    """An adapted model carries its prompts (bellm-st adapt saves them); the adapter needs no templates."""
+    model = copy.copy(tiny_bellm)  # the fixture's prompts stay as they are
+    model.prompts = {"query": QUERY_TEMPLATE, "document": "passage: "}
+    embeddings = BeLLMEmbeddings(model=model)
+    np.testing.assert_allclose(embeddings.embed_query(DOCUMENTS[0]),
+                               tiny_bellm.encode(DOCUMENTS[0], prompt=QUERY_TEMPLATE, normalize_embeddings=True), atol=1e-6)
+    np.testing.assert_allclose(embeddings.embed_documents(DOCUMENTS),
+                               tiny_bellm.encode(DOCUMENTS, prompt="passage: ", normalize_embeddings=True), atol=1e-6)
 
 
 def test_text_is_embedded_as_given_not_cleaned(tiny_bellm):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 
@@ -58,6 +59,17 @@ def test_query_and_text_embeddings_use_their_own_templates(tiny_bellm):
     )
     np.testing.assert_allclose(text, tiny_bellm.encode(TEXTS[0], prompt="passage: ", normalize_embeddings=True), atol=1e-6)
     assert not np.allclose(query, text, atol=1e-3)
+
+
+def test_a_models_own_query_and_document_prompts_are_used_without_templates(tiny_bellm):
+    """An adapted model carries its prompts (bellm-st adapt saves them); the adapter needs no templates."""
+    model = copy.copy(tiny_bellm)  # the fixture's prompts stay as they are
+    model.prompts = {"query": QUERY_TEMPLATE, "document": "passage: "}
+    embedding = BeLLMEmbedding(model=model)
+    np.testing.assert_allclose(embedding.get_query_embedding(TEXTS[0]),
+                               tiny_bellm.encode(TEXTS[0], prompt=QUERY_TEMPLATE, normalize_embeddings=True), atol=1e-6)
+    np.testing.assert_allclose(embedding.get_text_embedding_batch(TEXTS),
+                               tiny_bellm.encode(TEXTS, prompt="passage: ", normalize_embeddings=True), atol=1e-6)
 
 
 def test_normalize_option(tiny_bellm):
