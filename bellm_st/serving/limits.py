@@ -61,16 +61,7 @@ def texts_from_input(value: Any, settings: ServerSettings) -> list[str]:
 
 
 def _checked_text(text: str, index: int, settings: ServerSettings) -> str:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise APIError(
-            400,
-            f"input[{index}] has an unpaired UTF-16 surrogate at character {error.start}, which is not valid "
-            "Unicode text; fix the encoding on the client",
-            param=f"input[{index}]",
-            code="invalid_input",
-        ) from None
+    """The text within ``max_input_chars`` (cut or refused); encodability was checked by ``validate_texts``."""
     if len(text) <= settings.max_input_chars:
         return text
     if settings.long_input == "reject":
