@@ -61,9 +61,10 @@ def package_shipped(
         raise FileNotFoundError(
             f"{adapter} lacks {', '.join(missing)}; package a model trained with LoRA (bellm-st train writes adapter/)"
         )
+    recipe_file = model_dir / "recipe.json"
+    recipe = json.loads(recipe_file.read_text(encoding="utf-8")) if recipe_file.exists() else {}
     if base is None:
-        recipe = model_dir / "recipe.json"
-        base = json.loads(recipe.read_text(encoding="utf-8"))["base"] if recipe.exists() else None
+        base = recipe.get("base")
     if base not in SHIPPED_BASES:
         raise ValueError(f"base={base!r} is not a shipped base; pass one of {', '.join(SHIPPED_BASES)}")
     settings = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -79,6 +80,10 @@ def package_shipped(
     config = json.loads(adapter_config.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base  # not a path on the training machine
     adapter_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    shipped = {**settings, "base": base, **({"prompts": prompts} if prompts else {})}
+    # A pruned model's saved backbone has its N layers only; the shipped layout rebuilds the full
+    # base, so it must say to keep the first N (the adapter covers just those).
+    keep_layers = recipe.get("keep_layers")
+    shipped = {**settings, "base": base, **({"keep_layers": keep_layers} if keep_layers else {}),
+               **({"prompts": prompts} if prompts else {})}
     (target / CONFIG_FILE).write_text(json.dumps(shipped, indent=2) + "\n", encoding="utf-8")
     return target

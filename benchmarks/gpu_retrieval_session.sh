@@ -11,7 +11,7 @@
 #   part 2: adaptation seeds 43 and 44, the pruning sweep's training (issue 17)
 #
 # Every result lands in $OUT as soon as it exists: session.log and results.tgz (scores, histories,
-# recipes; adapters of the candidates and pruned points go into adapters-<part>.tgz).
+# recipes) and ship-<run>.tgz per trained run (its adapter as a shipped-model folder, bellm_st/models/ layout).
 set -uo pipefail
 part=${1:?usage: gpu_retrieval_session.sh part1|part2}
 repo=$(pwd)
@@ -29,8 +29,14 @@ save() {  # small result files of every run so far (no weights), then the adapte
     (cd "$runs" && find . \( -name '*.json' -o -name '*.md' -o -name '*.png' \) -not -path '*/checkpoints/*' \
         -print0 | tar --null -czf "$OUT/results.tgz" -T -)
 }
-save_adapters() {  # adapters + BeLLM configs of the given run folders (relative to $runs)
-    (cd "$runs" && tar -czf "$OUT/adapters-$part.tgz" --exclude=checkpoints "$@")
+ship() {  # each named run (relative to $runs) as a shipped-model folder (adapter + settings, ~10 MB) in $OUT
+    local run
+    for run in "$@"; do
+        [ -f "$runs/$run/dev_scores.json" ] || continue
+        python3 -c "from bellm_st.export import package_shipped; package_shipped('$runs/$run', '${run//\//-}', models_root='$runs/ship')"
+        cp "$runs/$run"/*.json "$runs/$run/README.md" "$runs/ship/${run//\//-}/" 2>/dev/null
+        tar -czf "$OUT/ship-${run//\//-}.tgz" -C "$runs/ship" "${run//\//-}"
+    done
 }
 step() {  # step NAME SECONDS command...: run with a time limit, log its end, save what exists
     local name=$1 limit=$2
@@ -76,7 +82,7 @@ print('versions', torch.__version__, transformers.__version__, sentence_transfor
     }
     candidate nli-e2 150 "${nli[@]}" --epochs 2
     candidate nli-para-e1 150 "${nli[@]}" "${para[@]}" --epochs 1
-    save_adapters nli-e2 nli-para-e1
+    ship nli-e2 nli-para-e1
 fi
 
 if [ "$part" = part2 ]; then
@@ -86,6 +92,6 @@ if [ "$part" = part2 ]; then
     # recipe's share of bi-directional layers.
     step prune 240 python3 benchmarks/prune_sweep.py --train-only --keep 20 --keep 15 --keep 10 --distill \
         --recipe "$shipped_recipe" --data-dir "$data" --retrieval "$data/scifact" -o "$runs/prune"
-    save_adapters prune
+    ship prune/n20-k11 prune/n15-k8 prune/n10-k5
 fi
 log "done $part"
