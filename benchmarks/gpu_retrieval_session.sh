@@ -34,8 +34,14 @@ ship() {  # each named run (relative to $runs) as a shipped-model folder (adapte
     for run in "$@"; do
         [ -f "$runs/$run/dev_scores.json" ] || continue
         python3 -c "from bellm_st.export import package_shipped; package_shipped('$runs/$run', '${run//\//-}', models_root='$runs/ship')"
-        cp "$runs/$run"/*.json "$runs/$run/README.md" "$runs/ship/${run//\//-}/" 2>/dev/null
+        for file in recipe.json dev_scores.json retrieval_dev.json README.md; do
+            [ -f "$runs/$run/$file" ] && cp "$runs/$run/$file" "$runs/ship/${run//\//-}/"
+        done
         tar -czf "$OUT/ship-${run//\//-}.tgz" -C "$runs/ship" "${run//\//-}"
+        if [ "$(stat -c %s "$OUT/ship-${run//\//-}.tgz")" -gt 16000000 ]; then  # $OUT takes files of 16 MiB at most
+            split -b 15000000 -d -a 1 "$OUT/ship-${run//\//-}.tgz" "$OUT/ship-${run//\//-}.tgz."
+            rm "$OUT/ship-${run//\//-}.tgz"
+        fi
     done
 }
 step() {  # step NAME SECONDS command...: run with a time limit, log its end, save what exists
