@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from bellm_st.inputs import validate_texts
 from bellm_st.kernels import attention_without_cudnn
-from bellm_st.model import BeLLMSentenceTransformer
+from bellm_st.model import BeLLMSentenceTransformer, bellm_encoder
 from bellm_st.module import BeLLMEncoder
 from bellm_st.tokenization import TokenizedBatch, group_by_length, one_truncation_warning
 from bellm_st.varlen import flat_attention_unsupported, flat_features
@@ -382,7 +382,7 @@ class _BulkInference(SentenceTransformer):
 def _batches(model: SentenceTransformer, texts: list[str], prompt: str | None, batch_size: int,
              max_batch_tokens: int, flat_batches: bool | None):
     """The batches ``encode_bulk`` runs: flat or exact-length ones for BeLLM models, padded ones otherwise."""
-    if not isinstance(model[0], BeLLMEncoder):
+    if bellm_encoder(model) is None:
         if flat_batches:
             raise ValueError(f"flat_batches=True needs a BeLLM model; this one starts with {type(model[0]).__name__}")
         return _padded_batches(model, texts, prompt, batch_size)

@@ -34,10 +34,10 @@ def _read_texts(texts: list[str], file: Path | None) -> list[str]:
 
 def _load_model(model: str | None, device: str | None, trust_remote_code: bool):
     """The model a command names, or exit 2 with one line (a missing folder, an untrusted one ...)."""
-    from bellm_st.api import load_default_or
+    from bellm_st.api import load
 
     try:
-        return load_default_or(model, device=device, trust_remote_code=trust_remote_code)
+        return load(model, device=device, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         _fail(error)
 
@@ -421,7 +421,6 @@ def evaluate(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Score a model: Spearman x100 on STS files (and their average), nDCG@10/Recall@100/MRR@10 on a BEIR folder."""
-    from bellm_st.evaluation.models import load_for_evaluation
     from bellm_st.evaluation.report import scores_table, write_json
     from bellm_st.evaluation.retrieval import evaluate_retrieval, read_beir_folder
     from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs
@@ -433,7 +432,7 @@ def evaluate(
             read_scored_pairs(path)  # fail on bad data before loading a model
         if retrieval is not None:
             read_beir_folder(retrieval, split)
-        encoder = load_for_evaluation(model, device=device, trust_remote_code=trust_remote_code)
+        encoder = _load_model(model, device, trust_remote_code)
         results: dict[str, dict[str, float]] = {}
         if sts:
             results["sts"] = evaluate_sts_files(encoder, sts, batch_size=batch_size)

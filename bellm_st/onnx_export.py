@@ -31,6 +31,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
 from bellm_st.inputs import validate_texts
+from bellm_st.model import bellm_encoder
 from bellm_st.module import BeLLMEncoder, preprocess_texts
 
 ONNX_FILE = "model.onnx"
@@ -70,14 +71,14 @@ def graph_input_names(encoder: BeLLMEncoder) -> list[str]:
 
 def check_exportable(model: Any) -> BeLLMEncoder:
     """The model's BeLLM module, or an error saying why this model cannot be exported as it is."""
-    if not isinstance(model, SentenceTransformer) or len(model) == 0 or not isinstance(model[0], BeLLMEncoder):
+    encoder = bellm_encoder(model)
+    if encoder is None:
         what = (f"a SentenceTransformer whose first module is {type(model[0]).__name__}"
                 if isinstance(model, SentenceTransformer) and len(model) else type(model).__name__)
         raise TypeError(
             f"export_onnx needs a bellm-st SentenceTransformer (from bellm_st.load or bellm_st.build), got {what}; "
             "build one from a plain checkpoint with bellm_st.build(path)"
         )
-    encoder: BeLLMEncoder = model[0]
     if hasattr(encoder.auto_model, "peft_config"):
         raise ValueError(
             "the model still carries a LoRA adapter; call model[0].merge_adapter() before exporting "
@@ -146,11 +147,11 @@ def export_merged_onnx(name_or_path: str, output_dir: str | os.PathLike, trust_r
     """Load a shipped model, base or saved folder on CPU, merge any adapter, and export it (the CLI's path).
 
     ``trust_remote_code`` is :func:`bellm_st.load`'s."""
-    from bellm_st.api import load_default_or
+    from bellm_st.api import load
 
-    model = load_default_or(name_or_path, device="cpu", trust_remote_code=trust_remote_code)
-    if len(model) and isinstance(model[0], BeLLMEncoder):
-        model[0].merge_adapter()
+    model = load(name_or_path, device="cpu", trust_remote_code=trust_remote_code)
+    if (encoder := bellm_encoder(model)) is not None:
+        encoder.merge_adapter()
     return export_onnx(model, output_dir)  # explains what else it was given
 
 
