@@ -86,6 +86,8 @@ def convert_gguf(gguf_path: Path, output_dir: Path, max_seq_length: int = DEFAUL
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from bellm_st.tokenization import ensure_pad_token
+
     folder, file_name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file_name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file_name, dtype=torch.float32)
@@ -94,8 +96,7 @@ def convert_gguf(gguf_path: Path, output_dir: Path, max_seq_length: int = DEFAUL
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or max_seq_length
     tokenizer.model_max_length = min(limit, max_seq_length)
     model.save_pretrained(output_dir, safe_serialization=True)

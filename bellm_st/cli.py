@@ -54,6 +54,16 @@ def _check_dtype(name: str) -> None:
         _fail(error)
 
 
+def _check_prompt_name(model, prompt_name: str | None) -> None:
+    """Refuse a ``--prompt-name`` the model lacks before encoding anything."""
+    from bellm_st.prompts import resolve_prompt
+
+    try:
+        resolve_prompt(model.prompts, prompt_name=prompt_name)
+    except ValueError as error:
+        _fail(error)
+
+
 def _fail(error: Exception) -> None:
     console.print(f"[red]error:[/red] {error}")
     raise typer.Exit(code=2)
@@ -124,8 +134,7 @@ def encode(
         return
     encoder = _load_model(model, device, trust_remote_code)
     encoder.to(inference_dtype(dtype, encoder.device))
-    if prompt_name is not None and prompt_name not in encoder.prompts:
-        _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
+    _check_prompt_name(encoder, prompt_name)
     use_bulk = encoder.device.type == "cuda" if bulk is None else bulk
     if compile_layers:
         from bellm_st.kernels import compile_model_layers
@@ -165,8 +174,7 @@ def _encode_on_devices(items: list[str], model: str | None, device: str, prompt_
         _fail(error)
     encoder = _load_model(model, "cpu", trust_remote_code)  # the pool moves a copy to each device
     encoder.to(inference_dtype(dtype, torch.device(devices[0])))
-    if prompt_name is not None and prompt_name not in encoder.prompts:
-        _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
+    _check_prompt_name(encoder, prompt_name)
     if bulk is False:
         size = batch_size or 32
         return encoder.encode(items, prompt_name=prompt_name, batch_size=size, normalize_embeddings=normalize,

@@ -33,6 +33,7 @@ from transformers import AutoTokenizer
 from bellm_st.inputs import validate_texts
 from bellm_st.model import bellm_encoder
 from bellm_st.module import BeLLMEncoder, preprocess_texts
+from bellm_st.prompts import resolve_prompt
 
 ONNX_FILE = "model.onnx"
 ONNX_CONFIG_FILE = "bellm_onnx.json"
@@ -203,17 +204,7 @@ class OnnxEncoder:
         """The prompt for one call, chosen the way sentence-transformers chooses it."""
         if prompt_name is not None and prompt is not None:
             raise ValueError(f"give prompt_name={prompt_name!r} or prompt={prompt!r}, not both")
-        if prompt is not None:
-            return prompt
-        name = prompt_name if prompt_name is not None else self.default_prompt_name
-        if name is None:
-            return None
-        if name not in self.prompts:
-            raise ValueError(
-                f"prompt_name={name!r} is not one of this model's prompts ({', '.join(self.prompts) or 'none'}); "
-                "pass one of them or a prompt string with prompt="
-            )
-        return self.prompts[name]
+        return resolve_prompt(self.prompts, self.default_prompt_name, prompt, prompt_name)
 
     def preprocess(self, texts: Sequence[str], prompt: str | None = None) -> dict[str, torch.Tensor]:
         return preprocess_texts(self.tokenizer, texts, self.template, prompt, self.max_seq_length, self.append_eos)

@@ -29,6 +29,7 @@ class EmbedBatches:
                  device: str | None = None, dtype: str = "auto", prompt_name: str | None = None,
                  normalize_embeddings: bool = False, trust_remote_code: bool = False) -> None:
         from bellm_st.api import inference_dtype, load
+        from bellm_st.prompts import resolve_prompt
 
         self.text_column = text_column
         self.output_column = output_column
@@ -36,9 +37,7 @@ class EmbedBatches:
         self.normalize_embeddings = normalize_embeddings
         self.model = load(model, device=device, trust_remote_code=trust_remote_code)
         self.model.to(inference_dtype(dtype, self.model.device))
-        if prompt_name is not None and prompt_name not in self.model.prompts:
-            raise ValueError(f"prompt_name={prompt_name!r} is not one of the model's prompts "
-                             f"{sorted(self.model.prompts)}")
+        resolve_prompt(self.model.prompts, prompt_name=prompt_name)  # an unknown name fails before any batch
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch_texts(batch, self.text_column, self.output_column)
