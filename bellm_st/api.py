@@ -32,6 +32,9 @@ def default_device() -> str:
 # encode_bulk's batch limits for the command line and Ray actors on GPUs: the fastest measured on
 # an H100 with flat batches (docs/BENCHMARKS.md: 35,945/s against 33,976/s with four times larger batches).
 GPU_BATCH_TEXTS, GPU_BATCH_TOKENS = 4096, 131_072
+# Texts per batch of ``model.encode`` where bellm-st picks it (the command line off the bulk path, the
+# framework integrations): sentence-transformers' own default.
+ENCODE_BATCH_SIZE = 32
 INFERENCE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 

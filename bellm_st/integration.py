@@ -105,7 +105,7 @@ def embed(
     *,
     role: Role,
     template: str | None = None,
-    batch_size: int = 32,
+    batch_size: int = api.ENCODE_BATCH_SIZE,
     normalize: bool = True,
     show_progress: bool = False,
     where: str = "texts",
