@@ -1,25 +1,25 @@
 """Tiny random BeLLM models for the LangChain adapter tests (no downloads).
 
-The tiny llama checkpoint and tokenizer come from the core test fixtures, so every test of
-bellm-st and its integrations runs on the same tiny model.
+The tiny llama comes from :mod:`bellm_st.testing`, so this package tests on its own with only
+bellm-st installed, on the same tiny model as bellm-st's own tests.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model here is built or shipped; nothing to download
 
 import pytest
 
 import bellm_st
+from bellm_st.testing import save_tiny_checkpoint
 
-_CORE_CONFTEST = Path(__file__).resolve().parents[3] / "tests" / "conftest.py"
-_spec = importlib.util.spec_from_file_location("bellm_st_core_fixtures", _CORE_CONFTEST)
-_core = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_core)
 
-tiny_tokenizer = _core.tiny_tokenizer
-tiny_model_dir = _core.tiny_model_dir
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A saved tiny llama checkpoint + tokenizer, loadable by path like any real model."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
