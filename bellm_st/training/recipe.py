@@ -168,10 +168,11 @@ class Recipe:
     gather_across_devices: bool = False
     seed: int = 42
     # Texts of a batch go end to end into rows of this many tokens instead of being padded to the
-    # longest (same gradients; ~3x fewer tokens on NLI). 0 pads as sentence-transformers does.
+    # longest (same gradients, far fewer tokens on short texts: docs/BENCHMARKS.md). 0 pads as
+    # sentence-transformers does.
     packing_row_length: int = DEFAULT_ROW_LENGTH
     # torch.compile each decoder layer (bellm_st.kernels.compile_decoder_layers): fused element-wise
-    # work and fewer kernel launches, after ~30 s of compiling. Off by default: it pays on GPUs.
+    # work and fewer kernel launches, after some compiling. Off by default: it pays on GPUs.
     compile_layers: bool = False
     # Processes preparing batches ahead of the GPU; None: 4 on a GPU machine of 8+ cores, else 0.
     dataloader_workers: int | None = None
