@@ -15,19 +15,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 from transformers import PreTrainedTokenizerFast
 
-# The speed tests still import CORPUS and TINY_ARCHITECTURES from here; the rest import bellm_st.testing.
-from bellm_st.testing import CORPUS, TINY_ARCHITECTURES, build_tiny_tokenizer, save_tiny_checkpoint, tiny_backbone  # noqa: F401
+# The speed tests (moving to their own package) import CORPUS, TINY_ARCHITECTURES and tiny_backbone from
+# here; the other tests import bellm_st.testing.
+from bellm_st.testing import CORPUS, TINY_ARCHITECTURES, build_tiny_tokenizer, tiny_backbone, tiny_model_dir  # noqa: F401
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return build_tiny_tokenizer()
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    """A saved tiny llama checkpoint + tokenizer, loadable by path like any real model."""
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture()
