@@ -3,7 +3,7 @@
 - :func:`export_merged` writes a plain sentence-transformers folder with the LoRA adapter folded
   into the weights: no peft needed to load it, and no adapter overhead at inference.
 - :func:`package_shipped` copies just the adapter and the BeLLM settings into
-  ``bellm_st/models/<name>/`` (the layout :func:`bellm_st.shipped.load_shipped` reads), so the
+  ``bellm_st/models/<name>/`` (the layout :func:`bellm_st.load` reads for a shipped name), so the
   package ships megabytes instead of a full checkpoint.
 """
 
@@ -30,9 +30,9 @@ def export_merged(
     The folder loads with ``bellm_st.load(output_dir)`` wherever bellm-st is installed (the BeLLM
     module's code), and needs no peft. ``trust_remote_code`` is :func:`bellm_st.load`'s.
     """
-    from bellm_st.api import load_default_or
+    from bellm_st.api import load
 
-    model = load_default_or(name_or_path, device=device, trust_remote_code=trust_remote_code)
+    model = load(name_or_path, device=device, trust_remote_code=trust_remote_code)
     encoder_of(model).merge_adapter()
     output_dir = Path(output_dir)
     model.save(str(output_dir))

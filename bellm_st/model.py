@@ -15,7 +15,19 @@ from typing import Any
 from sentence_transformers import SentenceTransformer
 
 from bellm_st.inputs import validate_text, validate_texts
+from bellm_st.module import BeLLMEncoder
 from bellm_st.tokenization import one_truncation_warning
+
+
+def bellm_encoder(model: Any) -> BeLLMEncoder | None:
+    """The BeLLM module of a model, or None for anything else (a plain sentence-transformers model, an ONNX encoder).
+
+    The one test of "is this a BeLLM model": only a BeLLM encoder places texts inside a template,
+    has a decoder to compile or merge an adapter into, and can run flat batches.
+    """
+    if isinstance(model, SentenceTransformer) and len(model) and isinstance(model[0], BeLLMEncoder):
+        return model[0]
+    return None
 
 
 class BeLLMSentenceTransformer(SentenceTransformer):

@@ -23,7 +23,7 @@ from bellm_st.packing import PACKED_FEATURE, PACKING_ATTENTION, is_packed, pack_
 from bellm_st.pooling import PoolingMode, check_pooling, pool, pool_flat
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
 from bellm_st.pruning import DEFAULT_KEEP_LAYERS, check_bidirectional_fits, check_keep_layers, prune_layers
-from bellm_st.tokenization import TokenizedBatch, tokenize_flat, tokenize_with_template
+from bellm_st.tokenization import TokenizedBatch, ensure_pad_token, tokenize_flat, tokenize_with_template
 from bellm_st.varlen import FLAT_FEATURE, TEXT_OF_TOKEN, flat_attention, is_flat, use_packed_attention
 
 CONFIG_FILE = "bellm_config.json"
@@ -37,8 +37,7 @@ class IdentityConfigurationWarning(UserWarning):
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> PreTrainedTokenizerBase:
     """Give GGUF-converted tokenizers what encoding needs: a pad token and a length limit."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     if not tokenizer.model_max_length or tokenizer.model_max_length > 10**8:
         tokenizer.model_max_length = max_seq_length
     return tokenizer
