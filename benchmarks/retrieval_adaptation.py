@@ -100,8 +100,16 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--combine", nargs="+", type=Path, default=None,
+                        help="no training: merge these results.json files (runs made on different machines) "
+                             "into one table and plot in --out")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.combine:
+        combined = [result for path in args.combine
+                    for result in json.loads(path.read_text(encoding="utf-8"))["results"]]
+        write_report(combined, args.out)
+        return
     results: list[dict] = []
     for model in args.models:
         for seed in args.seeds:
@@ -109,9 +117,13 @@ def main() -> None:
             payload = {"command": vars(args) | {"data_dir": str(args.data_dir), "out": str(args.out)},
                        "versions": versions(), "results": results}
             (args.out / "results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    write_report(results, args.out)
+
+
+def write_report(results: list[dict], out: Path) -> None:
     markdown = table(results)
-    (args.out / "table.md").write_text(markdown + "\n", encoding="utf-8")
-    plot(results, args.out / "adaptation_steps.png")
+    (out / "table.md").write_text(markdown + "\n", encoding="utf-8")
+    plot(results, out / "adaptation_steps.png")
     print(markdown)
 
 
