@@ -128,14 +128,14 @@ def encode(
         _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
     use_bulk = encoder.device.type == "cuda" if bulk is None else bulk
     if compile_layers:
-        from bellm_st.kernels import compile_model_layers
+        from bellm_st.fast import compile_model_layers
 
         try:
             compile_model_layers(encoder)
         except ValueError as error:
             _fail(error)
     if use_bulk:
-        from bellm_st.bulk import encode_bulk
+        from bellm_st.fast import encode_bulk
 
         size = batch_size or GPU_BATCH_TEXTS
         vectors = encode_bulk(encoder, items, batch_size=size, max_batch_tokens=GPU_BATCH_TOKENS, prompt_name=prompt_name,
@@ -155,7 +155,7 @@ def _encode_on_devices(items: list[str], model: str | None, device: str, prompt_
     import torch
 
     from bellm_st.api import GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, inference_dtype
-    from bellm_st.bulk import checked_devices, encode_bulk
+    from bellm_st.fast.bulk import checked_devices, encode_bulk
 
     if compile_layers and bulk is False:
         _fail(ValueError("--compile with several devices compiles inside bulk encoding; drop --no-bulk or --compile"))
@@ -492,12 +492,12 @@ def export(
     """Write a sentence-transformers folder with the LoRA adapter merged (no peft needed to load it)."""
     if onnx:
         try:
-            from bellm_st.onnx_export import export_merged_onnx
+            from bellm_st.fast.onnx_export import export_merged_onnx
 
             export_merged_onnx(model, output_dir, trust_remote_code=trust_remote_code)
         except (TypeError, ValueError, OSError, ImportError) as error:
             _fail(error)
-        console.print(f"wrote {output_dir}; load it with bellm_st.onnx_export.OnnxEncoder({str(output_dir)!r})")
+        console.print(f"wrote {output_dir}; load it with bellm_st.fast.OnnxEncoder({str(output_dir)!r})")
         return
     from bellm_st.export import export_merged
 
@@ -599,7 +599,7 @@ def serve(
         served.to(inference_dtype(dtype, served.device))
     else:
         try:
-            from bellm_st.onnx_export import OnnxEncoder
+            from bellm_st.fast import OnnxEncoder
 
             served = OnnxEncoder(onnx)
         except (FileNotFoundError, ImportError) as error:

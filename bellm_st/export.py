@@ -15,9 +15,8 @@ import shutil
 from pathlib import Path
 
 
-from bellm_st.module import ADAPTER_FOLDER, CONFIG_FILE
+from bellm_st.module import ADAPTER_FOLDER, CONFIG_FILE, encoder_of
 from bellm_st.shipped import SHIPPED_ROOT
-from bellm_st.training.lora import encoder_of
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 

@@ -1,7 +1,7 @@
 """Encoding throughput, side by side in one run: our module (k = 0, 1, 2...) against the same backbone
 as a plain sentence-transformers model (Transformer + last-token Pooling), end to end
 (tokenisation included, embeddings back on the host), through ``SentenceTransformer.encode`` and
-through ``bellm_st.bulk.encode_bulk``.
+through ``bellm_st.fast.bulk.encode_bulk``.
 
 Reports sentences/s, real tokens/s (padding not counted), model TFLOP/s and % of the device's
 peak, peak memory, and the ratios the performance issue asks about (patch overhead k=1 vs k=0,
@@ -26,8 +26,8 @@ import torch
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
 from bellm_st import bulk, varlen
-from bellm_st.bulk import encode_bulk
-from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers
+from bellm_st.fast.bulk import encode_bulk
+from bellm_st.fast.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template
 
@@ -66,7 +66,7 @@ def arguments():
                              "(the policy before bounded pending rows)")
     parser.add_argument("--packed-longest", type=int, default=None,
                         help="flat batches whose longest text exceeds this use the flash kernel instead of the packed "
-                             "one (default: the library's, bellm_st.varlen.packed_longest; 0: flash always)")
+                             "one (default: the library's, bellm_st.fast.flat.packed_longest; 0: flash always)")
     parser.add_argument("--devices", default=None, help="e.g. cuda:0,cuda:1: add multi-device encoding variants")
     parser.add_argument("--check-fp32", type=int, default=1000, help="sentences compared with an fp32 reference (0: skip)")
     parser.add_argument("--peak-tflops", type=float, default=None,

@@ -20,7 +20,7 @@ import torch
 
 from bellm_st import varlen
 from bellm_st.module import BeLLMEncoder
-from bellm_st.varlen import flat_features
+from bellm_st.fast.flat import flat_features
 from tests.conftest import TINY_ARCHITECTURES, build_tiny_tokenizer, tiny_config
 
 

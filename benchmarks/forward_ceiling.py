@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
-from bellm_st.kernels import compile_decoder_layers, uncompile_decoder_layers
+from bellm_st.fast.bulk import EQUAL_LENGTH_ROWS
+from bellm_st.fast.kernels import compile_decoder_layers, uncompile_decoder_layers
 from bellm_st.module import BeLLMEncoder
 
 
@@ -66,7 +67,7 @@ def main() -> None:
     backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
     def forward(network, padding_free: bool) -> torch.Tensor:
-        features = dict(base_features, padding_free=padding_free)
+        features = dict(base_features, batch_layout=EQUAL_LENGTH_ROWS) if padding_free else dict(base_features)
         return network(features)["sentence_embedding"]
 
     reference = None

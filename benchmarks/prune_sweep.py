@@ -141,7 +141,7 @@ def cpu_encoder(model, name: str, args, export_root: Path):
     """What the CPU timing runs: the ONNX export of ``model`` (fp32) in ONNX Runtime, or the model itself."""
     if args.backend == "torch":
         return model
-    from bellm_st.onnx_export import export_onnx
+    from bellm_st.fast.onnx_export import export_onnx
 
     folder = export_root / name
     shutil.rmtree(folder, ignore_errors=True)

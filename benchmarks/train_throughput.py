@@ -35,9 +35,9 @@ from torch import distributed
 from torch.nn import functional
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
-from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers
+from bellm_st.fast.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
-from bellm_st.packing import DEFAULT_ROW_LENGTH, merge_packed
+from bellm_st.fast.packing import DEFAULT_ROW_LENGTH, PackedRows, merge_packed
 
 LOSS_SCALE = 20.0
 
@@ -92,7 +92,7 @@ def build_model(path: str, variant: dict[str, Any], args, device: torch.device, 
 
     encoder = BeLLMEncoder(path, bidirectional_layers=variant["layers"], pooling=args.pooling,
                            model_kwargs={"dtype": dtype, "attn_implementation": args.attn},
-                           packing_row_length=args.packing_row_length if variant["packed"] else None)
+                           batch_layout=PackedRows(args.packing_row_length) if variant["packed"] else None)
     if variant["checkpointing"]:
         encoder.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     dropout = args.lora_dropout if variant["dropout"] is None else variant["dropout"]
@@ -125,7 +125,7 @@ class Prefetcher(threading.Thread):
                 start = (step * self.batch_size) % len(self.triplets)
                 batch = [self.triplets[(start + offset) % len(self.triplets)] for offset in range(self.batch_size)]
                 columns = [text for column in zip(*batch) for text in column]  # anchors, positives, negatives
-                if self.model[0].packing_row_length is not None:  # as bellm-st train: each column packed, then merged
+                if self.model[0].batch_layout is not None:  # as bellm-st train: each column packed, then merged
                     parts = [self.model.preprocess(list(column)) for column in zip(*batch)]
                     features = [merge_packed(parts, self.model[0].tokenizer.pad_token_id)]
                     order = None

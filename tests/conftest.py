@@ -10,7 +10,7 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
-    # Triton kernels (bellm_st.packed_attention) then run in Triton's interpreter on CPU tensors;
+    # Triton kernels (bellm_st.fast.packed_attention) then run in Triton's interpreter on CPU tensors;
     # it must be chosen before the first kernel is defined.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers

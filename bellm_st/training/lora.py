@@ -11,18 +11,7 @@ from __future__ import annotations
 from peft import LoraConfig, get_peft_model
 from sentence_transformers import SentenceTransformer
 
-from bellm_st.module import BeLLMEncoder
-
-
-def encoder_of(model: SentenceTransformer) -> BeLLMEncoder:
-    """The BeLLM module of a SentenceTransformer, or an error saying what kind of model it is."""
-    encoder = model[0]
-    if not isinstance(encoder, BeLLMEncoder):
-        raise TypeError(
-            f"expected a BeLLM model (first module BeLLMEncoder), got {type(encoder).__name__}; "
-            "build one with bellm_st.build(base)"
-        )
-    return encoder
+from bellm_st.module import encoder_of
 
 
 def add_lora(

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bellm_st
-from bellm_st.bulk import _unpadded_batches, checked_devices, encode_bulk
+from bellm_st.fast.bulk import _unpadded_batches, checked_devices, encode_bulk
 
 TEXTS = [text[:cut] for text in (
     "A man is playing a guitar.",
@@ -95,7 +95,7 @@ def test_bellm_batches_hold_no_padding_and_respect_both_limits(model, monkeypatc
     texts = TEXTS * 3
     expected = model.encode(texts, batch_size=4)
     seen.clear()
-    monkeypatch.setattr("bellm_st.bulk.TOKENIZE_CHUNK", 7)  # several chunks, so buckets fill across chunks
+    monkeypatch.setattr("bellm_st.fast.bulk.TOKENIZE_CHUNK", 7)  # several chunks, so buckets fill across chunks
     actual = encode_bulk(model, texts, batch_size=5, max_batch_tokens=40)
     np.testing.assert_allclose(actual, expected, atol=1e-5)
     assert sum(len(batch["input_ids"]) for batch in seen) == len(texts)
@@ -152,7 +152,7 @@ def test_rows_do_not_wait_for_the_whole_collection(model, pending_batches):
     try:
         texts = TEXTS * 4
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("bellm_st.bulk.TOKENIZE_CHUNK", 4)
+            patch.setattr("bellm_st.fast.bulk.TOKENIZE_CHUNK", 4)
             batches = _unpadded_batches(encoder, texts, None, batch_size=40, max_batch_tokens=100_000,
                                         pending_batches=pending_batches)
             first_indices, _ = next(batches)

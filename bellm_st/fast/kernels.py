@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bellm_st.bidirectional import find_decoder_layers
+from bellm_st.module import BeLLMEncoder
 
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
@@ -60,8 +61,6 @@ def compile_model_layers(model: nn.Module) -> None:
     Other models are refused with a ``ValueError`` naming their first module: only BeLLM models
     expose one decoder whose layers share a code path.
     """
-    from bellm_st.module import BeLLMEncoder
-
     if not isinstance(model[0], BeLLMEncoder):
         raise ValueError(f"compiling layers works on BeLLM models; this one starts with {type(model[0]).__name__}")
     compile_decoder_layers(model[0].decoder)

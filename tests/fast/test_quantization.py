@@ -7,8 +7,8 @@ import onnx
 import pytest
 
 import bellm_st
-from bellm_st.onnx_export import ONNX_FILE, OnnxEncoder, export_onnx
-from bellm_st.quantization import (
+from bellm_st.fast.onnx_export import ONNX_FILE, OnnxEncoder, export_onnx
+from bellm_st.fast.quantization import (
     MICROSOFT_DOMAIN,
     GraphBuilder,
     linear_layers,
