@@ -489,7 +489,7 @@ def export(
     onnx: bool = typer.Option(False, "--onnx", help="Write an ONNX graph for fast CPU inference instead."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
-    """Write a sentence-transformers folder with the LoRA adapter merged (no peft needed to load it)."""
+    """Write a hub-ready sentence-transformers folder: LoRA adapter merged, the encoder's code inside (loads without bellm-st)."""
     if onnx:
         try:
             from bellm_st.fast.onnx_export import export_merged_onnx
@@ -505,7 +505,8 @@ def export(
         export_merged(model, output_dir, trust_remote_code=trust_remote_code)
     except (TypeError, ValueError, OSError) as error:
         _fail(error)
-    console.print(f"wrote {output_dir}; load it with bellm_st.load({str(output_dir)!r})")
+    console.print(f"wrote {output_dir}; load it with SentenceTransformer({str(output_dir)!r}, trust_remote_code=True), "
+                  f"or bellm_st.load({str(output_dir)!r}) where bellm-st is installed")
 
 
 @app.command()
