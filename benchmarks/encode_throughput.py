@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
-from bellm_st import bulk, varlen
+from bellm_st.fast import bulk, flat
 from bellm_st.fast.bulk import encode_bulk
 from bellm_st.fast.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
@@ -121,7 +121,7 @@ def padded_tokens(lengths: np.ndarray, batch_size: int) -> int:
 def main() -> None:
     args = arguments()
     if args.packed_longest is not None:
-        varlen.PACKED_LONGEST = varlen.PACKED_LONGEST_WIDE_HEADS = args.packed_longest
+        flat.PACKED_LONGEST = flat.PACKED_LONGEST_WIDE_HEADS = args.packed_longest
     device = torch.device(args.device)
     dtype = harness.parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
     peak = args.peak_tflops or (harness.H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
