@@ -48,17 +48,6 @@ class BatchLayout(Protocol):
         """The token states and one pooled (not yet normalised) vector per text of such a batch."""
 
 
-def encoder_of(model: SentenceTransformer) -> BeLLMEncoder:
-    """The BeLLM module of a SentenceTransformer, or an error saying what kind of model it is."""
-    encoder = model[0]
-    if not isinstance(encoder, BeLLMEncoder):
-        raise TypeError(
-            f"expected a BeLLM model (first module BeLLMEncoder), got {type(encoder).__name__}; "
-            "build one with bellm_st.build(base)"
-        )
-    return encoder
-
-
 class IdentityConfigurationWarning(UserWarning):
     """Only the last layer is bi-directional and pooling is last-token: the causal model's vector."""
 
@@ -185,7 +174,7 @@ class BeLLMEncoder(InputModule):
     # -- sentence-transformers contract -------------------------------------------------------
     def preprocess(
         self, inputs: Sequence[Any], prompt: str | None = None, max_length: int | None = None, **kwargs
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
         """``max_length`` overrides ``max_seq_length`` for this batch (the trainer passes a task's own budget)."""
         budget = max_length or self.max_seq_length
         if self.batch_layout is None:
@@ -301,3 +290,14 @@ class BeLLMEncoder(InputModule):
 
     def __repr__(self) -> str:
         return f"BeLLMEncoder({self.get_config_dict()}, backbone={type(self.decoder).__name__})"
+
+
+def encoder_of(model: SentenceTransformer) -> BeLLMEncoder:
+    """The BeLLM module of a SentenceTransformer, or an error saying what kind of model it is."""
+    encoder = model[0]
+    if not isinstance(encoder, BeLLMEncoder):
+        raise TypeError(
+            f"expected a BeLLM model (first module BeLLMEncoder), got {type(encoder).__name__}; "
+            "build one with bellm_st.build(base)"
+        )
+    return encoder

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bellm_st
-from bellm_st.fast.bulk import _unpadded_batches, checked_devices, encode_bulk
+from bellm_st.fast.bulk import EQUAL_LENGTH_ROWS, _unpadded_batches, checked_devices, encode_bulk
 
 TEXTS = [text[:cut] for text in (
     "A man is playing a guitar.",
@@ -167,3 +167,14 @@ def test_rows_do_not_wait_for_the_whole_collection(model, pending_batches):
         assert chunks_before_first_batch < all_chunks
     every_row = np.sort(np.concatenate([first_indices, *rest]))
     np.testing.assert_array_equal(every_row, np.arange(len(texts)))
+
+
+def test_rows_of_one_length_encode_like_padded_rows_and_refuse_mixed_lengths(tiny_model):
+    encoder = tiny_model[0]
+    same_length = ["A man is playing a guitar."] * 3
+    expected = encoder(encoder.preprocess(same_length))["sentence_embedding"]
+    features = EQUAL_LENGTH_ROWS.preprocess(encoder, same_length, None, encoder.max_seq_length)
+    assert torch.allclose(encoder(features)["sentence_embedding"], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="one token length"):
+        EQUAL_LENGTH_ROWS.preprocess(encoder, ["Hi", "A man is playing a guitar."], None, encoder.max_seq_length)
+

@@ -13,7 +13,7 @@ import torch
 
 import bellm_st
 from bellm_st.bidirectional import attention_reach
-from bellm_st.fast import flat
+from bellm_st.fast import FLAT_ROW, flat
 from bellm_st.fast.bulk import _flat_batches, encode_bulk
 from bellm_st.fast.flat import (
     VARLEN_ATTENTION,
@@ -44,6 +44,14 @@ def test_flat_embeddings_equal_padded_ones(tiny_tokenizer, architecture, layers)
     with torch.no_grad():
         padded = embed(encoder, TEXTS)
     assert torch.allclose(embed_flat(encoder, TEXTS), padded, atol=1e-5)
+
+
+def test_an_encoder_laid_out_in_one_row_encodes_like_a_padded_one(tiny_model):
+    """FLAT_ROW as the encoder's batch layout: sentence-transformers' encode gets one row per batch."""
+    expected = tiny_model.encode(TEXTS, convert_to_tensor=True)
+    tiny_model[0].batch_layout = FLAT_ROW
+    assert tiny_model[0].preprocess(TEXTS[:3])["input_ids"].shape[0] == 1
+    assert torch.allclose(tiny_model.encode(TEXTS, convert_to_tensor=True, batch_size=4), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3_text"])
