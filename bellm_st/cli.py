@@ -155,7 +155,8 @@ def _encode_on_devices(items: list[str], model: str | None, device: str, prompt_
     import torch
 
     from bellm_st.api import GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, inference_dtype
-    from bellm_st.fast.bulk import checked_devices, encode_bulk
+    from bellm_st.fast import encode_bulk
+    from bellm_st.fast.bulk import checked_devices
 
     if compile_layers and bulk is False:
         _fail(ValueError("--compile with several devices compiles inside bulk encoding; drop --no-bulk or --compile"))
