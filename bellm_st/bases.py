@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CACHE_ENV_VAR = "BELLM_ST_CACHE"
-DEFAULT_MAX_SEQ_LENGTH = 8192
+# The longest input a converted base's saved tokenizer admits (capped further by the model's
+# positions). Not an encoder's token budget, which is module.DEFAULT_MAX_SEQ_LENGTH and set per
+# model: this only keeps a converted checkpoint from claiming an unbounded length.
+CONVERTED_TOKENIZER_MAX_LENGTH = 8192
 
 
 def _gguf_in_distribution(distribution: str) -> Path:
@@ -81,10 +84,12 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(xdg) / "bellm-st"
 
 
-def convert_gguf(gguf_path: Path, output_dir: Path, max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH) -> None:
+def convert_gguf(gguf_path: Path, output_dir: Path, max_length: int = CONVERTED_TOKENIZER_MAX_LENGTH) -> None:
     """Dequantise a GGUF file into a plain transformers checkpoint (causal LM + tokenizer)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bellm_st.tokenization import ensure_pad_token
 
     folder, file_name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file_name)
@@ -94,10 +99,9 @@ def convert_gguf(gguf_path: Path, output_dir: Path, max_seq_length: int = DEFAUL
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or max_seq_length
-    tokenizer.model_max_length = min(limit, max_seq_length)
+    ensure_pad_token(tokenizer)
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or max_length
+    tokenizer.model_max_length = min(limit, max_length)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
 

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from bellm_st.serving.settings import ServerSettings
+from bellm_st.api import ENCODE_BATCH_SIZE, GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, INFERENCE_DTYPES
+from bellm_st.evaluation.sts import EVAL_BATCH_SIZE
+from bellm_st.training.adaptation import FULL_FINE_TUNE_LEARNING_RATE
+from bellm_st.training.adaptation import adapt as adapt_model
+from bellm_st.training.recipe import DATA_FORMATS, MIXTURES, Recipe
+from bellm_st.training.sweep import layer_sweep
 
 app = typer.Typer(help="BeLLM sentence embeddings from decoder-only LLMs.", no_args_is_help=True)
 console = Console()
 
 SERVER_DEFAULTS = ServerSettings()  # `serve` shows and uses these; their home is ServerSettings
+DTYPE_HELP = f"Weights' precision: auto (bf16 on a GPU that has it, else fp32), {', '.join(INFERENCE_DTYPES)}."
 MODEL_HELP = "A shipped model or base name, or a saved model folder (default: the shipped default model)."
 TRUST_HELP = (
     "Load a model folder that names module classes outside sentence-transformers and bellm-st, or holds only "
@@ -34,10 +44,10 @@ def _read_texts(texts: list[str], file: Path | None) -> list[str]:
 
 def _load_model(model: str | None, device: str | None, trust_remote_code: bool):
     """The model a command names, or exit 2 with one line (a missing folder, an untrusted one ...)."""
-    from bellm_st.api import load_default_or
+    from bellm_st.api import load
 
     try:
-        return load_default_or(model, device=device, trust_remote_code=trust_remote_code)
+        return load(model, device=device, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         _fail(error)
 
@@ -50,6 +60,16 @@ def _check_dtype(name: str) -> None:
 
     try:
         inference_dtype(name, torch.device("cpu"))
+    except ValueError as error:
+        _fail(error)
+
+
+def _check_prompt_name(model, prompt_name: str | None) -> None:
+    """Refuse a ``--prompt-name`` the model lacks before encoding anything."""
+    from bellm_st.prompts import resolve_prompt
+
+    try:
+        resolve_prompt(model.prompts, prompt_name=prompt_name)
     except ValueError as error:
         _fail(error)
 
@@ -69,7 +89,8 @@ def encode(
     model: str = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     prompt_name: str = typer.Option(None, help="Use the model's named prompt, e.g. query or document."),
     batch_size: int = typer.Option(
-        None, min=1, help="Texts per batch (default 32 on CPU; on a GPU, bulk batches of up to 4096 texts / 131,072 tokens)."
+        None, min=1, help=f"Texts per batch (default {ENCODE_BATCH_SIZE} on CPU; on a GPU, bulk batches of up to "
+        f"{GPU_BATCH_TEXTS} texts / {GPU_BATCH_TOKENS:,} tokens)."
     ),
     normalize: bool = typer.Option(True, help="L2-normalise the vectors."),
     device: str = typer.Option(
@@ -78,11 +99,9 @@ def encode(
     ),
     bulk: bool = typer.Option(None, "--bulk/--no-bulk", help="Use encode_bulk (default: on a GPU)."),
     compile_layers: bool = typer.Option(
-        False, "--compile", help="torch.compile each decoder layer first: ~20 s of warm-up, then faster on large files."
+        False, "--compile", help="torch.compile each decoder layer first: a warm-up, then faster on large files."
     ),
-    dtype: str = typer.Option(
-        "auto", help="Weights' precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16."
-    ),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
     on_ray: bool = typer.Option(
         False, "--ray", help="Embed --input files on a Ray cluster ($RAY_ADDRESS, else a local one) into --output/."
@@ -98,11 +117,11 @@ def encode(
     """Embed texts and print them as JSON lines (or save them).
 
     On a GPU the texts go through `encode_bulk` (tokenisation overlapped with the model, batches
-    without padding) in bf16: vectors within cosine 0.9998 of fp32, several times faster on
-    large files. With --ray, each input file becomes one parquet file in --output (ids kept); a
+    without padding) in bf16: vectors next to fp32's and much faster on large files
+    (figures in docs/BENCHMARKS.md). With --ray, each input file becomes one parquet file in --output (ids kept); a
     re-run skips the files already written.
     """
-    from bellm_st.api import GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, inference_dtype
+    from bellm_st.api import inference_dtype
     from bellm_st.inputs import validate_texts
 
     if on_ray or input_files is not None:
@@ -124,8 +143,7 @@ def encode(
         return
     encoder = _load_model(model, device, trust_remote_code)
     encoder.to(inference_dtype(dtype, encoder.device))
-    if prompt_name is not None and prompt_name not in encoder.prompts:
-        _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
+    _check_prompt_name(encoder, prompt_name)
     use_bulk = encoder.device.type == "cuda" if bulk is None else bulk
     if compile_layers:
         from bellm_st.fast import compile_model_layers
@@ -141,7 +159,7 @@ def encode(
         vectors = encode_bulk(encoder, items, batch_size=size, max_batch_tokens=GPU_BATCH_TOKENS, prompt_name=prompt_name,
                               normalize_embeddings=normalize, show_progress_bar=len(items) > size)
     else:
-        size = batch_size or 32
+        size = batch_size or ENCODE_BATCH_SIZE
         vectors = encoder.encode(items, prompt_name=prompt_name, batch_size=size, normalize_embeddings=normalize,
                                  show_progress_bar=len(items) > size)
     _write_vectors(items, vectors, output)
@@ -154,7 +172,7 @@ def _encode_on_devices(items: list[str], model: str | None, device: str, prompt_
     each running ``encode_bulk`` (``--no-bulk``: sentence-transformers' own batches)."""
     import torch
 
-    from bellm_st.api import GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, inference_dtype
+    from bellm_st.api import inference_dtype
     from bellm_st.fast import encode_bulk
     from bellm_st.fast.bulk import checked_devices
 
@@ -166,10 +184,9 @@ def _encode_on_devices(items: list[str], model: str | None, device: str, prompt_
         _fail(error)
     encoder = _load_model(model, "cpu", trust_remote_code)  # the pool moves a copy to each device
     encoder.to(inference_dtype(dtype, torch.device(devices[0])))
-    if prompt_name is not None and prompt_name not in encoder.prompts:
-        _fail(ValueError(f"--prompt-name {prompt_name!r} is not one of the model's prompts {sorted(encoder.prompts)}"))
+    _check_prompt_name(encoder, prompt_name)
     if bulk is False:
-        size = batch_size or 32
+        size = batch_size or ENCODE_BATCH_SIZE
         return encoder.encode(items, prompt_name=prompt_name, batch_size=size, normalize_embeddings=normalize,
                               device=devices, show_progress_bar=len(items) > size)
     size = batch_size or GPU_BATCH_TEXTS
@@ -255,76 +272,111 @@ def similarity(
     console.print(table)
 
 
-DATA_DIR_HELP = "Folder that relative data paths are read from (default: the recipe's, ../shared/data)."
+RECIPE_DEFAULTS = Recipe()  # `train` options left out keep these; their home is Recipe
+RECIPE_FIELDS = {field.name for field in dataclasses.fields(Recipe)}
+DATA_DIR_HELP = f"Folder that relative data paths are read from (default: the recipe's, {RECIPE_DEFAULTS.data_dir})."
+
+
+def _with_default(text: str, default: Any) -> str:
+    """A help text ending in the default its option falls back to, read from that default's home."""
+    return f"{text} (default: {default})" if text else f"(default: {default})"
+
+
+def _recipe_help(field: str, text: str = "") -> str:
+    return _with_default(text, getattr(RECIPE_DEFAULTS, field))
+
+
+def _parameter_defaults(function: Any) -> dict[str, Any]:
+    """A function's keyword defaults, for the options that fall back to them."""
+    return {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()}
+
+
+SWEEP_DEFAULTS = _parameter_defaults(layer_sweep)
+ADAPT_DEFAULTS = _parameter_defaults(adapt_model)
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user gave: the others stay out, so the callee's own default applies."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 @app.command()
 def train(
+    context: typer.Context,
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Where the model, recipe.json and checkpoints/ go."),
     recipe: Path = typer.Option(None, help="A recipe.json to reproduce; the options below override its fields."),
-    base: str = typer.Option(None, help="Shipped base name, local checkpoint folder or hub id."),
+    base: str = typer.Option(None, help=_recipe_help("base", "Shipped base name, local checkpoint folder or hub id.")),
     data_dir: Path = typer.Option(None, help=DATA_DIR_HELP),
     train_data: list[str] = typer.Option(
-        None, "--train-data", help="Training file PATH[:FORMAT[:MAX_ROWS]] (repeatable); formats: auto, triplets, "
-        "nli-triplets, nli-pairs, paraphrase-pairs, scored-pairs. A task with its own prompts, loss and token budget: "
+        None, "--train-data", help="Training file PATH[:FORMAT[:MAX_ROWS]] (repeatable); formats: "
+        f"{', '.join(DATA_FORMATS)}. A task with its own prompts, loss and token budget: "
         'a JSON object, e.g. \'{"path": "qa.tsv", "prompts": {"anchor": "query", "positive": "document"}, '
         '"loss": "contrastive", "max_seq_length": 256}\'.'
 
     ),
     dev_data: list[str] = typer.Option(None, "--dev-data", help="STS dev file (repeatable)."),
     no_dev: bool = typer.Option(False, "--no-dev", help="Train without periodic dev evaluation."),
-    bidirectional_layers: int = typer.Option(None, "--bidirectional-layers", "-k"),
+    bidirectional_layers: int = typer.Option(None, "--bidirectional-layers", "-k", help=_recipe_help("bidirectional_layers")),
     keep_layers: int = typer.Option(
         None, "--keep-layers", help="Keep only the first N decoder layers (smaller, faster); -k counts among them."
     ),
-    pooling: str = typer.Option(None),
-    learning_rate: float = typer.Option(None, "--lr"),
-    batch_size: int = typer.Option(None),
-    max_steps: int = typer.Option(None),
-    epochs: float = typer.Option(None),
-    train_max_seq_length: int = typer.Option(None, help="Token budget while training (default 64)."),
-    lora_r: int = typer.Option(None),
-    lora_alpha: int = typer.Option(None),
-    lora_dropout: float = typer.Option(None),
-    contrastive_weight: float = typer.Option(None),
-    angle_weight: float = typer.Option(None),
-    cosent_weight: float = typer.Option(None),
-    mixture: str = typer.Option(None, help="proportional or round_robin sampling across training files."),
+    pooling: str = typer.Option(None, help=_recipe_help("pooling")),
+    learning_rate: float = typer.Option(None, "--lr", help=_recipe_help("learning_rate")),
+    batch_size: int = typer.Option(None, help=_recipe_help("batch_size")),
+    max_steps: int = typer.Option(None, help=_recipe_help("max_steps", "-1: as many as --epochs take.")),
+    epochs: float = typer.Option(None, help=_recipe_help("epochs")),
+    train_max_seq_length: int = typer.Option(None, help=_recipe_help("train_max_seq_length", "Token budget while training.")),
+    lora_r: int = typer.Option(None, help=_recipe_help("lora_r")),
+    lora_alpha: int = typer.Option(None, help=_recipe_help("lora_alpha")),
+    lora_dropout: float = typer.Option(None, help=_recipe_help("lora_dropout")),
+    contrastive_weight: float = typer.Option(None, help=_recipe_help("contrastive_weight")),
+    angle_weight: float = typer.Option(None, help=_recipe_help("angle_weight")),
+    cosent_weight: float = typer.Option(None, help=_recipe_help("cosent_weight")),
+    mixture: str = typer.Option(None, help=_recipe_help("mixture", f"Sampling across training files: {' or '.join(MIXTURES)}.")),
     query_template: str = typer.Option(None, help="The model's query prompt (a task's prompt 'query' means it)."),
     document_template: str = typer.Option(None, help="The model's document prompt (a task's prompt 'document')."),
     matryoshka_dims: str = typer.Option(None, help="Also train these leading sizes of the vector, e.g. 64,128,256,576."),
     distill_teacher: str = typer.Option(
         None, help="A teacher model whose embeddings supervise the student (with only --distill-weight: the shipped default model)."
     ),
-    distill_weight: float = typer.Option(None, min=0, help="Weight of the teacher's part of the loss (default 0: no teacher)."),
-    distill_loss: str = typer.Option(
-        None, help="cosine or mse (each text's two vectors, same size) or similarity (the batch's similarity matrices)."
+    distill_weight: float = typer.Option(
+        None, min=0, help=_recipe_help("distill_weight", "Weight of the teacher's part of the loss (0: no teacher).")
     ),
-    seed: int = typer.Option(None),
-    gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    distill_loss: str = typer.Option(
+        None, help=_recipe_help(
+            "distill_loss", "cosine or mse (each text's two vectors, same size) or similarity (the batch's similarity matrices)."
+        )
+    ),
+    seed: int = typer.Option(None, help=_recipe_help("seed")),
+    gradient_checkpointing: bool = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing", help=_recipe_help("gradient_checkpointing")
+    ),
     packing_row_length: int = typer.Option(
-        None, min=0, help="Pack each batch's texts into rows of this many tokens (default 256; 0 pads instead)."
+        None, min=0, help=_recipe_help("packing_row_length", "Pack each batch's texts into rows of this many tokens (0 pads instead).")
     ),
     dataloader_workers: int = typer.Option(
-        None, min=0, help="Processes preparing batches ahead of the GPU (default: 4 on GPU machines of 8+ cores)."
+        None, min=0, help="Processes preparing batches ahead of the GPU (default: 4 on GPU machines of 8+ cores, else 0)."
     ),
     compile_layers: bool = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile each decoder layer (faster steps on GPUs after ~30 s)."
+        None, "--compile/--no-compile",
+        help=_recipe_help("compile_layers", "torch.compile each decoder layer (faster steps on GPUs after some compiling)."),
     ),
     gather_across_devices: bool = typer.Option(
         None, "--gather-across-devices/--no-gather-across-devices",
-        help="Under torchrun, use every GPU's texts as negatives (a larger effective batch).",
+        help=_recipe_help("gather_across_devices", "Under torchrun, use every GPU's texts as negatives (a larger effective batch)."),
     ),
-    eval_steps: int = typer.Option(None),
-    save_steps: int = typer.Option(None),
+    eval_steps: int = typer.Option(None, help=_recipe_help("eval_steps")),
+    save_steps: int = typer.Option(None, help=_recipe_help("save_steps")),
     resume: bool = typer.Option(False, help="Continue from the last complete checkpoint in OUTPUT_DIR/checkpoints."),
     overwrite: bool = typer.Option(
         False, help="Train into a non-empty OUTPUT_DIR anyway, deleting its previous run's checkpoints."
     ),
     device: str = typer.Option(None, help="cpu, cuda ... (default: the trainer's choice)."),
 ) -> None:
-    """Fine-tune a BeLLM encoder with LoRA and the AnglE objective; saves model, recipe.json and a model card."""
-    from bellm_st.training import Recipe
+    """Fine-tune a BeLLM encoder with LoRA and the AnglE objective; saves model, recipe.json and a model card.
+
+    Every option named after a recipe field overrides that field; left out, the recipe's value stays.
+    """
     from bellm_st.training import train as run_training
 
     try:
@@ -335,19 +387,11 @@ def train(
                 dims = [int(part) for part in matryoshka_dims.split(",") if part.strip()]
             except ValueError:
                 raise ValueError(f"--matryoshka-dims {matryoshka_dims!r} must be sizes separated by commas, e.g. 64,128,256") from None
-        settings = settings.with_changes(
-            query_template=query_template, document_template=document_template, matryoshka_dims=dims,
-            base=base, train_data=train_data or None, dev_data=[] if no_dev else (dev_data or None),
-            bidirectional_layers=bidirectional_layers, keep_layers=keep_layers, pooling=pooling, learning_rate=learning_rate,
-            distill_teacher=distill_teacher, distill_weight=distill_weight, distill_loss=distill_loss,
-            batch_size=batch_size, max_steps=max_steps, epochs=epochs, train_max_seq_length=train_max_seq_length,
-            lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, contrastive_weight=contrastive_weight,
-            angle_weight=angle_weight, cosent_weight=cosent_weight, mixture=mixture, seed=seed,
-            gradient_checkpointing=gradient_checkpointing, gather_across_devices=gather_across_devices,
-            packing_row_length=packing_row_length, compile_layers=compile_layers,
-            dataloader_workers=dataloader_workers,
-            eval_steps=eval_steps, save_steps=save_steps,
-        )
+        fields = {name: value for name, value in context.params.items() if name in RECIPE_FIELDS}
+        # --data-dir is where this machine finds the data: passed on below, not written into the recipe
+        fields.update(data_dir=None, matryoshka_dims=dims, train_data=train_data or None,
+                      dev_data=[] if no_dev else (dev_data or None))
+        settings = settings.with_changes(**fields)
         result = run_training(settings, output_dir, data_dir=data_dir, resume=resume, overwrite=overwrite, device=device)
     except (TypeError, ValueError, FileNotFoundError) as error:
         _fail(error)
@@ -365,45 +409,52 @@ def adapt(
     model: str = typer.Option(
         None, "--model", "-m", help=MODEL_HELP + " Any sentence-transformers folder works too (`minilm`: all-MiniLM-L6-v2)."
     ),
-    pairs: str = typer.Option("title,ict", help="Weak pair kinds, comma-separated: title, ict (inverse cloze), generated."),
+    pairs: str = typer.Option(
+        None, help=_with_default(
+            "Weak pair kinds, comma-separated: title, ict (inverse cloze), generated.", ",".join(ADAPT_DEFAULTS["kinds"])
+        ),
+    ),
     generated_queries: str = typer.Option(
         None, "--generated-queries", help="A decoder LLM that writes a query per document (adds 'generated'; slow on CPU)."
     ),
     general_data: str = typer.Option(
-        None, help="General training file mixed in so STS is kept (default: nli/triplets.tsv under --data-dir)."
+        None, help=_with_default("General training file mixed in so STS is kept, under --data-dir.", ADAPT_DEFAULTS["general_data"])
     ),
-    general_ratio: float = typer.Option(None, min=0, help="General examples per weak pair (default 0.5; 0: none)."),
+    general_ratio: float = typer.Option(
+        None, min=0, help=_with_default("General examples per weak pair (0: none).", ADAPT_DEFAULTS["general_ratio"])
+    ),
     data_dir: Path = typer.Option(None, help=DATA_DIR_HELP),
     query_template: str = typer.Option(None, help="Query prompt (default for BeLLM models: a query template; others: none)."),
     document_template: str = typer.Option(None, help="Document prompt (default for BeLLM models: the model's template)."),
-    max_seq_length: int = typer.Option(None, min=2, help="Token budget of the weak pairs' passages (default 256)."),
+    max_seq_length: int = typer.Option(
+        None, min=2, help=_with_default("Token budget of the weak pairs' passages.", ADAPT_DEFAULTS["max_seq_length"])
+    ),
     keep_layers: int = typer.Option(None, "--keep-layers", help="Keep only the first N decoder layers of a BeLLM model."),
-    batch_size: int = typer.Option(32, min=2),
+    batch_size: int = typer.Option(None, min=2, help=_with_default("", ADAPT_DEFAULTS["batch_size"])),
     max_steps: int = typer.Option(None, min=1),
-    epochs: float = typer.Option(1.0),
-    learning_rate: float = typer.Option(None, "--lr", help="Default: 2e-4 (LoRA on BeLLM models), 2e-5 (full fine-tune)."),
-    seed: int = typer.Option(42),
+    epochs: float = typer.Option(None, help=_with_default("", ADAPT_DEFAULTS["epochs"])),
+    learning_rate: float = typer.Option(
+        None, "--lr", help=f"Default: {RECIPE_DEFAULTS.learning_rate} (LoRA on BeLLM models), "
+        f"{FULL_FINE_TUNE_LEARNING_RATE} (full fine-tune)."
+    ),
+    seed: int = typer.Option(None, help=_with_default("", ADAPT_DEFAULTS["seed"])),
     eval_retrieval: Path = typer.Option(None, help="A BEIR folder scored every --eval-steps (and at step 0)."),
-    eval_split: str = typer.Option("test", help="The qrels split of --eval-retrieval."),
+    eval_split: str = typer.Option(None, help=_with_default("The qrels split of --eval-retrieval.", ADAPT_DEFAULTS["eval_split"])),
     eval_steps: int = typer.Option(None, min=1),
     save_steps: int = typer.Option(None, min=1),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUTPUT_DIR/checkpoints."),
     device: str = typer.Option(None, help="cpu, cuda ... (default: the trainer's choice)."),
 ) -> None:
     """Adapt a model to your documents without labels: weak query -> passage pairs + general data, then save it."""
-    from bellm_st.training import adaptation as adapt_module
-
+    kinds = None if pairs is None else tuple(kind.strip() for kind in pairs.split(",") if kind.strip())
     try:
-        result = adapt_module.adapt(
-            corpus, output_dir, model=model, kinds=tuple(kind.strip() for kind in pairs.split(",") if kind.strip()),
-            generator=generated_queries,
-            general_data=general_data or adapt_module.DEFAULT_GENERAL_DATA,
-            general_ratio=adapt_module.DEFAULT_GENERAL_RATIO if general_ratio is None else general_ratio,
-            data_dir=data_dir, query_template=query_template, document_template=document_template,
-            max_seq_length=max_seq_length or adapt_module.DEFAULT_DOCUMENT_LENGTH, keep_layers=keep_layers,
-            batch_size=batch_size,
-            max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, seed=seed, eval_retrieval=eval_retrieval,
-            eval_split=eval_split, eval_steps=eval_steps, save_steps=save_steps, resume=resume, device=device,
+        result = adapt_model(
+            corpus, output_dir, model=model, generator=generated_queries, data_dir=data_dir,
+            query_template=query_template, document_template=document_template, keep_layers=keep_layers,
+            max_steps=max_steps, learning_rate=learning_rate, eval_retrieval=eval_retrieval, eval_steps=eval_steps,
+            save_steps=save_steps, resume=resume, device=device,
+            **_given(kinds=kinds, general_data=general_data, general_ratio=general_ratio, max_seq_length=max_seq_length,
+                     batch_size=batch_size, epochs=epochs, seed=seed, eval_split=eval_split),
         )
     except (TypeError, ValueError, FileNotFoundError) as error:
         _fail(error)
@@ -417,12 +468,11 @@ def evaluate(
     retrieval: Path = typer.Option(None, help="A BEIR folder (corpus.jsonl, queries.jsonl, qrels/)."),
     split: str = typer.Option("test", help="Which qrels/<split>.tsv to use."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the scores as JSON here."),
-    batch_size: int = typer.Option(64, min=1),
+    batch_size: int = typer.Option(EVAL_BATCH_SIZE, min=1, help="Texts per encode batch."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Score a model: Spearman x100 on STS files (and their average), nDCG@10/Recall@100/MRR@10 on a BEIR folder."""
-    from bellm_st.evaluation.models import load_for_evaluation
     from bellm_st.evaluation.report import scores_table, write_json
     from bellm_st.evaluation.retrieval import evaluate_retrieval, read_beir_folder
     from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs
@@ -434,7 +484,7 @@ def evaluate(
             read_scored_pairs(path)  # fail on bad data before loading a model
         if retrieval is not None:
             read_beir_folder(retrieval, split)
-        encoder = load_for_evaluation(model, device=device, trust_remote_code=trust_remote_code)
+        encoder = _load_model(model, device, trust_remote_code)
         results: dict[str, dict[str, float]] = {}
         if sts:
             results["sts"] = evaluate_sts_files(encoder, sts, batch_size=batch_size)
@@ -458,15 +508,18 @@ def sweep(
     layers: list[int] = typer.Option(..., "--layers", "-k", help="A k to try (repeatable): -k 0 -k 1 -k 2 -k 4"),
     dev_data: list[str] = typer.Option(None, "--dev-data", help="STS dev file (repeatable; default STS-B + SICK dev)."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Where sweep.md, sweep.json and sweep.png go."),
-    zero_shot: bool = typer.Option(False, "--zero-shot", help="Score the untrained model for each k (no training)."),
-    pooling: str = typer.Option("last"),
+    zero_shot: bool = typer.Option(
+        None, "--zero-shot/--trained", help=_with_default(
+            "Score the untrained model for each k, or train one per k.", "--zero-shot" if SWEEP_DEFAULTS["zero_shot"] else "--trained"
+        ),
+    ),
+    pooling: str = typer.Option(None, help=_with_default("", SWEEP_DEFAULTS["pooling"])),
     recipe: Path = typer.Option(None, help="Recipe for the training runs (k, base and pooling come from the sweep)."),
     data_dir: Path = typer.Option(None, help=DATA_DIR_HELP),
     device: str = typer.Option(None),
 ) -> None:
     """Dev STS against the number of bi-directional layers k: BeLLM's turning-point figure for any backbone."""
-    from bellm_st.evaluation.sweep import layer_sweep, markdown_table
-    from bellm_st.training import Recipe
+    from bellm_st.training.sweep import markdown_table
 
     try:
         settings = Recipe.load(recipe) if recipe is not None else Recipe()
@@ -474,8 +527,8 @@ def sweep(
             settings = settings.with_changes(data_dir=str(data_dir))
         dev_files = [settings.resolve(path) for path in (dev_data or settings.dev_data)]
         points = layer_sweep(
-            base, layers, dev_files, output_dir, zero_shot=zero_shot, pooling=pooling, recipe=settings,
-            data_dir=data_dir, device=device,
+            base, layers, dev_files, output_dir, recipe=settings, data_dir=data_dir, device=device,
+            **_given(zero_shot=zero_shot, pooling=pooling),
         )
     except (TypeError, ValueError, FileNotFoundError) as error:
         _fail(error)
@@ -553,9 +606,7 @@ def serve(
         help="How long shutdown waits for accepted requests; the rest get a 503.",
     ),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
-    dtype: str = typer.Option(
-        "auto", help="Weights' precision: auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16."
-    ),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     log_level: str = typer.Option("info"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:

@@ -5,7 +5,7 @@
   loads with ``SentenceTransformer(folder, trust_remote_code=True)`` where bellm-st is not
   installed, as custom models on the Hugging Face hub do.
 - :func:`package_shipped` copies just the adapter and the BeLLM settings into
-  ``bellm_st/models/<name>/`` (the layout :func:`bellm_st.shipped.load_shipped` reads), so the
+  ``bellm_st/models/<name>/`` (the layout :func:`bellm_st.load` reads for a shipped name), so the
   package ships megabytes instead of a full checkpoint.
 """
 
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import bellm_st
 from bellm_st.loading import EXPORTED_CLASS_REF
-from bellm_st.module import ADAPTER_FOLDER, CONFIG_FILE, BeLLMEncoder, encoder_of
+from bellm_st.model import encoder_of
+from bellm_st.module import ADAPTER_FOLDER, CONFIG_FILE, BeLLMEncoder
 from bellm_st.shipped import SHIPPED_ROOT
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -143,9 +144,9 @@ def export_merged(
     ``bellm_st.load(output_dir)`` where bellm-st is installed; it needs no peft.
     ``trust_remote_code`` is :func:`bellm_st.load`'s.
     """
-    from bellm_st.api import load_default_or
+    from bellm_st.api import load
 
-    model = load_default_or(name_or_path, device=device, trust_remote_code=trust_remote_code)
+    model = load(name_or_path, device=device, trust_remote_code=trust_remote_code)
     encoder_of(model).merge_adapter()
     output_dir = Path(output_dir)
     model.save(str(output_dir))
@@ -176,9 +177,10 @@ def package_shipped(
         raise FileNotFoundError(
             f"{adapter} lacks {', '.join(missing)}; package a model trained with LoRA (bellm-st train writes adapter/)"
         )
+    recipe_file = model_dir / "recipe.json"
+    recipe = json.loads(recipe_file.read_text(encoding="utf-8")) if recipe_file.exists() else {}
     if base is None:
-        recipe = model_dir / "recipe.json"
-        base = json.loads(recipe.read_text(encoding="utf-8"))["base"] if recipe.exists() else None
+        base = recipe.get("base")
     if base not in SHIPPED_BASES:
         raise ValueError(f"base={base!r} is not a shipped base; pass one of {', '.join(SHIPPED_BASES)}")
     settings = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -194,6 +196,10 @@ def package_shipped(
     config = json.loads(adapter_config.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base  # not a path on the training machine
     adapter_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    shipped = {**settings, "base": base, **({"prompts": prompts} if prompts else {})}
+    # A pruned model's saved backbone has its N layers only; the shipped layout rebuilds the full
+    # base, so it must say to keep the first N (the adapter covers just those).
+    keep_layers = recipe.get("keep_layers")
+    shipped = {**settings, "base": base, **({"keep_layers": keep_layers} if keep_layers else {}),
+               **({"prompts": prompts} if prompts else {})}
     (target / CONFIG_FILE).write_text(json.dumps(shipped, indent=2) + "\n", encoding="utf-8")
     return target

@@ -13,7 +13,8 @@ from typing import Any
 MAX_REPR = 60
 
 
-def _preview(item: Any) -> str:
+def preview(item: Any) -> str:
+    """A bad input as error messages quote it: its repr, cut short so a huge input cannot flood a log or a response."""
     text = repr(item)
     return text if len(text) <= MAX_REPR else text[: MAX_REPR - 3] + "..."
 
@@ -42,12 +43,12 @@ def validate_text(text: Any, *, where: str = "text") -> str:
     """Check one text (a query, a single document) the way :func:`validate_texts` checks each item."""
     if not isinstance(text, str):
         raise TypeError(
-            f"{where} is {type(text).__name__} ({_preview(text)}), not a string; "
+            f"{where} is {type(text).__name__} ({preview(text)}), not a string; "
             "convert it with str() or drop it before encoding"
         )
     if not text.strip():
         raise ValueError(
-            f"{where} is {'empty' if not text else 'only whitespace'} ({_preview(text)}); "
+            f"{where} is {'empty' if not text else 'only whitespace'} ({preview(text)}); "
             "remove blank texts before encoding: they carry no meaning to embed"
         )
     try:

@@ -18,7 +18,7 @@ from sentence_transformers import SentenceTransformer
 
 from bellm_st import api
 from bellm_st.inputs import validate_texts
-from bellm_st.module import BeLLMEncoder
+from bellm_st.model import bellm_encoder
 from bellm_st.prompts import TEXT_SLOT, Template
 
 Role = Literal["query", "document"]
@@ -34,14 +34,14 @@ def shared_model(
 ) -> SentenceTransformer:
     """The model for ``(model_name, device, trust_remote_code)``, loaded on first use and reused by every later caller.
 
-    ``model_name`` is anything :func:`bellm_st.api.load_default_or` accepts (a shipped model or
-    base name, a saved folder); ``None`` means the shipped default. ``trust_remote_code`` is part
+    ``model_name`` is anything :func:`bellm_st.load` accepts (a shipped model or base name, a
+    saved folder); ``None`` means the shipped default. ``trust_remote_code`` is part
     of the key, so a folder refused without it is never served from a trusted load.
     """
     key = (model_name or api.default_model_name(), device or api.default_device(), trust_remote_code)
     with _models_lock:
         if key not in _models:
-            _models[key] = api.load_default_or(key[0], device=key[1], trust_remote_code=trust_remote_code)
+            _models[key] = api.load(key[0], device=key[1], trust_remote_code=trust_remote_code)
         return _models[key]
 
 
@@ -83,7 +83,7 @@ def check_template(model: SentenceTransformer, template: str | None, role: Role)
     if template is None or TEXT_SLOT not in template:
         return
     Template.parse(template)
-    if not any(isinstance(module, BeLLMEncoder) for module in model):
+    if bellm_encoder(model) is None:
         raise ValueError(
             f"{role}_template {template!r} is a full template with {TEXT_SLOT}, but this model is not a BeLLM "
             f"encoder and would embed {TEXT_SLOT} literally; pass a plain prefix such as 'query: ' instead"
@@ -105,7 +105,7 @@ def embed(
     *,
     role: Role,
     template: str | None = None,
-    batch_size: int = 32,
+    batch_size: int = api.ENCODE_BATCH_SIZE,
     normalize: bool = True,
     show_progress: bool = False,
     where: str = "texts",

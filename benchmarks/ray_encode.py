@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 def main() -> None:
     parser = harness.base_arguments(__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="what bellm_st.api.load_default_or takes (default: the default model)")
+    parser.add_argument("--model", default=None, help="what bellm_st.load takes (default: the default model)")
     parser.add_argument("--count", type=int, default=2000, help="texts to embed")
     parser.add_argument("--files", type=int, default=4, help="parquet files the texts are split into")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -35,8 +35,8 @@ def main() -> None:
     import ray
     import torch
 
-    from bellm_st.api import GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, inference_dtype, load_default_or
-    from bellm_st.fast.bulk import encode_bulk
+    from bellm_st.api import GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, inference_dtype, load
+    from bellm_st.fast import encode_bulk
     from bellm_st.cluster import encode_files
 
     texts = harness.load_sentences(args.data, args.count, args.words, args.seed)
@@ -45,7 +45,7 @@ def main() -> None:
     result["environment"]["versions"]["ray"] = harness._version("ray")
 
     started = time.perf_counter()
-    model = load_default_or(args.model, device=args.device)
+    model = load(args.model, device=args.device)
     model.to(inference_dtype("auto", model.device))
     result["one_process_load_seconds"] = time.perf_counter() - started
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from bellm_st.evaluation.models import load_for_evaluation
+import bellm_st
+
 from bellm_st.evaluation.sts import evaluate_sts_files
 from bellm_st.training.adaptation import adapt
 
@@ -47,7 +48,7 @@ def run_one(model: str, seed: int, args: argparse.Namespace) -> dict:
         eval_split="train", eval_steps=args.eval_steps, save_steps=args.max_steps, device=args.device,
     )
     history = json.loads((folder / "eval_history.json").read_text(encoding="utf-8"))
-    adapted = load_for_evaluation(str(folder), device=args.device)
+    adapted = bellm_st.load(str(folder), device=args.device)
     sts = evaluate_sts_files(adapted, [args.data_dir / path for path in STS_DEV])
     return {"model": model, "seed": seed, "history": history, "sts_dev_adapted": sts,
             "seconds": round(time.perf_counter() - started, 1)}

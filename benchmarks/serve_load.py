@@ -203,9 +203,9 @@ def main() -> None:
             stop_server(server)
     report = summarise(outcomes, wall)
     if not arguments.no_check:
-        from bellm_st.api import load_default_or
+        from bellm_st.api import load
 
-        model = load_default_or(arguments.model, device="cpu")
+        model = load(arguments.model, device="cpu")
         texts = sorted({text for outcome in outcomes for text in outcome.texts})
         started = time.perf_counter()
         reference = dict(zip(texts, model.encode(texts, normalize_embeddings=True, batch_size=32)))

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 
-from bellm_st.api import default_model_name, load_default_or
-from bellm_st.evaluation.models import baseline_path
+from bellm_st.api import default_model_name, load
+from bellm_st.shipped import baseline_path
 from bellm_st.evaluation.retrieval import RetrievalSet, read_beir_folder
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scifact"
@@ -104,7 +104,7 @@ def models(model_name: str | None, max_tokens: int, device: str | None) -> dict[
     # Abstracts are cut to --max-tokens on purpose; one warning per document would bury the output.
     logging.getLogger("bellm_st.tokenization").setLevel(logging.ERROR)
     model_name = model_name or default_model_name()
-    bellm = load_default_or(model_name, device=device)
+    bellm = load(model_name, device=device)
     baseline = SentenceTransformer(str(baseline_path("minilm")), device=bellm.device)
     for model in (bellm, baseline):
         model.max_seq_length = max_tokens

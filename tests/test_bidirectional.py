@@ -12,7 +12,7 @@ from bellm_st.bidirectional import (
     find_decoder_layers,
     make_bidirectional,
 )
-from tests.conftest import TINY_ARCHITECTURES, tiny_backbone, tiny_config
+from bellm_st.testing import TINY_ARCHITECTURES, tiny_backbone, tiny_config
 
 ARCHITECTURES = list(TINY_ARCHITECTURES)
 IMPLEMENTATIONS = ["sdpa", "eager"]

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 
+import click
 import numpy as np
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from bellm_st.cli import app
+from bellm_st.evaluation.retrieval import evaluate_retrieval
+from bellm_st.serving.settings import ServerSettings
+from bellm_st.training import Recipe, adapt
+from bellm_st.training.sweep import layer_sweep
 
 runner = CliRunner()
 
@@ -152,3 +160,45 @@ def test_several_devices_go_through_the_sentence_transformers_pool(saved_tiny_mo
     assert refused.exit_code == 2 and "--no-bulk" in refused.output
     refused = runner.invoke(app, ["encode", "x", "--model", saved_tiny_model, "--device", "cpu,gpu:1"])
     assert refused.exit_code == 2 and "gpu:1" in refused.output
+
+
+# Every default has one home; a command-line option either refers to it or leaves it to the callee.
+COMMANDS = typer.main.get_command(app).commands
+
+
+def options_of(command: str) -> dict[str, click.Parameter]:
+    return {parameter.name: parameter for parameter in COMMANDS[command].params}
+
+
+def test_train_options_leave_recipe_fields_to_the_recipe():
+    fields = {field.name for field in dataclasses.fields(Recipe)}
+    recipe_options = {name: option for name, option in options_of("train").items() if name in fields}
+    assert len(recipe_options) > 25
+    for name, option in recipe_options.items():
+        assert option.default is None, f"train --{name} defaults to {option.default!r}; leave it None so Recipe's applies"
+
+
+@pytest.mark.parametrize("field", ["batch_size", "learning_rate", "pooling", "train_max_seq_length", "packing_row_length"])
+def test_train_help_prints_the_recipe_default(field):
+    assert f"(default: {getattr(Recipe(), field)})" in options_of("train")[field].help
+
+
+def test_serve_options_default_to_server_settings():
+    defaults, options = ServerSettings(), options_of("serve")
+    shared = [name for name in options if name in {field.name for field in dataclasses.fields(ServerSettings)}]
+    assert len(shared) >= 10
+    for name in shared:
+        assert options[name].default == getattr(defaults, name), f"serve --{name} disagrees with ServerSettings.{name}"
+    assert options["batch_wait_ms"].default == defaults.batch_wait_seconds * 1000
+
+
+@pytest.mark.parametrize(
+    ("command", "function"), [("sweep", layer_sweep), ("adapt", adapt), ("eval", evaluate_retrieval)]
+)
+def test_options_default_to_their_functions(command, function):
+    parameters = inspect.signature(function).parameters
+    for name, option in options_of(command).items():
+        if name in parameters and parameters[name].default is not inspect.Parameter.empty:
+            assert option.default in (None, parameters[name].default), (
+                f"{command} --{name} defaults to {option.default!r} but {function.__name__} to {parameters[name].default!r}"
+            )

@@ -14,7 +14,7 @@ import bellm_st
 from bellm_st.bidirectional import make_bidirectional
 from bellm_st.pruning import check_bidirectional_fits, prune_layers
 
-from tests.conftest import tiny_backbone
+from bellm_st.testing import tiny_backbone
 
 TEXTS = ["A man is playing a guitar.", "Hi", "The stock market fell sharply today, and then it fell again."]
 

@@ -18,7 +18,7 @@ class EmbedBatches:
     """Callable class for ``Dataset.map_batches(..., batch_format="pyarrow")``: loads the model
     once per actor and returns each batch with a float32 vector column appended.
 
-    ``model`` is what :func:`bellm_st.api.load_default_or` takes (a shipped name, a saved folder,
+    ``model`` is what :func:`bellm_st.load` takes (a shipped name, a saved folder,
     ``None`` for the default; ``trust_remote_code`` as there). On a GPU the texts go through :func:`bellm_st.fast.encode_bulk`
     in ``dtype`` (``auto``: bf16 where the GPU has it), on a CPU through ``model.encode``; the
     vectors are the ones ``model.encode`` gives. Bad rows fail the batch with an error naming
@@ -28,17 +28,16 @@ class EmbedBatches:
     def __init__(self, model: str | None = None, *, text_column: str = "text", output_column: str = "embedding",
                  device: str | None = None, dtype: str = "auto", prompt_name: str | None = None,
                  normalize_embeddings: bool = False, trust_remote_code: bool = False) -> None:
-        from bellm_st.api import inference_dtype, load_default_or
+        from bellm_st.api import inference_dtype, load
+        from bellm_st.prompts import resolve_prompt
 
         self.text_column = text_column
         self.output_column = output_column
         self.prompt_name = prompt_name
         self.normalize_embeddings = normalize_embeddings
-        self.model = load_default_or(model, device=device, trust_remote_code=trust_remote_code)
+        self.model = load(model, device=device, trust_remote_code=trust_remote_code)
         self.model.to(inference_dtype(dtype, self.model.device))
-        if prompt_name is not None and prompt_name not in self.model.prompts:
-            raise ValueError(f"prompt_name={prompt_name!r} is not one of the model's prompts "
-                             f"{sorted(self.model.prompts)}")
+        resolve_prompt(self.model.prompts, prompt_name=prompt_name)  # an unknown name fails before any batch
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch_texts(batch, self.text_column, self.output_column)

@@ -15,6 +15,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.util import cos_sim
 
+from bellm_st.evaluation.sts import EVAL_BATCH_SIZE
 from bellm_st.tabular import DataFileError, parse_float, read_table
 
 RETRIEVAL_METRICS = {"ndcg@10": "cosine_ndcg@10", "recall@100": "cosine_recall@100", "mrr@10": "cosine_mrr@10"}
@@ -69,7 +70,7 @@ def read_beir_folder(folder: str | os.PathLike, split: str = "test") -> Retrieva
 
 
 def retrieval_evaluator(
-    data: RetrievalSet, model: SentenceTransformer, batch_size: int = 64, show_progress_bar: bool = False
+    data: RetrievalSet, model: SentenceTransformer, batch_size: int = EVAL_BATCH_SIZE, show_progress_bar: bool = False
 ) -> InformationRetrievalEvaluator:
     """A sentence-transformers IR evaluator that uses the model's query/document prompts when it has them."""
     prompts = getattr(model, "prompts", {}) or {}
@@ -96,7 +97,7 @@ def evaluate_retrieval(
     model: SentenceTransformer,
     folder: str | os.PathLike,
     split: str = "test",
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH_SIZE,
     show_progress_bar: bool = False,
 ) -> dict[str, float]:
     """nDCG@10, Recall@100 and MRR@10 (x100) of ``model`` on a BEIR folder; ``show_progress_bar``

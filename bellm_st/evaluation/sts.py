@@ -19,6 +19,8 @@ from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimil
 
 from bellm_st.tabular import DataFileError, parse_float, read_table
 
+# Texts per encode batch when scoring (STS and retrieval): it changes speed and memory, not the scores.
+EVAL_BATCH_SIZE = 64
 STS_COLUMNS = ("score", "sentence1", "sentence2")
 STS_HEADER_HINT = "score<TAB>sentence1<TAB>sentence2 (optionally a leading subset column)"
 
@@ -53,7 +55,7 @@ def read_scored_pairs(path: str | os.PathLike) -> ScoredPairs:
     return ScoredPairs(Path(path).stem, sentences1, sentences2, scores)
 
 
-def sts_evaluator(pairs: ScoredPairs, batch_size: int = 64) -> EmbeddingSimilarityEvaluator:
+def sts_evaluator(pairs: ScoredPairs, batch_size: int = EVAL_BATCH_SIZE) -> EmbeddingSimilarityEvaluator:
     """A sentence-transformers evaluator for one file: cosine similarity, Spearman as main score."""
     return EmbeddingSimilarityEvaluator(
         pairs.sentences1,
@@ -67,7 +69,7 @@ def sts_evaluator(pairs: ScoredPairs, batch_size: int = 64) -> EmbeddingSimilari
     )
 
 
-def spearman_x100(model: SentenceTransformer, pairs: ScoredPairs, batch_size: int = 64) -> float:
+def spearman_x100(model: SentenceTransformer, pairs: ScoredPairs, batch_size: int = EVAL_BATCH_SIZE) -> float:
     """Spearman x100 of cosine similarity against the gold scores, over every row of ``pairs``."""
     evaluator = sts_evaluator(pairs, batch_size)
     metrics = evaluator(model)
@@ -75,7 +77,7 @@ def spearman_x100(model: SentenceTransformer, pairs: ScoredPairs, batch_size: in
 
 
 def evaluate_sts_files(
-    model: SentenceTransformer, paths: Sequence[str | os.PathLike], batch_size: int = 64
+    model: SentenceTransformer, paths: Sequence[str | os.PathLike], batch_size: int = EVAL_BATCH_SIZE
 ) -> dict[str, float]:
     """Spearman x100 per file (keyed by file stem) plus their unweighted ``average``.
 

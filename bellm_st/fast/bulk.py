@@ -33,9 +33,10 @@ from tqdm.auto import tqdm
 from bellm_st.fast.flat import flat_attention_unsupported, flat_features
 from bellm_st.fast.kernels import attention_without_cudnn, compile_model_layers
 from bellm_st.inputs import validate_texts
-from bellm_st.model import BeLLMSentenceTransformer
+from bellm_st.model import BeLLMSentenceTransformer, bellm_encoder
 from bellm_st.module import BATCH_LAYOUT, BeLLMEncoder
 from bellm_st.pooling import pool
+from bellm_st.prompts import resolve_prompt
 from bellm_st.tokenization import TokenizedBatch, group_by_length, one_truncation_warning
 
 _DONE = object()
@@ -90,18 +91,6 @@ def _length_sorted_batches(texts: list[str], batch_size: int) -> list[np.ndarray
     """Indices of texts grouped longest first, so each batch holds texts of similar length (little padding)."""
     order = _longest_first(texts)
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def _resolve_prompt(model: SentenceTransformer, prompt: str | None, prompt_name: str | None) -> str | None:
-    """The prompt ``encode`` would use: an explicit one, a named one, or the model's default."""
-    if prompt is not None:
-        return prompt
-    name = prompt_name if prompt_name is not None else getattr(model, "default_prompt_name", None)
-    if name is None:
-        return None
-    if name not in model.prompts:
-        raise ValueError(f"prompt_name={name!r} is not one of the model's prompts {sorted(model.prompts)}")
-    return model.prompts[name]
 
 
 def _padded_batches(model: SentenceTransformer, texts: list[str], prompt: str | None, batch_size: int):
@@ -310,7 +299,7 @@ def encode_bulk(
         raise ValueError(f"max_batch_tokens={max_batch_tokens} must be at least 1")
     if prefetch_batches < 1:
         raise ValueError(f"prefetch_batches={prefetch_batches} must be at least 1")
-    prompt = _resolve_prompt(model, prompt, prompt_name)
+    prompt = resolve_prompt(model.prompts, model.default_prompt_name, prompt, prompt_name)
     options = {"max_batch_tokens": max_batch_tokens, "prefetch_batches": prefetch_batches, "flat_batches": flat_batches}
     if devices is not None:
         vectors = _encode_in_pool(model, texts, checked_devices(devices), prompt, batch_size, normalize_embeddings,
@@ -413,7 +402,7 @@ class _BulkInference(SentenceTransformer):
 def _batches(model: SentenceTransformer, texts: list[str], prompt: str | None, batch_size: int,
              max_batch_tokens: int, flat_batches: bool | None):
     """The batches ``encode_bulk`` runs: flat or exact-length ones for BeLLM models, padded ones otherwise."""
-    if not isinstance(model[0], BeLLMEncoder):
+    if bellm_encoder(model) is None:
         if flat_batches:
             raise ValueError(f"flat_batches=True needs a BeLLM model; this one starts with {type(model[0]).__name__}")
         return _padded_batches(model, texts, prompt, batch_size)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bellm_st.bidirectional import find_decoder_layers
-from bellm_st.module import BeLLMEncoder
+from bellm_st.model import bellm_encoder
 
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
@@ -61,9 +61,10 @@ def compile_model_layers(model: nn.Module) -> None:
     Other models are refused with a ``ValueError`` naming their first module: only BeLLM models
     expose one decoder whose layers share a code path.
     """
-    if not isinstance(model[0], BeLLMEncoder):
+    encoder = bellm_encoder(model)
+    if encoder is None:
         raise ValueError(f"compiling layers works on BeLLM models; this one starts with {type(model[0]).__name__}")
-    compile_decoder_layers(model[0].decoder)
+    compile_decoder_layers(encoder.decoder)
 
 
 def uncompile_decoder_layers(backbone: nn.Module) -> None:

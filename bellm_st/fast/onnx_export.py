@@ -31,7 +31,9 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
 from bellm_st.inputs import validate_texts
+from bellm_st.model import bellm_encoder
 from bellm_st.module import BeLLMEncoder, preprocess_texts
+from bellm_st.prompts import resolve_prompt
 
 ONNX_FILE = "model.onnx"
 ONNX_CONFIG_FILE = "bellm_onnx.json"
@@ -70,14 +72,14 @@ def graph_input_names(encoder: BeLLMEncoder) -> list[str]:
 
 def check_exportable(model: Any) -> BeLLMEncoder:
     """The model's BeLLM module, or an error saying why this model cannot be exported as it is."""
-    if not isinstance(model, SentenceTransformer) or len(model) == 0 or not isinstance(model[0], BeLLMEncoder):
+    encoder = bellm_encoder(model)
+    if encoder is None:
         what = (f"a SentenceTransformer whose first module is {type(model[0]).__name__}"
                 if isinstance(model, SentenceTransformer) and len(model) else type(model).__name__)
         raise TypeError(
             f"export_onnx needs a bellm-st SentenceTransformer (from bellm_st.load or bellm_st.build), got {what}; "
             "build one from a plain checkpoint with bellm_st.build(path)"
         )
-    encoder: BeLLMEncoder = model[0]
     if hasattr(encoder.auto_model, "peft_config"):
         raise ValueError(
             "the model still carries a LoRA adapter; call model[0].merge_adapter() before exporting "
@@ -146,11 +148,11 @@ def export_merged_onnx(name_or_path: str, output_dir: str | os.PathLike, trust_r
     """Load a shipped model, base or saved folder on CPU, merge any adapter, and export it (the CLI's path).
 
     ``trust_remote_code`` is :func:`bellm_st.load`'s."""
-    from bellm_st.api import load_default_or
+    from bellm_st.api import load
 
-    model = load_default_or(name_or_path, device="cpu", trust_remote_code=trust_remote_code)
-    if len(model) and isinstance(model[0], BeLLMEncoder):
-        model[0].merge_adapter()
+    model = load(name_or_path, device="cpu", trust_remote_code=trust_remote_code)
+    if (encoder := bellm_encoder(model)) is not None:
+        encoder.merge_adapter()
     return export_onnx(model, output_dir)  # explains what else it was given
 
 
@@ -202,17 +204,7 @@ class OnnxEncoder:
         """The prompt for one call, chosen the way sentence-transformers chooses it."""
         if prompt_name is not None and prompt is not None:
             raise ValueError(f"give prompt_name={prompt_name!r} or prompt={prompt!r}, not both")
-        if prompt is not None:
-            return prompt
-        name = prompt_name if prompt_name is not None else self.default_prompt_name
-        if name is None:
-            return None
-        if name not in self.prompts:
-            raise ValueError(
-                f"prompt_name={name!r} is not one of this model's prompts ({', '.join(self.prompts) or 'none'}); "
-                "pass one of them or a prompt string with prompt="
-            )
-        return self.prompts[name]
+        return resolve_prompt(self.prompts, self.default_prompt_name, prompt, prompt_name)
 
     def preprocess(self, texts: Sequence[str], prompt: str | None = None) -> dict[str, torch.Tensor]:
         return preprocess_texts(self.tokenizer, texts, self.template, prompt, self.max_seq_length, self.append_eos)

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bellm_st.inputs import _preview
+from bellm_st.inputs import preview
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{path} is not a parameter of this endpoint; remove it (see /docs for the parameters)"
     if kind == "missing":
         return f"{path} is required"
-    return f"{path}: {error.get('msg', 'invalid')} (got {_preview(error.get('input'))})"
+    return f"{path}: {error.get('msg', 'invalid')} (got {preview(error.get('input'))})"
 
 
 def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, str | None]:

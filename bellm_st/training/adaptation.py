@@ -62,7 +62,7 @@ def bellm_template(model: str) -> str | None:
 
 def model_reference(model: str) -> str:
     """How the recipe names the starting model: shipped names and shortcuts as they are, folders absolute."""
-    from bellm_st.evaluation.models import BASELINE_SHORTCUTS
+    from bellm_st.shipped import BASELINE_SHORTCUTS
 
     path = Path(model)
     return str(path.resolve()) if model not in BASELINE_SHORTCUTS and path.exists() else model

@@ -27,7 +27,7 @@ from sentence_transformers.sentence_transformer.losses import EmbedDistillLoss
 from sentence_transformers.util import cos_sim
 from torch import Tensor, nn
 
-from bellm_st.module import BeLLMEncoder
+from bellm_st.model import bellm_encoder
 
 TEACHER_PREFIX = "teacher."
 
@@ -35,11 +35,11 @@ TEACHER_PREFIX = "teacher."
 def load_teacher(name_or_path: str | None, device: str, dtype: torch.dtype) -> SentenceTransformer:
     """The frozen teacher: a shipped model, a saved folder, a baseline shortcut (``minilm``) or, for
     None, the shipped default model."""
-    from bellm_st.evaluation.models import load_for_evaluation
+    from bellm_st.api import load
 
-    teacher = load_for_evaluation(name_or_path, device=device)
-    if len(teacher) and isinstance(teacher[0], BeLLMEncoder):
-        teacher[0].merge_adapter()
+    teacher = load(name_or_path, device=device)
+    if (encoder := bellm_encoder(teacher)) is not None:
+        encoder.merge_adapter()
     teacher.to(dtype).eval().requires_grad_(False)
     return teacher
 
@@ -55,7 +55,7 @@ class WithTeacherInputs:
 
     def __call__(self, inputs: Sequence[Any], prompt: str | None = None, **kwargs) -> dict[str, Any]:
         features = self.student_preprocess(inputs, prompt=prompt, **kwargs)
-        teacher_prompt = prompt if isinstance(self.teacher[0], BeLLMEncoder) else None
+        teacher_prompt = prompt if bellm_encoder(self.teacher) is not None else None
         kwargs.pop("task", None)
         teacher_features = self.teacher.preprocess(inputs, prompt=teacher_prompt, **kwargs)
         return {**features, **{TEACHER_PREFIX + key: value for key, value in teacher_features.items()}}

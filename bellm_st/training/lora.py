@@ -11,7 +11,7 @@ from __future__ import annotations
 from peft import LoraConfig, get_peft_model
 from sentence_transformers import SentenceTransformer
 
-from bellm_st.module import encoder_of
+from bellm_st.model import encoder_of
 
 
 def add_lora(

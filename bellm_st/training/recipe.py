@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bellm_st.api import DEFAULT_BASE, DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
 from bellm_st.fast.packing import DEFAULT_ROW_LENGTH
+from bellm_st.module import DEFAULT_MAX_SEQ_LENGTH
 from bellm_st.pooling import check_pooling
 from bellm_st.prompts import DEFAULT_TEMPLATE, TEXT_SLOT, Template
 from bellm_st.pruning import DEFAULT_KEEP_LAYERS, check_bidirectional_fits, check_keep_layers
@@ -104,9 +106,13 @@ class DataSource:
 
 @dataclass
 class Recipe:
-    """Hyperparameters, data and seed of one BeLLM training run (defaults follow the BeLLM/AnglE recipe)."""
+    """Hyperparameters, data and seed of one BeLLM training run (defaults follow the BeLLM/AnglE recipe).
 
-    base: str = "smollm2-135m"
+    The model fields default to :func:`bellm_st.build`'s defaults, so a trained model and a zero-shot
+    one differ only by training. The command line's ``bellm-st train`` options default to these fields.
+    """
+
+    base: str = DEFAULT_BASE
     # Start from this trained model instead of building ``base`` (``bellm-st adapt``): a BeLLM
     # model has its adapter merged and gets a fresh LoRA adapter; any other sentence-transformers
     # model is fine-tuned in full. The BeLLM fields below (layers, pooling, template) then come
@@ -116,13 +122,13 @@ class Recipe:
     # what a DataSource's prompts "query"/"document" mean while training.
     query_template: str | None = None
     document_template: str | None = None
-    bidirectional_layers: int | list[int] = 16
+    bidirectional_layers: int | list[int] = DEFAULT_BIDIRECTIONAL_LAYERS
     # Keep only the first N decoder layers (bellm_st.pruning); bidirectional_layers are the last of those.
     keep_layers: int | None = DEFAULT_KEEP_LAYERS
-    pooling: str = "mean"
+    pooling: str = DEFAULT_POOLING
     template: str = DEFAULT_TEMPLATE
     append_eos: bool = False
-    max_seq_length: int = 512
+    max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH
     train_max_seq_length: int = 64
     # NLI with hard negatives beat NLI + paraphrase pairs on the dev sets (docs/RESULTS.md).
     train_data: list[DataSource] = field(
@@ -162,10 +168,11 @@ class Recipe:
     gather_across_devices: bool = False
     seed: int = 42
     # Texts of a batch go end to end into rows of this many tokens instead of being padded to the
-    # longest (same gradients; ~3x fewer tokens on NLI). 0 pads as sentence-transformers does.
+    # longest (same gradients, far fewer tokens on short texts: docs/BENCHMARKS.md). 0 pads as
+    # sentence-transformers does.
     packing_row_length: int = DEFAULT_ROW_LENGTH
     # torch.compile each decoder layer (bellm_st.fast.compile_decoder_layers): fused element-wise
-    # work and fewer kernel launches, after ~30 s of compiling. Off by default: it pays on GPUs.
+    # work and fewer kernel launches, after some compiling. Off by default: it pays on GPUs.
     compile_layers: bool = False
     # Processes preparing batches ahead of the GPU; None: 4 on a GPU machine of 8+ cores, else 0.
     dataloader_workers: int | None = None

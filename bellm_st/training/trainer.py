@@ -27,9 +27,10 @@ from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import bellm_st
+from bellm_st.api import has_native_bf16
 from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs, sts_evaluator
 from bellm_st.fast import PackedRows, attention_without_cudnn, compile_decoder_layers, uncompile_decoder_layers
-from bellm_st.module import BeLLMEncoder, encoder_of
+from bellm_st.model import bellm_encoder, encoder_of
 from bellm_st.training.data import dataset_name, load_source
 from bellm_st.training.distillation import WithTeacherInputs, load_teacher
 from bellm_st.training.lora import add_lora
@@ -122,9 +123,9 @@ def dataloader_workers(recipe: Recipe, on_gpu: bool) -> int:
 def training_arguments(
     recipe: Recipe, checkpoint_dir: Path, has_evaluator: bool, use_cpu: bool
 ) -> SentenceTransformerTrainingArguments:
-    """The trainer's arguments from the recipe: bf16 on GPUs that support it, fp32 elsewhere."""
+    """The trainer's arguments from the recipe: bf16 on GPUs that compute in it natively, fp32 elsewhere."""
     on_gpu = not use_cpu and torch.cuda.is_available()
-    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    bf16 = on_gpu and has_native_bf16("cuda")
     return SentenceTransformerTrainingArguments(
         output_dir=str(checkpoint_dir),
         num_train_epochs=recipe.epochs,
@@ -271,17 +272,10 @@ def find_checkpoint(checkpoint_dir: Path, recipe: Recipe) -> str | None:
     return str(last)
 
 
-def bellm_encoder(model: SentenceTransformer) -> BeLLMEncoder | None:
-    """The BeLLM module of a model, or None for any other sentence-transformers model."""
-    return model[0] if isinstance(model[0], BeLLMEncoder) else None
-
-
 def start_from_trained(recipe: Recipe, device: str, dtype: torch.dtype) -> SentenceTransformer:
     """``recipe.init_model`` ready to train: a BeLLM model's adapter merged and a fresh LoRA added;
     any other sentence-transformers model trained in full."""
-    from bellm_st.evaluation.models import load_for_evaluation
-
-    model = load_for_evaluation(recipe.init_model, device=device)
+    model = bellm_st.load(recipe.init_model, device=device)
     model.to(dtype)
     encoder = bellm_encoder(model)
     if encoder is None:
@@ -301,7 +295,7 @@ def start_from_trained(recipe: Recipe, device: str, dtype: torch.dtype) -> Sente
 def build_trainable_model(recipe: Recipe, device: str) -> SentenceTransformer:
     """The BeLLM encoder of the recipe (or ``init_model``) with a fresh, seeded LoRA adapter; bf16 weights on GPU."""
     set_seed(recipe.seed)
-    dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = torch.bfloat16 if has_native_bf16(device) else torch.float32
     if recipe.init_model is not None:
         model = start_from_trained(recipe, device, dtype)
         if bellm_encoder(model) is None:

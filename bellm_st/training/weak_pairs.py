@@ -120,12 +120,12 @@ def generate_queries(
 
     from bellm_st.api import default_device
     from bellm_st.bases import base_checkpoint
+    from bellm_st.tokenization import ensure_pad_token
 
     checkpoint = base_checkpoint(generator)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     device = device or default_device()
     model = AutoModelForCausalLM.from_pretrained(checkpoint).to(device).eval()
 

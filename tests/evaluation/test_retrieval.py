@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from bellm_st.evaluation.models import baseline_path
+from bellm_st.shipped import baseline_path
 from bellm_st.evaluation.retrieval import evaluate_retrieval, read_beir_folder
 from bellm_st.tabular import DataFileError
 

@@ -4,36 +4,22 @@ test (32 clients x 50 requests, every vector checked), and a graceful exit on SI
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import signal
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import openai
 import pytest
 
+from benchmarks import serve_load  # the benchmark's own load generator: the test and the figures share one client
+
 from .serving_support import reference
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
 CLIENTS, REQUESTS_PER_CLIENT, TEXTS_PER_REQUEST = 32, 50, 2
 API_KEY = "load-test-key"
 SERVED_NAME = "tiny-bellm-saved"
-
-
-def load_generator():
-    """The benchmark's own load generator, so the test and the published figures share one client."""
-    spec = importlib.util.spec_from_file_location("serve_load", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
-
-serve_load = load_generator()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from sentence_transformers import SentenceTransformer
 import bellm_st
 from bellm_st.training import Recipe, train
 from bellm_st.training.distillation import TEACHER_PREFIX, TeacherDistillation, WithTeacherInputs, split_teacher_features
-from tests.conftest import tiny_backbone
+from bellm_st.testing import tiny_backbone
 from tests.training.test_train import data_dir, tiny_recipe  # noqa: F401 - data_dir is a fixture
 
 

@@ -61,3 +61,29 @@ def test_package_shipped_writes_the_layout_load_shipped_reads(trained, tiny_mode
 def test_package_shipped_needs_a_shipped_base(trained, tmp_path):
     with pytest.raises(ValueError, match="is not a shipped base; pass one of"):
         package_shipped(trained, "bellm-tiny", models_root=tmp_path)  # the recipe's base is a local folder
+
+
+def test_a_pruned_model_packaged_as_shipped_loads_with_its_layers_kept(tiny_model_dir, tmp_path, monkeypatch):
+    import bellm_st.bases
+    import bellm_st.shipped
+
+    (tmp_path / "t.tsv").write_text(
+        "anchor\tpositive\tnegative\nA man plays.\tSomeone plays.\tStocks fell.\nKids play.\tChildren play.\tA frog.\n"
+    )
+    recipe = Recipe(base=tiny_model_dir, train_data=["t.tsv"], dev_data=[], batch_size=2, max_steps=2,
+                    learning_rate=1e-2, lora_r=4, batch_sampler="batch_sampler", keep_layers=1,
+                    bidirectional_layers=1, pooling="mean")
+    trained = train(recipe, tmp_path / "pruned", data_dir=tmp_path, device="cpu").output_dir
+    target = package_shipped(trained, "bellm-tiny-pruned", base="smollm2-135m", models_root=tmp_path / "models")
+
+    assert json.loads((target / "bellm_config.json").read_text())["keep_layers"] == 1
+    monkeypatch.setattr(bellm_st.shipped, "SHIPPED_ROOT", tmp_path / "models")
+    monkeypatch.setattr(bellm_st.shipped, "SHIPPED_MODELS", ("bellm-tiny-pruned",))
+    monkeypatch.setattr(bellm_st.bases, "base_checkpoint", lambda name, cache_dir=None: str(tiny_model_dir))
+    shipped = bellm_st.shipped.load_shipped("bellm-tiny-pruned", device="cpu")
+    original = SentenceTransformer(str(trained), trust_remote_code=True, device="cpu")
+    assert len(shipped[0].decoder.layers) == 1
+    torch.testing.assert_close(
+        shipped.encode(SENTENCES, convert_to_tensor=True), original.encode(SENTENCES, convert_to_tensor=True),
+        rtol=1e-4, atol=1e-5,
+    )

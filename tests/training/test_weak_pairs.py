@@ -57,7 +57,7 @@ def test_inverse_cloze_takes_one_sentence_out_seeded_and_deterministic(tmp_path)
 def test_generated_queries_come_from_a_decoder_one_per_passage(tmp_path, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from tests.conftest import tiny_config
+    from bellm_st.testing import tiny_config
 
     folder = tmp_path / "generator"
     AutoModelForCausalLM.from_config(tiny_config("llama")).save_pretrained(folder)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from sentence_transformers import SentenceTransformer
 from typing_extensions import Self
 
+from bellm_st.api import ENCODE_BATCH_SIZE
 from bellm_st.inputs import validate_text
 from bellm_st.integration import Role, check_template, embed, resolve_model
 
@@ -57,7 +58,7 @@ class BeLLMEmbeddings(BaseModel, Embeddings):
     model: SentenceTransformer | None = Field(default=None, exclude=True, repr=False)
     query_template: str | None = None
     document_template: str | None = None
-    batch_size: int = Field(default=32, gt=0)
+    batch_size: int = Field(default=ENCODE_BATCH_SIZE, gt=0)
     normalize: bool = True
     device: str | None = None
     trust_remote_code: bool = False

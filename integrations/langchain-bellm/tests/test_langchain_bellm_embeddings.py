@@ -143,13 +143,13 @@ def test_bad_template_and_options_are_refused(tiny_bellm):
 def test_a_named_model_loads_once_per_process_and_device(tiny_bellm_dir, monkeypatch):
     clear_shared_models()
     loads = []
-    original = bellm_st.api.load_default_or
+    original = bellm_st.api.load
 
     def counting_load(name, device=None, trust_remote_code=False):
         loads.append((name, device))
         return original(name, device=device, trust_remote_code=trust_remote_code)
 
-    monkeypatch.setattr(bellm_st.api, "load_default_or", counting_load)
+    monkeypatch.setattr(bellm_st.api, "load", counting_load)
     threads = [
         threading.Thread(target=BeLLMEmbeddings, kwargs={"model_name": tiny_bellm_dir, "device": "cpu"})
         for _ in range(4)

@@ -1,8 +1,8 @@
 """The layer sweep: how the number of bi-directional layers k changes dev STS, for any backbone.
 
 BeLLM's central figure shows performance rising as the last layers become bi-directional and
-falling past a "turning point". This sweep redraws it: for each k it builds (``zero_shot``) or
-trains the model, scores it on the dev files with the same STS code as ``bellm-st eval``, and
+falling past a "turning point". This sweep redraws it: for each k it trains (or, ``zero_shot``, only
+builds) the model, scores it on the dev files with the same STS code as ``bellm-st eval``, and
 writes ``sweep.json``, ``sweep.md`` and ``sweep.png``.
 """
 
@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bellm_st.api import DEFAULT_POOLING
+from bellm_st.api import DEFAULT_POOLING, build
 from bellm_st.evaluation.plot import plot_layer_sweep
 from bellm_st.evaluation.report import write_json
 from bellm_st.evaluation.sts import evaluate_sts_files
+from bellm_st.training.recipe import Recipe
+from bellm_st.training.trainer import train
 
 
 @dataclass
@@ -41,15 +43,11 @@ def markdown_table(points: Sequence[SweepPoint]) -> str:
 
 
 def _zero_shot_scores(base: str, k: int, pooling: str, dev_files: Sequence[Path], device: str | None) -> dict[str, float]:
-    import bellm_st
-
-    model = bellm_st.build(base, bidirectional_layers=k, pooling=pooling, device=device)
+    model = build(base, bidirectional_layers=k, pooling=pooling, device=device)
     return evaluate_sts_files(model, dev_files)
 
 
-def _trained_scores(recipe, k: int, dev_files: Sequence[Path], output_dir: Path, data_dir, device) -> dict[str, float]:
-    from bellm_st.training import train
-
+def _trained_scores(recipe: Recipe, k: int, dev_files: Sequence[Path], output_dir: Path, data_dir, device) -> dict[str, float]:
     run_recipe = recipe.with_changes(bidirectional_layers=k, dev_data=[str(path) for path in dev_files])
     return train(run_recipe, output_dir / f"k{k}", data_dir=data_dir, resume=True, device=device).dev_scores
 
@@ -60,9 +58,9 @@ def layer_sweep(
     dev_files: Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
     *,
-    zero_shot: bool = True,
+    zero_shot: bool = False,
     pooling: str = DEFAULT_POOLING,
-    recipe=None,
+    recipe: Recipe | None = None,
     data_dir: str | os.PathLike | None = None,
     device: str | None = None,
 ) -> list[SweepPoint]:
@@ -76,8 +74,6 @@ def layer_sweep(
     output_dir = Path(output_dir)
     dev_paths = [Path(path) for path in dev_files]
     if not zero_shot:
-        from bellm_st.training import Recipe
-
         recipe = (recipe or Recipe()).with_changes(base=base, pooling=pooling)
     points = []
     for k in layer_counts:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import bellm_st
 from bellm_st.cli import app
 from bellm_st.evaluation.sts import evaluate_sts_files
-from bellm_st.evaluation.sweep import layer_sweep
+from bellm_st.training.sweep import layer_sweep
 
 ROWS = [
     (4.8, "A man is playing a guitar.", "Someone plays an instrument on the stage."),
