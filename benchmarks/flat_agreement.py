@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from bellm_st.fast import flat
-from bellm_st.module import BeLLMEncoder
 from bellm_st.fast.flat import flat_features
-from tests.conftest import TINY_ARCHITECTURES, build_tiny_tokenizer, tiny_config
+from bellm_st.module import BeLLMEncoder
+from bellm_st.testing import TINY_ARCHITECTURES, build_tiny_tokenizer, tiny_config
 
 
 def arguments():

@@ -7,10 +7,10 @@ import pickle
 import threading
 
 import torch
-from tests.conftest import tiny_backbone
 from torch.nn import functional
 
 from bellm_st.bidirectional import make_bidirectional
+from bellm_st.testing import tiny_backbone
 
 
 def test_one_mask_is_built_per_forward_whatever_the_number_of_layers(monkeypatch):

@@ -28,12 +28,29 @@ def test_the_method_files_import_only_each_other():
         assert set(package_imports(path.read_text())) <= {f"bellm_st.{name}" for name in METHOD}, path.name
 
 
+def _run_on_this_checkout(code: str) -> str:
+    """What ``code`` prints in a fresh interpreter that imports this checkout's bellm_st, not another installed copy."""
+    checkout = str(Path(bellm_st.__file__).parent.parent)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip()
+
+
 def test_importing_the_package_loads_no_speed_code():
     code = "import sys, bellm_st; print(sorted(name for name in sys.modules if name.startswith('bellm_st.fast')))"
-    checkout = str(Path(bellm_st.__file__).parent.parent)  # this checkout, not another installed copy
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    assert _run_on_this_checkout(code) == "[]"
+
+
+def test_the_test_models_import_without_pytest():
+    """pytest is no dependency of bellm-st; only the fixtures module needs it."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["pytest"] = None  # importing pytest now fails
+        from bellm_st.testing import build_tiny_tokenizer, tiny_backbone
+        print(type(tiny_backbone()).__name__, len(build_tiny_tokenizer()))
+    """)
+    assert _run_on_this_checkout(code) == "LlamaModel 300"
 
 
 # Runs in a fresh interpreter where `import bellm_st` fails, whatever is installed or on the path.

@@ -23,7 +23,7 @@ from bellm_st.fast.flat import (
     flat_attention_unsupported,
     flat_features,
 )
-from tests.conftest import TINY_ARCHITECTURES
+from bellm_st.testing import TINY_ARCHITECTURES
 from tests.fast.test_packing import TEXTS, embed, encoder_for
 
 FLAT_ARCHITECTURES = sorted(set(TINY_ARCHITECTURES) - {"gemma2"})  # gemma2 caps attention logits
@@ -176,7 +176,7 @@ def test_a_lora_wrapped_backbone_runs_flat_batches(tiny_tokenizer):
     from peft import LoraConfig, get_peft_model
 
     from bellm_st.module import BeLLMEncoder
-    from tests.conftest import tiny_backbone
+    from bellm_st.testing import tiny_backbone
 
     backbone = get_peft_model(tiny_backbone("llama"),
                               LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from bellm_st.fast import flat
-from bellm_st.fast.packed_attention import packed_attention, packed_attention_available
 from bellm_st.fast.flat import PACKED_LONGEST, PACKED_LONGEST_WIDE_HEADS, _reference_attention, use_packed_attention
-from tests.conftest import tiny_backbone
+from bellm_st.fast.packed_attention import packed_attention, packed_attention_available
+from bellm_st.testing import tiny_backbone
 
 pytest.importorskip("triton", reason="the packed kernel needs Triton (installed by the dev extra on Linux)")
 CPU = torch.device("cpu")

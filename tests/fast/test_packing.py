@@ -8,11 +8,10 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import batch_to_device
 
-from bellm_st.module import BeLLMEncoder
 from bellm_st.fast.packing import PackedRows, first_fit_rows, merge_packed, pack_rows
+from bellm_st.module import BeLLMEncoder
+from bellm_st.testing import CORPUS, TINY_ARCHITECTURES, tiny_backbone
 from bellm_st.tokenization import TokenizedBatch
-
-from tests.conftest import CORPUS, TINY_ARCHITECTURES, tiny_backbone
 
 TEXTS = CORPUS + ["Stocks fell.", "A dog runs.", "Rain again today in the whole north of the country, and snow."]
 

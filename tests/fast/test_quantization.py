@@ -17,7 +17,7 @@ from bellm_st.fast.quantization import (
     quantise_weight,
     quantize_onnx,
 )
-from tests.conftest import CORPUS
+from bellm_st.testing import CORPUS
 
 TEXTS = [
     "A man is playing a guitar on the stage.",
@@ -25,7 +25,7 @@ TEXTS = [
     "The stock market fell sharply today, and then it fell again.",
     "Children are playing football in the park.",
 ]
-HIDDEN_SIZE = 32  # tests/conftest.py tiny_config
+HIDDEN_SIZE = 32  # bellm_st.testing.tiny_config
 
 
 @pytest.fixture(scope="module")
