@@ -36,7 +36,7 @@ from bellm_st.tokenization import ensure_pad_token
 def arguments():
     parser = harness.base_arguments(__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="bf16 (default on GPU), fp16 or fp32 (default on CPU)")
+    harness.add_dtype_argument(parser)
     parser.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, flash_attention_2)")
     parser.add_argument("--sentences", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=256, help="batch size for SentenceTransformer.encode")
@@ -124,7 +124,7 @@ def main() -> None:
     if args.packed_longest is not None:
         flat.PACKED_LONGEST = flat.PACKED_LONGEST_WIDE_HEADS = args.packed_longest
     device = torch.device(args.device)
-    dtype = harness.parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
+    dtype = harness.parse_dtype(args.dtype, device)
     peak = args.peak_tflops or (harness.H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
     layer_counts = [int(value) for value in args.layers.split(",")]
     warnings.filterwarnings("ignore", category=UserWarning)
