@@ -1,10 +1,9 @@
 """Flat batches: every text of a batch end to end in one row, attention kept inside each text.
 
 Batching by exact token length (``encode_bulk``'s other path) needs no padding, but it cuts a
-collection into one batch per length: 100,000 sentences of 20-68 tokens gave 96 batches with a
-median of 908 texts, and a batch that small leaves an H100 half idle (the model's forward ran at
-19,727 sentences/s on 512-row batches against 43,950/s on 4,096-row ones). A flat batch holds
-texts of any length, so every batch can be full; and the model builds no attention mask at all,
+collection into one batch per length, and most of those batches are too small to keep a large
+GPU busy (figures in docs/BENCHMARKS.md, "GPU: encoding throughput"). A flat batch holds texts
+of any length, so every batch can be full; and the model builds no attention mask at all,
 which also removes the check transformers makes on the device for every padding-free batch
 (``find_packed_sequence_indices`` reads a device value, so the host waits for the GPU once per
 batch).
@@ -121,10 +120,10 @@ def flat_attention_unsupported(model: PreTrainedModel, device: torch.device) -> 
 def packed_longest(config: Any) -> int:
     """The longest text (tokens) for which the packed kernel beats the flash kernel, by head size.
 
-    Measured (bf16): with 64-wide heads (SmolLM2) the packed kernel was faster up to the
-    longest texts tried (880 tokens; 4.2-4.6x on ~27-token sentences, H100); with 128- and
-    256-wide heads it was faster on ~28-token texts and slower on ~300-token ones (H200), so
-    there it serves sentence-length batches only (lengths in between were not measured).
+    With 64-wide heads (SmolLM2) the packed kernel was faster up to the longest texts tried; with
+    128- and 256-wide heads it was faster on sentences and slower on paragraphs, so there it
+    serves sentence-length batches only (lengths in between were not measured). The
+    measurements are in docs/BENCHMARKS.md ("Packed attention kernel").
     """
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return PACKED_LONGEST if head_dim <= 64 else PACKED_LONGEST_WIDE_HEADS

@@ -3,10 +3,9 @@
 PyTorch may route scaled-dot-product attention to cuDNN on recent NVIDIA GPUs. cuDNN builds an
 execution plan for every new batch shape, and our batches change shape all the time (bulk
 encoding batches by exact token length; training pads each batch to its own longest text), so
-the plan building costs more than the attention. Measured on an H100: unpadded bulk encoding ran
-at 1,289 sentences/s with cuDNN (5,000 texts) and 10,383/s without it (30,000 texts, a later
-run), and LoRA training at 354 against 714 triplets/s; flash and memory-efficient attention need
-no per-shape set-up.
+the plan building costs more than the attention: bulk encoding and LoRA training both ran far
+slower with cuDNN (figures in docs/BENCHMARKS.md, "SDPA kept off cuDNN"). Flash and
+memory-efficient attention need no per-shape set-up.
 """
 
 from __future__ import annotations

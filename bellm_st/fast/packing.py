@@ -93,7 +93,8 @@ def unpack_states(packed_states: torch.Tensor, token_index: torch.Tensor) -> tor
 
     Padding positions hold an arbitrary token's state; the attention mask marks them.
     ``index_select`` rather than advanced indexing: its backward is a plain ``index_add``, where
-    advanced indexing's sorts the indices first and took a fifth of a training step on an H100.
+    advanced indexing's sorts the indices first, a sizeable share of a training step (measured in
+    docs/BENCHMARKS.md, "GPU: LoRA training throughput").
     """
     hidden = packed_states.shape[-1]
     rows = packed_states.reshape(-1, hidden).index_select(0, token_index.reshape(-1))

@@ -6,9 +6,10 @@ that its linear layers multiply in int8 on ONNX Runtime, and writes a folder tha
 
 Why not ONNX Runtime's own ``quantize_dynamic``: it quantises each activation tensor with one
 scale, and a decoder's hidden states hold a few tokens and a few channels hundreds of times larger
-than the rest, so one scale leaves the ordinary values a handful of levels (measured on the
-shipped model: cosine to fp32 0.90, bi-directional effect lost; SmoothQuant-style smoothing only
-lifts it to 0.98). Here, as in LLM.int8(), each linear layer's input is split in two:
+than the rest, so one scale leaves the ordinary values a handful of levels: on the shipped model
+the bi-directional effect was lost, and SmoothQuant-style smoothing did not bring the vectors
+back near fp32's (figures in docs/BENCHMARKS.md, "int8 with outlier handling"). Here, as in
+LLM.int8(), each linear layer's input is split in two:
 
 * the ``outlier_channels`` input channels with the largest magnitudes on calibration texts stay
   fp32 and meet their fp32 weight rows in a small matmul;
