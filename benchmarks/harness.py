@@ -29,7 +29,7 @@ if str(REPOSITORY) not in sys.path:  # run from a checkout without installing th
 import numpy as np
 import torch
 
-from bellm_st.api import INFERENCE_DTYPES, inference_dtype
+from bellm_st.api import DEFAULT_BASE, INFERENCE_DTYPES, inference_dtype
 
 DEFAULT_SENTENCES_TSV = REPOSITORY.parent / "shared" / "data" / "sts" / "stsb-dev.tsv"
 DEFAULT_TRIPLETS_TSV = REPOSITORY.parent / "shared" / "data" / "nli" / "triplets.tsv"
@@ -43,7 +43,7 @@ FALLBACK_WORDS = (
 # -- command line ------------------------------------------------------------------------------
 def base_arguments(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--base", default="smollm2-135m", help="shipped base name or a local checkpoint folder")
+    parser.add_argument("--base", default=DEFAULT_BASE, help="shipped base name or a local checkpoint folder")
     parser.add_argument("--data", default=str(DEFAULT_SENTENCES_TSV), help="TSV whose text columns give the sentences")
     parser.add_argument("--words", type=int, default=16, help="mean words per sentence (sentences are joined/cut to it)")
     parser.add_argument("--seed", type=int, default=0)
