@@ -2,7 +2,6 @@
 
 from bellm_st.api import build, load
 from bellm_st.bidirectional import BidirectionalPatch, make_bidirectional
-from bellm_st.bulk import encode_bulk
 from bellm_st.inputs import validate_texts
 from bellm_st.module import BeLLMEncoder
 from bellm_st.prompts import DEFAULT_TEMPLATE
@@ -13,7 +12,6 @@ __all__ = [
     "BeLLMEncoder",
     "BidirectionalPatch",
     "build",
-    "encode_bulk",
     "load",
     "make_bidirectional",
     "validate_texts",

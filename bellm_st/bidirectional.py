@@ -134,6 +134,20 @@ def bidirectional_from_causal(incoming_mask: torch.Tensor) -> torch.Tensor:
     )
 
 
+def attention_reach(is_causal: bool, sliding_window: int | None) -> tuple[int, int]:
+    """How many earlier and later tokens of its own text a query sees (-1: all), as kernels take it.
+
+    The direction rule for attention kernels that read no mask (flat batches): a causal layer
+    looks back only, a bi-directional one both ways. transformers' causal sliding window lets a
+    query see ``window - 1`` earlier tokens, so a bi-directional sliding layer sees as far ahead
+    as behind, as :func:`bidirectional_from_causal` gives padded and packed batches.
+    """
+    if sliding_window is None:
+        return (-1, 0) if is_causal else (-1, -1)
+    reach = sliding_window - 1
+    return (reach, 0) if is_causal else (reach, reach)
+
+
 def running_cache(args: tuple, kwargs: dict) -> Cache | None:
     """The KV cache handed to a layer, found by its type rather than its keyword.
 

@@ -146,14 +146,14 @@ def encode(
     _check_prompt_name(encoder, prompt_name)
     use_bulk = encoder.device.type == "cuda" if bulk is None else bulk
     if compile_layers:
-        from bellm_st.kernels import compile_model_layers
+        from bellm_st.fast import compile_model_layers
 
         try:
             compile_model_layers(encoder)
         except ValueError as error:
             _fail(error)
     if use_bulk:
-        from bellm_st.bulk import encode_bulk
+        from bellm_st.fast import encode_bulk
 
         size = batch_size or GPU_BATCH_TEXTS
         vectors = encode_bulk(encoder, items, batch_size=size, max_batch_tokens=GPU_BATCH_TOKENS, prompt_name=prompt_name,
@@ -173,7 +173,8 @@ def _encode_on_devices(items: list[str], model: str | None, device: str, prompt_
     import torch
 
     from bellm_st.api import inference_dtype
-    from bellm_st.bulk import checked_devices, encode_bulk
+    from bellm_st.fast import encode_bulk
+    from bellm_st.fast.bulk import checked_devices
 
     if compile_layers and bulk is False:
         _fail(ValueError("--compile with several devices compiles inside bulk encoding; drop --no-bulk or --compile"))
@@ -542,15 +543,15 @@ def export(
     onnx: bool = typer.Option(False, "--onnx", help="Write an ONNX graph for fast CPU inference instead."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
-    """Write a sentence-transformers folder with the LoRA adapter merged (no peft needed to load it)."""
+    """Write a hub-ready sentence-transformers folder: LoRA adapter merged, the encoder's code inside (loads without bellm-st)."""
     if onnx:
         try:
-            from bellm_st.onnx_export import export_merged_onnx
+            from bellm_st.fast.onnx_export import export_merged_onnx
 
             export_merged_onnx(model, output_dir, trust_remote_code=trust_remote_code)
         except (TypeError, ValueError, OSError, ImportError) as error:
             _fail(error)
-        console.print(f"wrote {output_dir}; load it with bellm_st.onnx_export.OnnxEncoder({str(output_dir)!r})")
+        console.print(f"wrote {output_dir}; load it with bellm_st.fast.OnnxEncoder({str(output_dir)!r})")
         return
     from bellm_st.export import export_merged
 
@@ -558,7 +559,8 @@ def export(
         export_merged(model, output_dir, trust_remote_code=trust_remote_code)
     except (TypeError, ValueError, OSError) as error:
         _fail(error)
-    console.print(f"wrote {output_dir}; load it with bellm_st.load({str(output_dir)!r})")
+    console.print(f"wrote {output_dir}; load it with SentenceTransformer({str(output_dir)!r}, trust_remote_code=True), "
+                  f"or bellm_st.load({str(output_dir)!r}) where bellm-st is installed")
 
 
 @app.command()
@@ -650,7 +652,7 @@ def serve(
         served.to(inference_dtype(dtype, served.device))
     else:
         try:
-            from bellm_st.onnx_export import OnnxEncoder
+            from bellm_st.fast import OnnxEncoder
 
             served = OnnxEncoder(onnx)
         except (FileNotFoundError, ImportError) as error:

@@ -1,7 +1,9 @@
-"""Turning a trained model into something to hand over: a merged folder, or a shipped adapter.
+"""Turning a trained model into something to hand over: a standalone folder, or a shipped adapter.
 
-- :func:`export_merged` writes a plain sentence-transformers folder with the LoRA adapter folded
-  into the weights: no peft needed to load it, and no adapter overhead at inference.
+- :func:`export_merged` writes a sentence-transformers folder with the LoRA adapter folded into
+  the weights (no peft needed, no adapter overhead) that carries the method's own code, so it
+  loads with ``SentenceTransformer(folder, trust_remote_code=True)`` where bellm-st is not
+  installed, as custom models on the Hugging Face hub do.
 - :func:`package_shipped` copies just the adapter and the BeLLM settings into
   ``bellm_st/models/<name>/`` (the layout :func:`bellm_st.load` reads for a shipped name), so the
   package ships megabytes instead of a full checkpoint.
@@ -9,17 +11,127 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
-
-from bellm_st.module import ADAPTER_FOLDER, CONFIG_FILE
+import bellm_st
+from bellm_st.loading import EXPORTED_CLASS_REF
+from bellm_st.model import encoder_of
+from bellm_st.module import ADAPTER_FOLDER, CONFIG_FILE, BeLLMEncoder
 from bellm_st.shipped import SHIPPED_ROOT
-from bellm_st.training.lora import encoder_of
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+PACKAGE_ROOT = Path(bellm_st.__file__).parent
+CARD_FILE = "README.md"
+USAGE_TITLE = "## Usage (without bellm-st)"
+_CARD_CONSTRUCTOR = re.compile(r'SentenceTransformer\("([^"]*)"\)')
+_CARD_USAGE_HEADING = "\n## Usage\n"
+_PACKAGE_IMPORT = re.compile(r"^(\s*)from bellm_st\.(\w+) import ", flags=re.MULTILINE)
+
+
+def package_imports(source: str) -> list[str]:
+    """The ``bellm_st`` modules a file's source imports by absolute name (relative imports aside)."""
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return [name for name in names if name.split(".")[0] == "bellm_st"]
+
+
+def method_files() -> list[Path]:
+    """The files of the method: ``module.py`` and every ``bellm_st`` file it imports, directly or not.
+
+    These are the files an exported folder carries; ``tests/test_layout.py`` checks that they
+    reach nothing of ``bellm_st.fast``, training or serving.
+    """
+    found: list[Path] = []
+    waiting = [PACKAGE_ROOT / "module.py"]
+    while waiting:
+        path = waiting.pop()
+        if path in found:
+            continue
+        found.append(path)
+        for name in package_imports(path.read_text(encoding="utf-8")):
+            if name.count(".") != 1:
+                raise ValueError(f"{path.name} imports {name}; the method files import only bellm_st.<file>")
+            waiting.append(PACKAGE_ROOT / f"{name.split('.')[1]}.py")
+    return sorted(found)
+
+
+def standalone_source(path: Path) -> str:
+    """A method file as it sits in an exported folder: its ``bellm_st`` imports made relative."""
+    source = _PACKAGE_IMPORT.sub(r"\1from .\2 import ", path.read_text(encoding="utf-8"))
+    if package_imports(source):
+        raise ValueError(f"{path.name} imports bellm_st in a form an exported folder cannot carry; "
+                         "write it as `from bellm_st.<file> import name`")
+    return source
+
+
+def write_method_code(folder: str | os.PathLike) -> list[Path]:
+    """Copy the method's files into a saved BeLLM folder and point its ``modules.json`` at the copy.
+
+    sentence-transformers then imports the encoder class from the folder (``trust_remote_code``)
+    instead of from an installed bellm-st; :func:`bellm_st.load` maps the same name back to the
+    installed class, so nothing from the folder runs there.
+    """
+    folder = Path(folder)
+    written = []
+    for path in method_files():
+        target = folder / path.name
+        target.write_text(standalone_source(path), encoding="utf-8")
+        written.append(target)
+    modules_file = folder / "modules.json"
+    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    installed_ref = f"{BeLLMEncoder.__module__}.{BeLLMEncoder.__name__}"
+    for entry in modules:
+        if entry["type"] == installed_ref:
+            entry["type"] = EXPORTED_CLASS_REF
+    modules_file.write_text(json.dumps(modules, indent=2), encoding="utf-8")
+    return written
+
+
+def usage_section(name: str) -> str:
+    """The model card's usage text for a folder or hub repository called ``name``."""
+    files = ", ".join(f"`{path.name}`" for path in method_files())
+    return "\n".join([
+        USAGE_TITLE,
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        f'model = SentenceTransformer("{name}", trust_remote_code=True)',
+        'embeddings = model.encode(["A man is playing a guitar.", "Someone plays an instrument."])',
+        "```",
+        "",
+        "Needs sentence-transformers, transformers and torch, not bellm-st: the encoder's code travels in",
+        f"this folder, copied from bellm-st {bellm_st.__version__} ({files}),",
+        "and `trust_remote_code=True` lets sentence-transformers import it. With bellm-st installed,",
+        "`bellm_st.load(folder)` loads the same folder with the installed code instead and runs nothing from it.",
+        "",
+    ])
+
+
+def add_usage_section(folder: str | os.PathLike, name: str) -> Path:
+    """Put the usage section before the usage part of the card sentence-transformers wrote (or start a card).
+
+    That card's own example calls ``SentenceTransformer(model_id)``, which cannot load this
+    folder's code, so it gets ``trust_remote_code=True`` as well.
+    """
+    path = Path(folder) / CARD_FILE
+    card = path.read_text(encoding="utf-8") if path.exists() else ""
+    if USAGE_TITLE not in card:
+        card = _CARD_CONSTRUCTOR.sub(r'SentenceTransformer("\1", trust_remote_code=True)', card)
+        place = card.find(_CARD_USAGE_HEADING)
+        before, after = (card, "") if place < 0 else (card[:place], card[place:])
+        card = before.rstrip() + "\n\n" + usage_section(name) + after
+        path.write_text(card.lstrip(), encoding="utf-8")
+    return path
 
 
 def export_merged(
@@ -27,8 +139,10 @@ def export_merged(
 ) -> Path:
     """Save a shipped model, base or trained folder as a standalone folder with the adapter merged.
 
-    The folder loads with ``bellm_st.load(output_dir)`` wherever bellm-st is installed (the BeLLM
-    module's code), and needs no peft. ``trust_remote_code`` is :func:`bellm_st.load`'s.
+    The folder loads with ``SentenceTransformer(output_dir, trust_remote_code=True)`` without
+    bellm-st (the method's code is in it; see the model card's usage section) and with
+    ``bellm_st.load(output_dir)`` where bellm-st is installed; it needs no peft.
+    ``trust_remote_code`` is :func:`bellm_st.load`'s.
     """
     from bellm_st.api import load
 
@@ -36,6 +150,8 @@ def export_merged(
     encoder_of(model).merge_adapter()
     output_dir = Path(output_dir)
     model.save(str(output_dir))
+    write_method_code(output_dir)
+    add_usage_section(output_dir, output_dir.name)
     return output_dir
 
 

@@ -6,7 +6,9 @@ flag to transformers, which then runs the ``auto_map`` code of ``config.json``. 
 caller's explicit ``trust_remote_code=True``:
 
 - only classes of the installed ``sentence_transformers`` and ``bellm_st`` packages load; both are
-  taken from the installed packages, never from files in the folder;
+  taken from the installed packages, never from files in the folder (a folder written by
+  ``bellm-st export`` names its own copy of the encoder, :data:`EXPORTED_CLASS_REF`, which loads
+  as the installed ``BeLLMEncoder`` here, trusted or not);
 - transformers gets ``trust_remote_code=False`` (no ``auto_map`` code) and ``use_safetensors=True``;
 - a folder whose weights exist only as pickle files (``.bin``, ``.pt`` ...) is refused: unpickling
   can run code, and safetensors cannot.
@@ -25,9 +27,11 @@ from sentence_transformers.base.modules import Module
 from sentence_transformers.util import import_from_string, load_file_path
 
 from bellm_st.model import BeLLMSentenceTransformer
+from bellm_st.module import BeLLMEncoder
 
 TRUSTED_PACKAGES = ("sentence_transformers", "bellm_st")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+EXPORTED_CLASS_REF = "module.BeLLMEncoder"  # the encoder's copy in a folder written by `bellm-st export`
 TRUST_FIX = "pass trust_remote_code=True (on the command line: --trust-remote-code)"
 
 
@@ -77,12 +81,13 @@ def load_saved(
     class_refs = [] if modules_file is None else [entry["type"] for entry in json.loads(Path(modules_file).read_text())]
     # bellm_st classes always come from the installed package; others of an untrusted folder are refused.
     module_classes = {
-        ref: installed_module_class(ref, name_or_path)
+        ref: BeLLMEncoder if ref == EXPORTED_CLASS_REF else installed_module_class(ref, name_or_path)
         for ref in class_refs
-        if not trust_remote_code or ref.startswith("bellm_st.")
+        if not trust_remote_code or ref.startswith("bellm_st.") or ref == EXPORTED_CLASS_REF
     }
     model_kwargs: dict[str, Any] = {} if trust_remote_code else {"use_safetensors": True}
-    model_class = BeLLMSentenceTransformer if any(ref.startswith("bellm_st.") for ref in class_refs) else SentenceTransformer
+    bellm_folder = any(ref.startswith("bellm_st.") or ref == EXPORTED_CLASS_REF for ref in class_refs)
+    model_class = BeLLMSentenceTransformer if bellm_folder else SentenceTransformer
     # The only way sentence-transformers offers to hand over classes instead of importing them by name (its
     # trainer reloads checkpoints the same way); the version range in pyproject keeps it available.
     return model_class._load_with_module_classes(

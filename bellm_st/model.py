@@ -30,6 +30,17 @@ def bellm_encoder(model: Any) -> BeLLMEncoder | None:
     return None
 
 
+def encoder_of(model: Any) -> BeLLMEncoder:
+    """:func:`bellm_encoder` for code that only works on BeLLM models: an error saying what the model is instead of None."""
+    encoder = bellm_encoder(model)
+    if encoder is None:
+        first = type(model[0]).__name__ if isinstance(model, SentenceTransformer) and len(model) else type(model).__name__
+        raise TypeError(
+            f"expected a BeLLM model (first module BeLLMEncoder), got {first}; build one with bellm_st.build(base)"
+        )
+    return encoder
+
+
 class BeLLMSentenceTransformer(SentenceTransformer):
     """A :class:`SentenceTransformer` whose ``encode`` (and ``encode_query``/``encode_document``) validates texts first."""
 

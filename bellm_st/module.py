@@ -11,7 +11,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from sentence_transformers.base.modules.input_module import InputModule
@@ -19,16 +19,32 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from bellm_st.bidirectional import BidirectionalLayers, find_decoder_layers, make_bidirectional
 from bellm_st.inputs import validate_texts
-from bellm_st.packing import PACKED_FEATURE, PACKING_ATTENTION, is_packed, pack_rows, unpack_states
-from bellm_st.pooling import PoolingMode, check_pooling, pool, pool_flat
+from bellm_st.pooling import PoolingMode, check_pooling, pool
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
 from bellm_st.pruning import DEFAULT_KEEP_LAYERS, check_bidirectional_fits, check_keep_layers, prune_layers
 from bellm_st.tokenization import TokenizedBatch, ensure_pad_token, tokenize_flat, tokenize_with_template
-from bellm_st.varlen import FLAT_FEATURE, TEXT_OF_TOKEN, flat_attention, is_flat, use_packed_attention
 
 CONFIG_FILE = "bellm_config.json"
 ADAPTER_FOLDER = "adapter"
 DEFAULT_MAX_SEQ_LENGTH = 512
+BATCH_LAYOUT = "batch_layout"  # the feature that carries a batch's layout when it is not padded
+
+
+class BatchLayout(Protocol):
+    """Another arrangement of a batch's tokens than padding, giving the padded batch's embeddings faster.
+
+    The method needs padded batches only; :mod:`bellm_st.fast` lays batches out as packed rows,
+    one flat row or rows of one length, and plugs them in here, so this module imports none of
+    them. A batch in such a layout carries the layout object under :data:`BATCH_LAYOUT`.
+    """
+
+    def preprocess(
+        self, encoder: BeLLMEncoder, texts: list[str], prompt: str | None, max_length: int
+    ) -> dict[str, Any]:
+        """Validated texts as features in this layout (what :meth:`BeLLMEncoder.preprocess` returns)."""
+
+    def embed(self, encoder: BeLLMEncoder, features: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token states and one pooled (not yet normalised) vector per text of such a batch."""
 
 
 class IdentityConfigurationWarning(UserWarning):
@@ -75,9 +91,10 @@ class BeLLMEncoder(InputModule):
         max_seq_length: token budget; longer texts are truncated, the template never.
         model_kwargs: passed to ``AutoModel.from_pretrained`` (``dtype``, ``attn_implementation``...).
         backbone, tokenizer: already-loaded objects to use instead of loading from the path.
-        packing_row_length: pack texts end to end into rows of this many tokens instead of padding
-            each to the longest (same embeddings, no compute on padding; see :mod:`bellm_st.packing`).
-            A run-time choice, not saved with the model; ``bellm-st train`` turns it on.
+        batch_layout: how :meth:`preprocess` lays out a batch; ``None`` pads each text to the longest.
+            A :class:`BatchLayout` from :mod:`bellm_st.fast` gives the same embeddings faster
+            (``PackedRows(256)``: texts end to end, no compute on padding). A run-time choice, not
+            saved with the model; ``bellm-st train`` packs.
         keep_layers: keep only the first N decoder layers (see :mod:`bellm_st.pruning`); the
             bi-directional layers are counted among those kept. Not saved as a setting: the saved
             backbone config describes the pruned model. None keeps every layer.
@@ -99,7 +116,7 @@ class BeLLMEncoder(InputModule):
         model_kwargs: dict[str, Any] | None = None,
         backbone: PreTrainedModel | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
-        packing_row_length: int | None = None,
+        batch_layout: BatchLayout | None = None,
         keep_layers: int | None = DEFAULT_KEEP_LAYERS,
     ):
         super().__init__()
@@ -122,7 +139,7 @@ class BeLLMEncoder(InputModule):
         self.auto_model = backbone
         self.tokenizer = prepare_tokenizer(tokenizer, max_seq_length)
         self.bidirectional_layers = bidirectional_layers
-        self.packing_row_length = packing_row_length
+        self.batch_layout = batch_layout
 
     # -- the bi-directional layer choice -------------------------------------------------------
     @property
@@ -153,25 +170,14 @@ class BeLLMEncoder(InputModule):
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
     # -- sentence-transformers contract -------------------------------------------------------
-    @property
-    def packing_row_length(self) -> int | None:
-        return self._packing_row_length
-
-    @packing_row_length.setter
-    def packing_row_length(self, value: int | None) -> None:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"packing_row_length={value!r} must be None (pad each batch) or a positive int, e.g. 256")
-        self._packing_row_length = value
-
     def preprocess(
         self, inputs: Sequence[Any], prompt: str | None = None, max_length: int | None = None, **kwargs
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
         """``max_length`` overrides ``max_seq_length`` for this batch (the trainer passes a task's own budget)."""
         budget = max_length or self.max_seq_length
-        if self.packing_row_length is None:
+        if self.batch_layout is None:
             return preprocess_texts(self.tokenizer, inputs, self.template, prompt, budget, self.append_eos)
-        batch = self.tokenize_unpadded(validate_texts(inputs, where="texts"), prompt, budget)
-        return pack_rows(batch, self.packing_row_length, self.tokenizer.pad_token_id)
+        return self.batch_layout.preprocess(self, validate_texts(inputs, where="texts"), prompt, budget)
 
     def tokenize_unpadded(
         self, texts: Sequence[str], prompt: str | None = None, max_length: int | None = None
@@ -187,52 +193,20 @@ class BeLLMEncoder(InputModule):
         )
 
     def forward(self, features: dict[str, Any], **kwargs) -> dict[str, Any]:
-        if is_flat(features):
-            token_embeddings, embedding = self._embed_flat(features)
-        else:
-            token_embeddings = self._token_states(features)
+        layout: BatchLayout | None = features.get(BATCH_LAYOUT)
+        if layout is None:
+            outputs = self.auto_model(
+                input_ids=features["input_ids"], attention_mask=features["attention_mask"], use_cache=False
+            )
+            token_embeddings = outputs.last_hidden_state
             embedding = pool(token_embeddings, features["attention_mask"], features.get("text_mask"), self.pooling)
+        else:
+            token_embeddings, embedding = layout.embed(self, features)
         if self.normalize:
             embedding = torch.nn.functional.normalize(embedding, p=2, dim=-1)
         features["token_embeddings"] = token_embeddings
         features["sentence_embedding"] = embedding
         return features
-
-    def _token_states(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The last hidden states of a padded (or packed, then unpacked) batch: (texts, tokens, hidden)."""
-        if is_packed(features):
-            attention = self.decoder.config._attn_implementation
-            if attention not in PACKING_ATTENTION:
-                raise ValueError(
-                    f"packed batches need attn_implementation 'sdpa' or 'eager', not {attention!r} (which would let "
-                    "texts sharing a row attend to each other); set packing_row_length=None or load with sdpa"
-                )
-            # No padding mask: transformers reads the text boundaries from the restarting position ids.
-            outputs = self.auto_model(
-                input_ids=features["input_ids"], position_ids=features["position_ids"], use_cache=False
-            )
-            return unpack_states(outputs.last_hidden_state, features[PACKED_FEATURE])
-        # A batch known on the host to hold no padding (bulk encoding) passes no mask: the model
-        # then never inspects the mask on the device, which would stall the host once per batch.
-        attention_mask = None if features.get("padding_free") is True else features["attention_mask"]
-        outputs = self.auto_model(input_ids=features["input_ids"], attention_mask=attention_mask, use_cache=False)
-        return outputs.last_hidden_state
-
-    def _embed_flat(self, features: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A flat batch (see :mod:`bellm_st.varlen`): the states as one row, and one pooled vector per text."""
-        bounds, longest = features[FLAT_FEATURE], features["max_length"]
-        packed = {}
-        if use_packed_attention(self.decoder, bounds.device, longest):
-            packed[TEXT_OF_TOKEN] = features["sequence_index"]
-        with flat_attention(self.decoder):
-            outputs = self.auto_model(
-                input_ids=features["input_ids"], position_ids=features["position_ids"], use_cache=False,
-                cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest, **packed,
-            )
-        text_mask = features.get("text_mask")
-        embedding = pool_flat(outputs.last_hidden_state[0], features["sequence_index"], bounds,
-                              None if text_mask is None else text_mask[0], self.pooling)
-        return outputs.last_hidden_state, embedding
 
     def get_embedding_dimension(self) -> int:
         return self.decoder.config.get_text_config().hidden_size
@@ -285,8 +259,10 @@ class BeLLMEncoder(InputModule):
         backbone = AutoModel.from_pretrained(local_path, **model_kwargs)
         adapter_path = os.path.join(local_path, ADAPTER_FOLDER)
         if os.path.isdir(adapter_path):
-            from peft import PeftModel
-
+            try:  # inside try: a folder carrying this file needs peft only when it holds an adapter
+                from peft import PeftModel
+            except ImportError as error:
+                raise ImportError(f"{adapter_path} holds a LoRA adapter, which needs peft: pip install peft") from error
             backbone = PeftModel.from_pretrained(backbone, adapter_path)
         tokenizer = AutoTokenizer.from_pretrained(local_path, trust_remote_code=trust_remote_code)
         settings = {key: config[key] for key in cls.config_keys if key in config}

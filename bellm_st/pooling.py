@@ -48,33 +48,3 @@ def pool(
     if text_mask is None:
         raise ValueError("pooling='mean_text' needs the `text_mask` feature produced by BeLLMEncoder.preprocess")
     return masked_mean(states, text_mask)
-
-
-def pool_flat(
-    states: torch.Tensor,
-    sequence_index: torch.Tensor,
-    bounds: torch.Tensor,
-    text_mask: torch.Tensor | None,
-    pooling: PoolingMode,
-) -> torch.Tensor:
-    """Reduce the ``(tokens, hidden)`` states of a flat batch (texts end to end) to ``(texts, hidden)`` in float32.
-
-    ``sequence_index`` gives each token's text, ``bounds`` the texts' start offsets plus the end.
-    """
-    texts = bounds.shape[0] - 1
-    if pooling == "last":  # pick the rows first: a batch's states in float32 can take gigabytes
-        return states[bounds[1:].long() - 1].float()
-    if pooling == "mean":
-        weighted, weights = states.float(), None
-    elif text_mask is None:
-        raise ValueError("pooling='mean_text' needs the `text_mask` feature produced by BeLLMEncoder.preprocess")
-    else:
-        weights = text_mask.to(torch.float32)
-        weighted = states.to(torch.float32, copy=True).mul_(weights[:, None])
-    sums = torch.zeros((texts, states.shape[1]), dtype=torch.float32, device=states.device)
-    sums.index_add_(0, sequence_index, weighted)
-    if weights is None:
-        counts = (bounds[1:] - bounds[:-1]).to(torch.float32)
-    else:
-        counts = torch.zeros(texts, dtype=torch.float32, device=states.device).index_add_(0, sequence_index, weights)
-    return sums / counts.clamp(min=1)[:, None]

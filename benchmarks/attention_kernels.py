@@ -1,11 +1,11 @@
 """Attention kernels for flat rows of short texts, side by side: time per call and agreement.
 
-A flat batch (``bellm_st.varlen``) holds thousands of sentences end to end; each token attends
+A flat batch (``bellm_st.fast.flat``) holds thousands of sentences end to end; each token attends
 to its own text only, causally in the lower layers and both ways in the patched ones. Compared
 on one such row, with the token lengths of real sentences under the BeLLM prompt:
 
 - ``flash-varlen``: PyTorch's variable-length flash kernel (what flat batches used so far);
-- ``packed MxN/w``: ``bellm_st.packed_attention`` with M queries per program, N keys per
+- ``packed MxN/w``: ``bellm_st.fast.packed_attention`` with M queries per program, N keys per
   step and w warps (several texts share a tile);
 - ``efficient-varlen``: PyTorch's memory-efficient kernel with text boundaries (64-row tiles).
 
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from bellm_st.packed_attention import packed_attention
+from bellm_st.fast.packed_attention import packed_attention
 from bellm_st.prompts import DEFAULT_TEMPLATE
-from bellm_st.varlen import _VARLEN_KERNEL, _kernel_attention
+from bellm_st.fast.flat import _VARLEN_KERNEL, _kernel_attention
 
 
 def arguments():

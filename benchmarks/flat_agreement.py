@@ -18,10 +18,10 @@ import harness
 import numpy as np
 import torch
 
-from bellm_st import varlen
+from bellm_st.fast import flat
+from bellm_st.fast.flat import flat_features
 from bellm_st.module import BeLLMEncoder
-from bellm_st.varlen import flat_features
-from tests.conftest import TINY_ARCHITECTURES, build_tiny_tokenizer, tiny_config
+from bellm_st.testing import TINY_ARCHITECTURES, build_tiny_tokenizer, tiny_config
 
 
 def arguments():
@@ -41,8 +41,8 @@ def encoder_for(architecture: str, tokenizer, layers: int) -> BeLLMEncoder:
     return BeLLMEncoder(backbone=backbone, tokenizer=tokenizer, bidirectional_layers=layers, pooling="mean")
 
 
-def embeddings(encoder: BeLLMEncoder, texts: list[str], flat: bool, device: torch.device) -> np.ndarray:
-    features: dict[str, Any] = flat_features(encoder.tokenize_unpadded(texts)) if flat else encoder.preprocess(texts)
+def embeddings(encoder: BeLLMEncoder, texts: list[str], in_one_row: bool, device: torch.device) -> np.ndarray:
+    features: dict[str, Any] = flat_features(encoder.tokenize_unpadded(texts)) if in_one_row else encoder.preprocess(texts)
     features = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in features.items()}
     with torch.inference_mode():
         return encoder(features)["sentence_embedding"].float().cpu().numpy()
@@ -57,20 +57,20 @@ def main() -> None:
     for architecture in sorted(set(TINY_ARCHITECTURES) - {"gemma2"}):  # gemma2 caps logits: no flat batches
         with harness.recorded_failure(results, architecture):
             encoder = encoder_for(architecture, tokenizer, args.layers).to(device)
-            reference = embeddings(encoder, texts, flat=False, device=device)
+            reference = embeddings(encoder, texts, in_one_row=False, device=device)
             encoder.to(torch.bfloat16)
             row: dict[str, Any] = {"architecture": architecture}
             row["padded bf16"] = harness.cosine_rows(embeddings(encoder, texts, False, device), reference).min()
-            saved = varlen.PACKED_LONGEST, varlen.PACKED_LONGEST_WIDE_HEADS
+            saved = flat.PACKED_LONGEST, flat.PACKED_LONGEST_WIDE_HEADS
             kernels = [("flat packed", saved)]
-            if varlen._VARLEN_KERNEL is not None:  # without it, long and short batches alike go packed
+            if flat._VARLEN_KERNEL is not None:  # without it, long and short batches alike go packed
                 kernels.append(("flat flash", (0, 0)))
             for name, limits in kernels:
-                varlen.PACKED_LONGEST, varlen.PACKED_LONGEST_WIDE_HEADS = limits
+                flat.PACKED_LONGEST, flat.PACKED_LONGEST_WIDE_HEADS = limits
                 try:
                     row[name] = harness.cosine_rows(embeddings(encoder, texts, True, device), reference).min()
                 finally:
-                    varlen.PACKED_LONGEST, varlen.PACKED_LONGEST_WIDE_HEADS = saved
+                    flat.PACKED_LONGEST, flat.PACKED_LONGEST_WIDE_HEADS = saved
             rows.append(row)
     harness.print_table(rows, ["architecture", "padded bf16", "flat packed", "flat flash"],
                         title=f"lowest cosine to padded fp32 over {len(texts)} sentences (k={args.layers} of 4)")

@@ -20,14 +20,15 @@ import numpy as np
 import torch
 
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
-from bellm_st.kernels import compile_decoder_layers, uncompile_decoder_layers
+from bellm_st.fast.bulk import EQUAL_LENGTH_ROWS
+from bellm_st.fast.kernels import compile_decoder_layers, uncompile_decoder_layers
 from bellm_st.module import BeLLMEncoder
 
 
 def arguments():
     parser = harness.base_arguments(__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="bf16 (GPU default) or fp32")
+    harness.add_dtype_argument(parser)
     parser.add_argument("--layers", type=int, default=DEFAULT_BIDIRECTIONAL_LAYERS)
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--length", type=int, default=28, help="tokens per row (the benchmark sentences average ~28)")
@@ -44,7 +45,7 @@ def arguments():
 def main() -> None:
     args = arguments()
     device = torch.device(args.device)
-    dtype = harness.parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
+    dtype = harness.parse_dtype(args.dtype, device)
     peak = args.peak_tflops or (harness.H100_BF16_DENSE_TFLOPS if device.type == "cuda" else None)
     warnings.filterwarnings("ignore", category=UserWarning)
     from sentence_transformers import SentenceTransformer
@@ -66,7 +67,7 @@ def main() -> None:
     backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
     def forward(network, padding_free: bool) -> torch.Tensor:
-        features = dict(base_features, padding_free=padding_free)
+        features = dict(base_features, batch_layout=EQUAL_LENGTH_ROWS) if padding_free else dict(base_features)
         return network(features)["sentence_embedding"]
 
     reference = None

@@ -29,6 +29,8 @@ if str(REPOSITORY) not in sys.path:  # run from a checkout without installing th
 import numpy as np
 import torch
 
+from bellm_st.api import DEFAULT_BASE, INFERENCE_DTYPES, inference_dtype
+
 DEFAULT_SENTENCES_TSV = REPOSITORY.parent / "shared" / "data" / "sts" / "stsb-dev.tsv"
 DEFAULT_TRIPLETS_TSV = REPOSITORY.parent / "shared" / "data" / "nli" / "triplets.tsv"
 H100_BF16_DENSE_TFLOPS = 989.0  # H100 SXM (and H200) dense bf16 tensor-core peak
@@ -41,7 +43,7 @@ FALLBACK_WORDS = (
 # -- command line ------------------------------------------------------------------------------
 def base_arguments(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--base", default="smollm2-135m", help="shipped base name or a local checkpoint folder")
+    parser.add_argument("--base", default=DEFAULT_BASE, help="shipped base name or a local checkpoint folder")
     parser.add_argument("--data", default=str(DEFAULT_SENTENCES_TSV), help="TSV whose text columns give the sentences")
     parser.add_argument("--words", type=int, default=16, help="mean words per sentence (sentences are joined/cut to it)")
     parser.add_argument("--seed", type=int, default=0)
@@ -58,12 +60,19 @@ def resolve_base(base: str) -> str:
     return str(base_checkpoint(base))
 
 
-def parse_dtype(name: str) -> torch.dtype:
-    dtypes = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-              "fp16": torch.float16, "float16": torch.float16}
-    if name not in dtypes:
-        raise SystemExit(f"--dtype {name!r} is not one of {', '.join(dtypes)}")
-    return dtypes[name]
+def add_dtype_argument(parser: argparse.ArgumentParser, what: str = "the weights") -> None:
+    """``--dtype`` as ``bellm-st encode`` reads it, so a figure is taken in the precision users get by default."""
+    parser.add_argument("--dtype", default="auto",
+                        help=f"precision of {what}: auto (bf16 on a GPU that computes it natively, else fp32), "
+                             f"{', '.join(INFERENCE_DTYPES)}")
+
+
+def parse_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype ``--dtype`` names on ``device`` (``auto``: bellm_st.api.has_native_bf16 decides)."""
+    try:
+        return inference_dtype(name, device)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 # -- sentences ---------------------------------------------------------------------------------

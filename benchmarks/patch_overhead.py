@@ -31,7 +31,7 @@ from bellm_st.module import BeLLMEncoder
 def arguments():
     parser = harness.base_arguments(__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="bf16 (GPU default) or fp32")
+    harness.add_dtype_argument(parser)
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--layers", type=int, default=DEFAULT_BIDIRECTIONAL_LAYERS)
     parser.add_argument("--rows", type=int, default=256, help="sentences per batch (encode's default batch is 32; ours 256)")
@@ -59,7 +59,7 @@ def capture_incoming_mask(encoder: BeLLMEncoder, features: dict[str, torch.Tenso
 def main() -> None:
     args = arguments()
     device = torch.device(args.device)
-    dtype = harness.parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
+    dtype = harness.parse_dtype(args.dtype, device)
     warnings.filterwarnings("ignore", category=UserWarning)
     path = harness.resolve_base(args.base)
     encoder = BeLLMEncoder(path, bidirectional_layers=args.layers, pooling=DEFAULT_POOLING,

@@ -5,9 +5,10 @@ For each point (N layers kept, the last k of them bi-directional) the shipped re
 ``OUTPUT_DIR/n<N>-k<k>`` (a rerun resumes each run) and scores it on the dev files; then every
 model and all-MiniLM-L6-v2 are timed in the same run with ``cpu_latency.time_encoders`` (single
 query p50/p99 and batch sentences/s, interleaved so machine load hits all alike), through ONNX
-Runtime (``--backend onnx``, the README's fast CPU path) or PyTorch, plus GPU sentences/s (bf16,
-``model.encode``) where a GPU exists. Writes ``prune_sweep.json``, ``prune_sweep.md`` and, when
-points have dev scores, the Pareto plot ``prune_sweep.png`` (quality against CPU latency).
+Runtime (``--backend onnx``, the README's fast CPU path) or PyTorch, plus GPU sentences/s
+(``model.encode`` in ``--dtype auto``'s precision: bf16 where native) where a GPU exists. Writes
+``prune_sweep.json``, ``prune_sweep.md`` and, when points have dev scores, the Pareto plot
+``prune_sweep.png`` (quality against CPU latency).
 
 With ``--distill`` every pruned point is also supervised by a teacher: the sweep's own unpruned
 run (N = all layers, trained first) when it is part of the sweep, else the recipe's default
@@ -40,6 +41,7 @@ import torch
 from transformers import AutoConfig
 
 import bellm_st
+from bellm_st.api import inference_dtype
 from bellm_st.evaluation.plot import plot_pareto
 from bellm_st.evaluation.report import write_json
 from bellm_st.evaluation.retrieval import evaluate_retrieval
@@ -125,10 +127,12 @@ def retrieval_point(model, folder: Path, beir_folder: str, split: str) -> dict[s
 
 
 def gpu_sentences_per_second(model, sentences: list[str], batch_size: int, repeats: int) -> float | None:
-    """bf16 ``model.encode`` throughput on the GPU (median of ``repeats`` after a warm-up), None without one."""
+    """``model.encode`` throughput on the GPU in ``--dtype auto``'s precision (bf16 where native; median of
+    ``repeats`` after a warm-up), None without one."""
     if not torch.cuda.is_available():
         return None
-    on_gpu = copy.deepcopy(model).to("cuda", torch.bfloat16)
+    gpu = torch.device("cuda")
+    on_gpu = copy.deepcopy(model).to(gpu, inference_dtype("auto", gpu))
     on_gpu.encode(sentences[:batch_size], batch_size=batch_size)
     rates = [len(sentences) / harness.timed(lambda: on_gpu.encode(sentences, batch_size=batch_size), "cuda")[0]
              for _ in range(repeats)]
@@ -141,7 +145,7 @@ def cpu_encoder(model, name: str, args, export_root: Path):
     """What the CPU timing runs: the ONNX export of ``model`` (fp32) in ONNX Runtime, or the model itself."""
     if args.backend == "torch":
         return model
-    from bellm_st.onnx_export import export_onnx
+    from bellm_st.fast.onnx_export import export_onnx
 
     folder = export_root / name
     shutil.rmtree(folder, ignore_errors=True)
@@ -156,7 +160,7 @@ def markdown(rows: list[dict[str, Any]], score_names: list[str]) -> str:
 
     retrieval = any(row.get("retrieval_dev") for row in rows)
     header = ["model", "layers kept", "k", "non-embedding params (M)", *(f"dev {name}" for name in score_names),
-              *(["retrieval nDCG@10"] if retrieval else []), "CPU path", "CPU p50 ms", "CPU p99 ms", "CPU sentences/s", "GPU sentences/s (bf16)"]
+              *(["retrieval nDCG@10"] if retrieval else []), "CPU path", "CPU p50 ms", "CPU p99 ms", "CPU sentences/s", "GPU sentences/s (dtype auto)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         scores = row.get("dev_scores") or {}

@@ -36,7 +36,7 @@ def main() -> None:
     import torch
 
     from bellm_st.api import GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, inference_dtype, load
-    from bellm_st.bulk import encode_bulk
+    from bellm_st.fast import encode_bulk
     from bellm_st.cluster import encode_files
 
     texts = harness.load_sentences(args.data, args.count, args.words, args.seed)

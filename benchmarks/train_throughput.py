@@ -34,10 +34,10 @@ from peft.helpers import disable_input_dtype_casting
 from torch import distributed
 from torch.nn import functional
 
-from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
-from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers
+from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING, has_native_bf16
+from bellm_st.fast.kernels import attention_without_cudnn, compile_decoder_layers
 from bellm_st.module import BeLLMEncoder
-from bellm_st.packing import DEFAULT_ROW_LENGTH, merge_packed
+from bellm_st.fast.packing import DEFAULT_ROW_LENGTH, PackedRows, merge_packed
 
 LOSS_SCALE = 20.0
 
@@ -46,7 +46,7 @@ def arguments():
     parser = harness.base_arguments(__doc__.split("\n")[0])
     parser.add_argument("--triplets", default=str(harness.DEFAULT_TRIPLETS_TSV), help="NLI triplets TSV")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="dtype of the frozen backbone: bf16 (GPU default) or fp32")
+    harness.add_dtype_argument(parser, "the frozen backbone")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--pooling", default=DEFAULT_POOLING)
     parser.add_argument("--variants", default=f"k{DEFAULT_BIDIRECTIONAL_LAYERS},k{DEFAULT_BIDIRECTIONAL_LAYERS}-gc,k0",
@@ -92,7 +92,7 @@ def build_model(path: str, variant: dict[str, Any], args, device: torch.device, 
 
     encoder = BeLLMEncoder(path, bidirectional_layers=variant["layers"], pooling=args.pooling,
                            model_kwargs={"dtype": dtype, "attn_implementation": args.attn},
-                           packing_row_length=args.packing_row_length if variant["packed"] else None)
+                           batch_layout=PackedRows(args.packing_row_length) if variant["packed"] else None)
     if variant["checkpointing"]:
         encoder.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     dropout = args.lora_dropout if variant["dropout"] is None else variant["dropout"]
@@ -125,7 +125,7 @@ class Prefetcher(threading.Thread):
                 start = (step * self.batch_size) % len(self.triplets)
                 batch = [self.triplets[(start + offset) % len(self.triplets)] for offset in range(self.batch_size)]
                 columns = [text for column in zip(*batch) for text in column]  # anchors, positives, negatives
-                if self.model[0].packing_row_length is not None:  # as bellm-st train: each column packed, then merged
+                if self.model[0].batch_layout is not None:  # as bellm-st train: each column packed, then merged
                     parts = [self.model.preprocess(list(column)) for column in zip(*batch)]
                     features = [merge_packed(parts, self.model[0].tokenizer.pad_token_id)]
                     order = None
@@ -188,7 +188,7 @@ def run_variant(
         network = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, fused=device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=has_native_bf16(device))
     rank = distributed.get_rank() if world > 1 else 0
     shard = triplets[rank::world] if world > 1 else triplets
     total_steps = args.warmup_steps + args.steps
@@ -279,7 +279,7 @@ def main() -> None:
     elif device.type == "cuda" and device.index is None:
         device = torch.device("cuda", 0)
     is_main = not distributed.is_initialized() or distributed.get_rank() == 0
-    dtype = harness.parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
+    dtype = harness.parse_dtype(args.dtype, device)
     warnings.filterwarnings("ignore", category=UserWarning)
     torch.manual_seed(args.seed)
     path = harness.resolve_base(args.base)
@@ -311,7 +311,7 @@ def main() -> None:
         harness.print_table(rows, ["variant", "batch_size_per_device", "devices", "triplets_per_s", "tokens_per_s",
                                    "model_tflops", "pct_peak", "peak_memory_gib", "loss_last"],
                             title=f"LoRA r={args.rank} training throughput ({dtype} backbone"
-                                  f"{', bf16 autocast' if device.type == 'cuda' else ''})")
+                                  f"{', bf16 autocast' if has_native_bf16(device) else ''})")
         if "scaling" in result:
             print("\nscaling vs one device:", result["scaling"])
         harness.write_result(args.name or f"train_throughput_{world}gpu", result, args.out)

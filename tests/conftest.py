@@ -10,14 +10,13 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
-    # Triton kernels (bellm_st.packed_attention) then run in Triton's interpreter on CPU tensors;
+    # Triton kernels (bellm_st.fast.packed_attention) then run in Triton's interpreter on CPU tensors;
     # it must be chosen before the first kernel is defined.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 from transformers import PreTrainedTokenizerFast
 
-# The speed tests (moving to their own package) import CORPUS, TINY_ARCHITECTURES and tiny_backbone from
-# here; the other tests import bellm_st.testing.
-from bellm_st.testing import CORPUS, TINY_ARCHITECTURES, build_tiny_tokenizer, tiny_backbone, tiny_model_dir  # noqa: F401
+from bellm_st.testing import build_tiny_tokenizer
+from bellm_st.testing.fixtures import tiny_model_dir  # noqa: F401 (a pytest fixture)
 
 
 @pytest.fixture(scope="session")

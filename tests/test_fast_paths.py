@@ -7,10 +7,10 @@ import pickle
 import threading
 
 import torch
-from tests.conftest import tiny_backbone
 from torch.nn import functional
 
 from bellm_st.bidirectional import make_bidirectional
+from bellm_st.testing import tiny_backbone
 
 
 def test_one_mask_is_built_per_forward_whatever_the_number_of_layers(monkeypatch):
@@ -91,7 +91,7 @@ def test_a_patched_model_pickles_and_stays_bidirectional():
 
 def test_bulk_encoding_runs_with_cudnn_attention_off_and_restores_it(tiny_model, monkeypatch):
     """cuDNN re-plans attention for every batch shape; bulk encoding must not use it, and must put it back."""
-    from bellm_st.bulk import encode_bulk
+    from bellm_st.fast.bulk import encode_bulk
 
     seen = []
     original = tiny_model[0].forward
@@ -110,7 +110,7 @@ def test_bulk_encoding_runs_with_cudnn_attention_off_and_restores_it(tiny_model,
 
 def test_compiled_layers_can_be_made_eager_again(tiny_model):
     from bellm_st.bidirectional import find_decoder_layers
-    from bellm_st.kernels import compile_decoder_layers, uncompile_decoder_layers
+    from bellm_st.fast.kernels import compile_decoder_layers, uncompile_decoder_layers
 
     decoder = tiny_model[0].decoder
     assert compile_decoder_layers(decoder) == len(find_decoder_layers(decoder))
@@ -126,7 +126,7 @@ def test_compiled_layers_can_be_made_eager_again(tiny_model):
 
 def test_uncompiling_restores_a_forward_set_by_someone_else(tiny_model):
     from bellm_st.bidirectional import find_decoder_layers
-    from bellm_st.kernels import compile_decoder_layers, uncompile_decoder_layers
+    from bellm_st.fast.kernels import compile_decoder_layers, uncompile_decoder_layers
 
     decoder = tiny_model[0].decoder
     layer = find_decoder_layers(decoder)[0]

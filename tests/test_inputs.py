@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bellm_st.bulk import encode_bulk
+from bellm_st.fast.bulk import encode_bulk
 from bellm_st.inputs import validate_text, validate_texts
 
 
@@ -92,7 +92,7 @@ def test_a_very_long_text_warns_and_is_truncated(tiny_model, caplog):
 def test_truncation_warns_once_per_encode_call_with_a_count(tiny_model, caplog, monkeypatch, bulk):
     """Was one warning line per truncated text (encode), then one per tokenizer chunk (encode_bulk's thread)."""
     texts = ["word " * (600 + i) for i in range(10)] + ["short"]
-    monkeypatch.setattr("bellm_st.bulk.TOKENIZE_CHUNK", 4)
+    monkeypatch.setattr("bellm_st.fast.bulk.TOKENIZE_CHUNK", 4)
     with caplog.at_level("WARNING"):
         if bulk:
             encode_bulk(tiny_model, texts, batch_size=3)

@@ -73,7 +73,7 @@ def test_save_and_load_round_trip(tiny_model_dir, tmp_path):
 
 def test_onnx_export_round_trip(tiny_model_dir, tmp_path):
     pytest.importorskip("onnxscript")
-    from bellm_st.onnx_export import OnnxEncoder, export_onnx
+    from bellm_st.fast.onnx_export import OnnxEncoder, export_onnx
 
     model = bellm_st.build(tiny_model_dir, keep_layers=3, bidirectional_layers=2, pooling="mean", device="cpu")
     encoder = OnnxEncoder(export_onnx(model, tmp_path / "onnx"), threads=1)

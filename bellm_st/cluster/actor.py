@@ -19,7 +19,7 @@ class EmbedBatches:
     once per actor and returns each batch with a float32 vector column appended.
 
     ``model`` is what :func:`bellm_st.load` takes (a shipped name, a saved folder,
-    ``None`` for the default; ``trust_remote_code`` as there). On a GPU the texts go through :func:`bellm_st.bulk.encode_bulk`
+    ``None`` for the default; ``trust_remote_code`` as there). On a GPU the texts go through :func:`bellm_st.fast.encode_bulk`
     in ``dtype`` (``auto``: bf16 where the GPU has it), on a CPU through ``model.encode``; the
     vectors are the ones ``model.encode`` gives. Bad rows fail the batch with an error naming
     the column, the row in the batch and, when the rows carry Ray's ``path`` column, the file.
@@ -49,7 +49,7 @@ class EmbedBatches:
         """float32 vectors of ``texts``: ``encode_bulk`` on a GPU, ``model.encode`` on a CPU."""
         if self.model.device.type == "cuda":
             from bellm_st.api import GPU_BATCH_TEXTS, GPU_BATCH_TOKENS
-            from bellm_st.bulk import encode_bulk
+            from bellm_st.fast import encode_bulk
 
             return encode_bulk(self.model, texts, batch_size=GPU_BATCH_TEXTS, max_batch_tokens=GPU_BATCH_TOKENS,
                                prompt_name=self.prompt_name, normalize_embeddings=self.normalize_embeddings)

@@ -2,7 +2,7 @@
 
 Kept apart from the HTTP layer so the batcher can be driven (and tested) with any object that
 has the same two methods. Two backends sit behind it: a SentenceTransformer (torch, any device)
-or an :class:`~bellm_st.onnx_export.OnnxEncoder` (ONNX Runtime, the CPU fast path); both tokenise
+or an :class:`~bellm_st.fast.OnnxEncoder` (ONNX Runtime, the CPU fast path); both tokenise
 with the model's own tokenizer, so token counts and vectors agree.
 """
 
@@ -16,7 +16,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import PreTrainedTokenizerBase
 
 if TYPE_CHECKING:
-    from bellm_st.onnx_export import OnnxEncoder
+    from bellm_st.fast import OnnxEncoder
 
 ServedModel = Union[SentenceTransformer, "OnnxEncoder"]
 

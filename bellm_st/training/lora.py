@@ -11,19 +11,7 @@ from __future__ import annotations
 from peft import LoraConfig, get_peft_model
 from sentence_transformers import SentenceTransformer
 
-from bellm_st.model import bellm_encoder
-from bellm_st.module import BeLLMEncoder
-
-
-def encoder_of(model: SentenceTransformer) -> BeLLMEncoder:
-    """The BeLLM module of a SentenceTransformer, or an error saying what kind of model it is."""
-    encoder = bellm_encoder(model)
-    if encoder is None:
-        raise TypeError(
-            f"expected a BeLLM model (first module BeLLMEncoder), got {type(model[0]).__name__}; "
-            "build one with bellm_st.build(base)"
-        )
-    return encoder
+from bellm_st.model import encoder_of
 
 
 def add_lora(

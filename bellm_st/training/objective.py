@@ -32,7 +32,7 @@ from sentence_transformers.sentence_transformer.losses import AnglELoss, CoSENTL
 from sentence_transformers.sentence_transformer.losses.matryoshka import shrink
 from torch import Tensor, nn
 
-from bellm_st.packing import is_packed, merge_packed
+from bellm_st.fast.packing import is_packed, merge_packed
 from bellm_st.training.distillation import TeacherDistillation, split_teacher_features
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bellm_st.api import DEFAULT_BASE, DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
+from bellm_st.fast.packing import DEFAULT_ROW_LENGTH
 from bellm_st.module import DEFAULT_MAX_SEQ_LENGTH
-from bellm_st.packing import DEFAULT_ROW_LENGTH
 from bellm_st.pooling import check_pooling
 from bellm_st.prompts import DEFAULT_TEMPLATE, TEXT_SLOT, Template
 from bellm_st.pruning import DEFAULT_KEEP_LAYERS, check_bidirectional_fits, check_keep_layers
@@ -171,7 +171,7 @@ class Recipe:
     # longest (same gradients, far fewer tokens on short texts: docs/BENCHMARKS.md). 0 pads as
     # sentence-transformers does.
     packing_row_length: int = DEFAULT_ROW_LENGTH
-    # torch.compile each decoder layer (bellm_st.kernels.compile_decoder_layers): fused element-wise
+    # torch.compile each decoder layer (bellm_st.fast.compile_decoder_layers): fused element-wise
     # work and fewer kernel launches, after some compiling. Off by default: it pays on GPUs.
     compile_layers: bool = False
     # Processes preparing batches ahead of the GPU; None: 4 on a GPU machine of 8+ cores, else 0.

@@ -29,11 +29,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 import bellm_st
 from bellm_st.api import has_native_bf16
 from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs, sts_evaluator
-from bellm_st.kernels import attention_without_cudnn, compile_decoder_layers, uncompile_decoder_layers
-from bellm_st.model import bellm_encoder
+from bellm_st.fast import PackedRows, attention_without_cudnn, compile_decoder_layers, uncompile_decoder_layers
+from bellm_st.model import bellm_encoder, encoder_of
 from bellm_st.training.data import dataset_name, load_source
 from bellm_st.training.distillation import WithTeacherInputs, load_teacher
-from bellm_st.training.lora import add_lora, encoder_of
+from bellm_st.training.lora import add_lora
 from bellm_st.training.tasks import TaskLengthCollator, check_task_columns, model_prompts, task_loss, task_prompts
 from bellm_st.training.model_card import add_card_section, render_card_section
 from bellm_st.training.recipe import RECIPE_FILE, Recipe
@@ -384,7 +384,7 @@ def train(
     extra_callbacks = [BF16AdapterInputsCallback(model)] if args.bf16 else []
     encoder = bellm_encoder(model)
     if encoder is not None:
-        encoder.packing_row_length = recipe.packing_row_length or None
+        encoder.batch_layout = PackedRows(recipe.packing_row_length) if recipe.packing_row_length else None
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
@@ -408,7 +408,7 @@ def train(
         if encoder is not None:
             if recipe.init_model is None:
                 encoder.max_seq_length = recipe.max_seq_length
-            encoder.packing_row_length = None
+            encoder.batch_layout = None
             uncompile_decoder_layers(encoder.decoder)
     data_rows = {source.path: len(dataset) for source, dataset in zip(recipe.train_data, datasets.values())}
     dev_scores: dict[str, float] = {}

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import bellm_st
 from bellm_st.cli import app
-from bellm_st.onnx_export import OnnxEncoder, export_onnx
+from bellm_st.fast.onnx_export import OnnxEncoder, export_onnx
 from bellm_st.serving import ServerSettings
 
 from .serving_support import MODEL_ID, QUERY_TEMPLATE, LiveServer, live_server

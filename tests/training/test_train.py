@@ -325,7 +325,7 @@ def test_packed_training_learns_what_padded_training_learns(tiny_model_dir, data
     for name in expected:
         assert torch.allclose(found[name], expected[name], atol=1e-4), name
     # the saved model pads again at inference (packing is a run-time choice)
-    assert SentenceTransformer(str(tmp_path / "packed"), trust_remote_code=True, device="cpu")[0].packing_row_length is None
+    assert SentenceTransformer(str(tmp_path / "packed"), trust_remote_code=True, device="cpu")[0].batch_layout is None
 
 
 def test_resume_accepts_a_changed_packing_row_length(tiny_model_dir, data_dir, tmp_path):

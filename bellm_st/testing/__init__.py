@@ -1,19 +1,18 @@
-"""Tiny random decoders and a tiny fast tokenizer, built in code: test models (and pytest fixtures
-on them) for bellm-st and for packages built on it; importing this module needs pytest.
+"""Tiny random decoders and a tiny fast tokenizer, built in code: test models for bellm-st and
+for packages built on it.
 
-They need no download and run in seconds on a CPU, so the core tests and each framework
-integration's tests (which must run with only bellm-st installed) use the same models from here
-instead of reaching into another package's test folder. A ``conftest.py`` imports the fixtures
-it wants: ``from bellm_st.testing import tiny_model_dir``.
+They need no download and run in seconds on a CPU, so the core tests, the speed tests and each
+framework integration's tests (which must run with only bellm-st installed) use the same models
+from here instead of reaching into another package's test folder. Importing this needs no pytest
+(not a dependency of bellm-st); the pytest fixtures on these models are in
+:mod:`bellm_st.testing.fixtures`.
 """
 
 from __future__ import annotations
 
 import os
 
-import pytest
 import torch
-from sentence_transformers import SentenceTransformer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerFast
 
@@ -90,25 +89,3 @@ def save_tiny_checkpoint(folder: str | os.PathLike) -> str:
     tiny_backbone("llama").save_pretrained(folder)
     build_tiny_tokenizer().save_pretrained(folder)
     return str(folder)
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    """A saved tiny llama checkpoint + tokenizer, loadable by path like any real model."""
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="session")
-def tiny_bellm(tiny_model_dir) -> SentenceTransformer:
-    """A BeLLM SentenceTransformer on the tiny llama (k=2), on CPU, shared by the session: do not modify it."""
-    from bellm_st.api import build
-
-    return build(tiny_model_dir, bidirectional_layers=2, device="cpu")
-
-
-@pytest.fixture(scope="session")
-def tiny_bellm_dir(tiny_bellm, tmp_path_factory) -> str:
-    """The tiny BeLLM model saved to a folder, loadable by name like any saved model."""
-    path = tmp_path_factory.mktemp("tiny-bellm")
-    tiny_bellm.save(str(path))
-    return str(path)

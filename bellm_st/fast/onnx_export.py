@@ -106,7 +106,7 @@ def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike) -> Pa
     output_dir.mkdir(parents=True, exist_ok=True)
     names = graph_input_names(encoder)
     # Two lengths, so the sample has padding; always padded (the graph takes padded batches) even
-    # if the module packs its batches (packing_row_length).
+    # if the module packs its batches (batch_layout).
     sample = preprocess_texts(
         encoder.tokenizer, list(EXPORT_SAMPLE_TEXTS), encoder.template, None, encoder.max_seq_length, encoder.append_eos
     )
@@ -172,7 +172,7 @@ class OnnxEncoder:
         if not config_path.is_file() or not (folder / ONNX_FILE).is_file():
             raise FileNotFoundError(
                 f"{folder} is not an exported bellm-st ONNX folder (no {ONNX_CONFIG_FILE} or {ONNX_FILE}); "
-                "write one with bellm_st.onnx_export.export_onnx(model, folder) or `bellm-st export --onnx`"
+                "write one with bellm_st.fast.export_onnx(model, folder) or `bellm-st export --onnx`"
             )
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads={threads!r} must be a positive int (or None for ONNX Runtime's default)")

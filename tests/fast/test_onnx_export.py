@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import bellm_st
-from bellm_st.onnx_export import OnnxEncoder, export_onnx
+from bellm_st.fast.onnx_export import OnnxEncoder, export_onnx
+from bellm_st.fast.packing import PackedRows
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -91,7 +92,7 @@ def test_prompts_and_options_match_sentence_transformers(tiny_bidirectional, exp
 
 def test_mean_text_pooling_feeds_the_text_mask(tiny_model_dir, tmp_path):
     model = build_tiny(tiny_model_dir, bidirectional_layers=2, pooling="mean_text")
-    model[0].packing_row_length = 128  # a packing module still exports its padded graph
+    model[0].batch_layout = PackedRows(128)  # a packing module still exports its padded graph
     encoder = OnnxEncoder(export_onnx(model, tmp_path / "tiny-mean-text"))
     assert encoder.input_names == ["input_ids", "attention_mask", "text_mask"]
     np.testing.assert_allclose(encoder.encode(TEXTS), model.encode(TEXTS), atol=1e-5)

@@ -30,17 +30,56 @@ import torch
 from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
+from bellm_st.fast.flat import flat_attention_unsupported, flat_features
+from bellm_st.fast.kernels import attention_without_cudnn, compile_model_layers
 from bellm_st.inputs import validate_texts
-from bellm_st.kernels import attention_without_cudnn
 from bellm_st.model import BeLLMSentenceTransformer, bellm_encoder
-from bellm_st.module import BeLLMEncoder
+from bellm_st.module import BATCH_LAYOUT, BeLLMEncoder
+from bellm_st.pooling import pool
 from bellm_st.prompts import resolve_prompt
 from bellm_st.tokenization import TokenizedBatch, group_by_length, one_truncation_warning
-from bellm_st.varlen import flat_attention_unsupported, flat_features
 
 _DONE = object()
 TOKENIZE_CHUNK = 16_384  # texts per tokenizer call: large enough to keep every core busy and fill buckets
 PENDING_BATCHES = 2  # batches' worth of rows that may wait in length buckets before the fullest goes out
+
+
+class EqualLengthRows:
+    """Rows that all have one token length, so none is padded (a :class:`bellm_st.module.BatchLayout`)."""
+
+    def preprocess(self, encoder: BeLLMEncoder, texts: list[str], prompt: str | None, max_length: int) -> dict[str, Any]:
+        groups = group_by_length(encoder.tokenize_unpadded(texts, prompt, max_length))
+        if len(groups) > 1:
+            raise ValueError(
+                f"EqualLengthRows needs texts of one token length, these have {len(groups)} lengths; "
+                "use PackedRows or FLAT_ROW (bellm_st.fast) for texts of any length"
+            )
+        _, ids, text_mask = groups[0]
+        return self.features(ids, text_mask)
+
+    @staticmethod
+    def features(ids: np.ndarray, text_mask: np.ndarray | None) -> dict[str, Any]:
+        """Features of ``(rows, length)`` token ids; the attention mask (all ones) is what pooling reads."""
+        features: dict[str, Any] = {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.ones(ids.shape, dtype=torch.int64),
+            BATCH_LAYOUT: EQUAL_LENGTH_ROWS,
+        }
+        if text_mask is not None:
+            features["text_mask"] = torch.from_numpy(text_mask.astype(np.int64))
+        return features
+
+    def embed(self, encoder: BeLLMEncoder, features: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        # No mask for the model: it then never inspects the mask on the device, which would stall
+        # the host once per batch.
+        states = encoder.auto_model(input_ids=features["input_ids"], attention_mask=None, use_cache=False).last_hidden_state
+        return states, pool(states, features["attention_mask"], features.get("text_mask"), encoder.pooling)
+
+    def __repr__(self) -> str:
+        return "EQUAL_LENGTH_ROWS"
+
+
+EQUAL_LENGTH_ROWS = EqualLengthRows()
 
 
 def _longest_first(texts: list[str]) -> np.ndarray:
@@ -88,14 +127,8 @@ def _unpadded_batches(
         text_mask = None if parts[0][2] is None else np.concatenate([part[2] for part in parts])
         rows = rows_per_batch(length)
         for start in range(0, len(indices), rows):
-            features = {
-                "input_ids": torch.from_numpy(ids[start : start + rows]),
-                "attention_mask": torch.ones((len(indices[start : start + rows]), length), dtype=torch.int64),
-                "padding_free": True,
-            }
-            if text_mask is not None:
-                features["text_mask"] = torch.from_numpy(text_mask[start : start + rows].astype(np.int64))
-            yield indices[start : start + rows], features
+            part = slice(start, start + rows)
+            yield indices[part], EqualLengthRows.features(ids[part], None if text_mask is None else text_mask[part])
 
     for chunk_start in range(0, len(order), TOKENIZE_CHUNK):
         chunk = order[chunk_start : chunk_start + TOKENIZE_CHUNK]
@@ -114,7 +147,7 @@ def _unpadded_batches(
 
 
 def _flat_batches(encoder: BeLLMEncoder, texts: list[str], prompt: str | None, batch_size: int, max_batch_tokens: int):
-    """Flat batches (:mod:`bellm_st.varlen`) in input order: texts end to end, each batch as full as the limits allow.
+    """Flat batches (:mod:`bellm_st.fast.flat`) in input order: texts end to end, each batch as full as the limits allow.
 
     No sorting or length buckets are needed, since texts of any length share a batch without
     padding; a chunk's last texts wait for the next chunk so that only the final batch is partial.
@@ -252,10 +285,10 @@ def encode_bulk(
     ``model.encode(device=[...])``, the model goes back to its device afterwards). Each process
     pays its start-up (seconds to tens of seconds), so this pays off only for large collections.
     ``compile_layers`` compiles the decoder layers in each process first (pooled runs only;
-    compile a single model yourself with :func:`bellm_st.kernels.compile_model_layers`).
+    compile a single model yourself with :func:`bellm_st.fast.compile_model_layers`).
 
     BeLLM models on an Ampere-or-newer CUDA GPU in half precision get flat batches (texts of any length end to
-    end, variable-length flash attention; :mod:`bellm_st.varlen`), other BeLLM models batches of
+    end, variable-length flash attention; :mod:`bellm_st.fast.flat`), other BeLLM models batches of
     one exact token length. ``flat_batches`` forces either (``True`` also runs where the flash
     kernel is missing, through a slow exact stand-in).
     """
@@ -274,7 +307,7 @@ def encode_bulk(
         return vectors.numpy() if convert_to_numpy else vectors
     if compile_layers:
         raise ValueError("compile_layers=True applies to the processes of devices=[...]; for one model call "
-                         "bellm_st.kernels.compile_model_layers(model) once instead")
+                         "bellm_st.fast.compile_model_layers(model) once instead")
     model.eval()
     device = model.device
     batches = _batches(model, texts, prompt, batch_size, max_batch_tokens, flat_batches)
@@ -359,8 +392,6 @@ class _BulkInference(SentenceTransformer):
                 torch.cuda.set_device(torch.device(device))
             self.to(device)
         if options.pop("compile_layers") and not getattr(self, "_layers_compiled", False):
-            from bellm_st.kernels import compile_model_layers
-
             compile_model_layers(self)
             self._layers_compiled = True
         vectors = encode_bulk(self, inputs, prompt=prompt, batch_size=batch_size,

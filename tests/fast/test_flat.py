@@ -1,4 +1,4 @@
-"""Flat batches: texts end to end in one row with variable-length attention (bellm_st.varlen).
+"""Flat batches: texts end to end in one row with variable-length attention (bellm_st.fast.flat).
 
 On CPU the attention runs through the packed kernel in Triton's interpreter (or, where it is
 off, the per-text SDPA stand-in), which must agree with the padded path for every architecture;
@@ -12,19 +12,19 @@ import pytest
 import torch
 
 import bellm_st
-from bellm_st import varlen
-from bellm_st.bulk import _flat_batches, encode_bulk
-from bellm_st.varlen import (
+from bellm_st.bidirectional import attention_reach
+from bellm_st.fast import FLAT_ROW, flat
+from bellm_st.fast.bulk import _flat_batches, encode_bulk
+from bellm_st.fast.flat import (
     VARLEN_ATTENTION,
     _kernel_attention,
     _reference_attention,
-    _window,
     flat_attention,
     flat_attention_unsupported,
     flat_features,
 )
-from tests.conftest import TINY_ARCHITECTURES
-from tests.test_packing import TEXTS, embed, encoder_for
+from bellm_st.testing import TINY_ARCHITECTURES
+from tests.fast.test_packing import TEXTS, embed, encoder_for
 
 FLAT_ARCHITECTURES = sorted(set(TINY_ARCHITECTURES) - {"gemma2"})  # gemma2 caps attention logits
 
@@ -46,13 +46,21 @@ def test_flat_embeddings_equal_padded_ones(tiny_tokenizer, architecture, layers)
     assert torch.allclose(embed_flat(encoder, TEXTS), padded, atol=1e-5)
 
 
+def test_an_encoder_laid_out_in_one_row_encodes_like_a_padded_one(tiny_model):
+    """FLAT_ROW as the encoder's batch layout: sentence-transformers' encode gets one row per batch."""
+    expected = tiny_model.encode(TEXTS, convert_to_tensor=True)
+    tiny_model[0].batch_layout = FLAT_ROW
+    assert tiny_model[0].preprocess(TEXTS[:3])["input_ids"].shape[0] == 1
+    assert torch.allclose(tiny_model.encode(TEXTS, convert_to_tensor=True, batch_size=4), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("architecture", ["llama", "gemma3_text"])
 def test_the_exact_stand_in_gives_the_padded_embeddings_too(tiny_tokenizer, architecture, monkeypatch):
     """Without the packed kernel (no Triton, or CPU outside the interpreter) the per-text SDPA loop runs."""
-    monkeypatch.setattr(varlen, "packed_attention_available", lambda device: False)
+    monkeypatch.setattr(flat, "packed_attention_available", lambda device: False)
     calls = []
-    original = varlen.packed_attention
-    monkeypatch.setattr(varlen, "packed_attention", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    original = flat.packed_attention
+    monkeypatch.setattr(flat, "packed_attention", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
     encoder = encoder_for(tiny_tokenizer, architecture, 2, pooling="mean")
     with torch.no_grad():
         padded = embed(encoder, TEXTS)
@@ -63,8 +71,8 @@ def test_the_exact_stand_in_gives_the_padded_embeddings_too(tiny_tokenizer, arch
 def test_flat_batches_on_cpu_go_through_the_packed_kernel_in_the_interpreter(tiny_tokenizer, monkeypatch):
     pytest.importorskip("triton")
     calls = []
-    original = varlen.packed_attention
-    monkeypatch.setattr(varlen, "packed_attention", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    original = flat.packed_attention
+    monkeypatch.setattr(flat, "packed_attention", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
     encoder = encoder_for(tiny_tokenizer, "llama", 2, pooling="mean")
     embed_flat(encoder, TEXTS[:2])
     assert len(calls) == encoder.decoder.config.num_hidden_layers
@@ -115,7 +123,7 @@ def test_a_sliding_layer_whose_window_keyword_is_missing_is_refused():
     states = torch.zeros(1, 2, 6, 8)
     bounds = torch.tensor([0, 6], dtype=torch.int32)
     with pytest.raises(RuntimeError, match=r"without its `sliding_window` keyword.*installed: transformers"):
-        varlen.varlen_attention_forward(module, states, states, states, None, cu_seq_lens_q=bounds, max_length_q=6)
+        flat.varlen_attention_forward(module, states, states, states, None, cu_seq_lens_q=bounds, max_length_q=6)
 
 
 def test_soft_capped_attention_is_refused(tiny_tokenizer):
@@ -129,7 +137,7 @@ def test_flat_batches_are_only_chosen_where_the_kernel_runs(tiny_tokenizer, monk
     encoder = encoder_for(tiny_tokenizer, "llama", 2)
     assert "CUDA" in flat_attention_unsupported(encoder.decoder, torch.device("cpu"))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", reference_kernel({"scale", "window_size"}, []))
+    monkeypatch.setattr(flat, "_VARLEN_KERNEL", reference_kernel({"scale", "window_size"}, []))
     assert "fp16 or bf16" in flat_attention_unsupported(encoder.decoder, torch.device("cuda"))
 
 
@@ -137,13 +145,13 @@ def test_flat_batches_are_only_chosen_where_the_kernel_runs(tiny_tokenizer, monk
     (True, None, (-1, 0)), (False, None, (-1, -1)), (True, 4, (3, 0)), (False, 4, (3, 3)),
 ])
 def test_kernel_windows_follow_transformers_conventions(is_causal, window, expected):
-    assert _window(is_causal, window) == expected
+    assert attention_reach(is_causal, window) == expected
 
 
 def test_bulk_flat_batches_fill_both_limits_in_input_order(tiny_model_dir, monkeypatch):
     model = bellm_st.build(tiny_model_dir, bidirectional_layers=2, pooling="mean", device="cpu")
     texts = TEXTS * 3
-    monkeypatch.setattr("bellm_st.bulk.TOKENIZE_CHUNK", 7)  # texts wait across chunks
+    monkeypatch.setattr("bellm_st.fast.bulk.TOKENIZE_CHUNK", 7)  # texts wait across chunks
     batches = list(_flat_batches(model[0], texts, None, batch_size=5, max_batch_tokens=200))
     order = np.concatenate([indices for indices, _ in batches])
     np.testing.assert_array_equal(order, np.arange(len(texts)))
@@ -158,7 +166,7 @@ def test_bulk_flat_batches_fill_both_limits_in_input_order(tiny_model_dir, monke
         assert counts[position] == 5 or tokens[position] + next_length > 200
     expected = model.encode(texts, batch_size=4)
     # the per-text SDPA stand-in (the packed kernel in Triton's interpreter is slow for many small batches)
-    monkeypatch.setattr(varlen, "packed_attention_available", lambda device: False)
+    monkeypatch.setattr(flat, "packed_attention_available", lambda device: False)
     np.testing.assert_allclose(encode_bulk(model, texts, batch_size=5, max_batch_tokens=200, flat_batches=True),
                                expected, atol=1e-5)
 
@@ -168,7 +176,7 @@ def test_a_lora_wrapped_backbone_runs_flat_batches(tiny_tokenizer):
     from peft import LoraConfig, get_peft_model
 
     from bellm_st.module import BeLLMEncoder
-    from tests.conftest import tiny_backbone
+    from bellm_st.testing import tiny_backbone
 
     backbone = get_peft_model(tiny_backbone("llama"),
                               LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
@@ -180,7 +188,7 @@ def test_a_lora_wrapped_backbone_runs_flat_batches(tiny_tokenizer):
 
 def reference_kernel(accepted: set[str], calls: list[dict]):
     """A stand-in for PyTorch's varlen_attn that takes only ``accepted`` keywords and computes exactly."""
-    from bellm_st.varlen import _reference_attention
+    from bellm_st.fast.flat import _reference_attention
 
     def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, **options):
         assert set(options) <= accepted, f"passed {set(options) - accepted} to a kernel without them"
@@ -222,23 +230,23 @@ def test_flat_batches_need_a_recent_gpu_and_kernel(tiny_tokenizer, monkeypatch):
     encoder = encoder_for(tiny_tokenizer, "llama", 2)
     encoder.auto_model.to(torch.bfloat16)
     cuda = torch.device("cuda")
-    monkeypatch.setattr(varlen, "packed_attention_available", lambda device: False)  # no Triton
+    monkeypatch.setattr(flat, "packed_attention_available", lambda device: False)  # no Triton
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", reference_kernel({"scale", "window_size"}, []))
+    monkeypatch.setattr(flat, "_VARLEN_KERNEL", reference_kernel({"scale", "window_size"}, []))
     assert flat_attention_unsupported(encoder.decoder, cuda) is None
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert "Ampere" in flat_attention_unsupported(encoder.decoder, cuda)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", reference_kernel({"is_causal"}, []))
+    monkeypatch.setattr(flat, "_VARLEN_KERNEL", reference_kernel({"is_causal"}, []))
     assert "no scale" in flat_attention_unsupported(encoder.decoder, cuda)
     sliding = encoder_for(tiny_tokenizer, "gemma3_text", 2)
     sliding.auto_model.to(torch.bfloat16)
-    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", reference_kernel({"scale", "is_causal"}, []))
+    monkeypatch.setattr(flat, "_VARLEN_KERNEL", reference_kernel({"scale", "is_causal"}, []))
     assert "no window" in flat_attention_unsupported(sliding.decoder, cuda)
     assert flat_attention_unsupported(encoder.decoder, cuda) is None
-    monkeypatch.setattr(varlen, "packed_attention_available", lambda device: True)  # Triton's kernel windows
+    monkeypatch.setattr(flat, "packed_attention_available", lambda device: True)  # Triton's kernel windows
     assert flat_attention_unsupported(sliding.decoder, cuda) is None
-    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", None)
+    monkeypatch.setattr(flat, "_VARLEN_KERNEL", None)
     assert flat_attention_unsupported(sliding.decoder, cuda) is None
 
 

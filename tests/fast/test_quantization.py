@@ -7,8 +7,8 @@ import onnx
 import pytest
 
 import bellm_st
-from bellm_st.onnx_export import ONNX_FILE, OnnxEncoder, export_onnx
-from bellm_st.quantization import (
+from bellm_st.fast.onnx_export import ONNX_FILE, OnnxEncoder, export_onnx
+from bellm_st.fast.quantization import (
     MICROSOFT_DOMAIN,
     GraphBuilder,
     linear_layers,
@@ -17,7 +17,7 @@ from bellm_st.quantization import (
     quantise_weight,
     quantize_onnx,
 )
-from tests.conftest import CORPUS
+from bellm_st.testing import CORPUS
 
 TEXTS = [
     "A man is playing a guitar on the stage.",
@@ -25,7 +25,7 @@ TEXTS = [
     "The stock market fell sharply today, and then it fell again.",
     "Children are playing football in the park.",
 ]
-HIDDEN_SIZE = 32  # tests/conftest.py tiny_config
+HIDDEN_SIZE = 32  # bellm_st.testing.tiny_config
 
 
 @pytest.fixture(scope="module")

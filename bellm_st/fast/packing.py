@@ -6,7 +6,8 @@ length (first-fit, longest first), restarting the position ids at 0 for each tex
 recognises that layout from the position ids and gives every causal layer a block-diagonal mask
 (a token sees earlier tokens of its own text only); the bi-directional patch turns the same mask
 into "own text, either direction" (:func:`bellm_st.bidirectional.bidirectional_from_causal`). So a
-packed batch gives the same embeddings as a padded one.
+packed batch gives the same embeddings as a padded one. ``encoder.batch_layout = PackedRows(256)``
+makes an encoder's ``preprocess`` pack (``bellm-st train`` does).
 
 The features also carry ``token_index``, which maps each text's tokens back to their place in
 the packed rows, and the usual ``attention_mask`` (and ``text_mask``) of the *unpacked* texts,
@@ -15,13 +16,17 @@ so pooling and everything after the encoder see an ordinary right-padded batch.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
+from bellm_st.module import BATCH_LAYOUT, BeLLMEncoder
+from bellm_st.pooling import pool
 from bellm_st.tokenization import TokenizedBatch, pad_batch
 
 DEFAULT_ROW_LENGTH = 256  # a few NLI sentences per row; attention over a row stays a small share of the FLOPs
-PACKED_FEATURE = "token_index"  # the key that marks packed features
+PACKED_FEATURE = "token_index"  # maps each text's tokens to their place in the packed rows
 # transformers keeps packed texts apart through the mask it builds for these; its flash-attention
 # path splits sequences by position ids only when a batch has a single row.
 PACKING_ATTENTION = ("sdpa", "eager")
@@ -45,7 +50,7 @@ def first_fit_rows(lengths: np.ndarray, row_length: int) -> tuple[np.ndarray, np
     return row_of, offset_of, used[:rows]
 
 
-def pack_rows(batch: TokenizedBatch, row_length: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+def pack_rows(batch: TokenizedBatch, row_length: int, pad_token_id: int) -> dict[str, Any]:
     """Pack a flat batch into ``(rows, row_length)`` tensors plus the map back to one row per text.
 
     Rows are at least as long as the longest text. The unused end of a row is padding whose
@@ -79,6 +84,7 @@ def pack_rows(batch: TokenizedBatch, row_length: int, pad_token_id: int) -> dict
         "position_ids": torch.from_numpy(position_ids),
         PACKED_FEATURE: torch.from_numpy(token_index),
         **masks,
+        BATCH_LAYOUT: PackedRows(row_length),
     }
 
 
@@ -87,22 +93,53 @@ def unpack_states(packed_states: torch.Tensor, token_index: torch.Tensor) -> tor
 
     Padding positions hold an arbitrary token's state; the attention mask marks them.
     ``index_select`` rather than advanced indexing: its backward is a plain ``index_add``, where
-    advanced indexing's sorts the indices first and took a fifth of a training step on an H100.
+    advanced indexing's sorts the indices first, a sizeable share of a training step (measured in
+    docs/BENCHMARKS.md, "GPU: LoRA training throughput").
     """
     hidden = packed_states.shape[-1]
     rows = packed_states.reshape(-1, hidden).index_select(0, token_index.reshape(-1))
     return rows.view(*token_index.shape, hidden)
 
 
-def is_packed(features: dict[str, torch.Tensor]) -> bool:
-    return PACKED_FEATURE in features
+class PackedRows:
+    """Texts end to end in rows of ``row_length`` tokens (a :class:`bellm_st.module.BatchLayout`)."""
+
+    def __init__(self, row_length: int = DEFAULT_ROW_LENGTH):
+        if isinstance(row_length, bool) or not isinstance(row_length, int) or row_length < 1:
+            raise ValueError(f"row_length={row_length!r} must be a positive int, e.g. {DEFAULT_ROW_LENGTH}")
+        self.row_length = row_length
+
+    def preprocess(self, encoder: BeLLMEncoder, texts: list[str], prompt: str | None, max_length: int) -> dict[str, Any]:
+        batch = encoder.tokenize_unpadded(texts, prompt, max_length)
+        return pack_rows(batch, self.row_length, encoder.tokenizer.pad_token_id)
+
+    def embed(self, encoder: BeLLMEncoder, features: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        attention = encoder.decoder.config._attn_implementation
+        if attention not in PACKING_ATTENTION:
+            raise ValueError(
+                f"packed batches need attn_implementation 'sdpa' or 'eager', not {attention!r} (which would let "
+                "texts sharing a row attend to each other); set batch_layout=None or load with sdpa"
+            )
+        # No padding mask: transformers reads the text boundaries from the restarting position ids.
+        outputs = encoder.auto_model(
+            input_ids=features["input_ids"], position_ids=features["position_ids"], use_cache=False
+        )
+        states = unpack_states(outputs.last_hidden_state, features[PACKED_FEATURE])
+        return states, pool(states, features["attention_mask"], features.get("text_mask"), encoder.pooling)
+
+    def __repr__(self) -> str:
+        return f"PackedRows({self.row_length})"
+
+
+def is_packed(features: dict[str, Any]) -> bool:
+    return isinstance(features.get(BATCH_LAYOUT), PackedRows)
 
 
 def _pad_columns(tensor: torch.Tensor, width: int, value: int = 0) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
 
 
-def _widen_rows(features: dict[str, torch.Tensor], row_length: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+def _widen_rows(features: dict[str, Any], row_length: int, pad_token_id: int) -> dict[str, Any]:
     """Lengthen every packed row to ``row_length``; the added tail is one more ignored sequence."""
     rows, current = features["input_ids"].shape
     if current == row_length:
@@ -115,10 +152,11 @@ def _widen_rows(features: dict[str, torch.Tensor], row_length: int, pad_token_id
         "input_ids": _pad_columns(features["input_ids"], row_length, pad_token_id),
         "position_ids": torch.cat([position_ids, extra], dim=1),
         PACKED_FEATURE: features[PACKED_FEATURE] + row_of_index * (row_length - current),
+        BATCH_LAYOUT: PackedRows(row_length),
     }
 
 
-def merge_packed(features_list: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+def merge_packed(features_list: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
     """Several packed batches (a loss's anchor, positive and negative columns) as one packed batch.
 
     One forward pass over all columns instead of one per column: a small model's training step is
@@ -129,16 +167,18 @@ def merge_packed(features_list: list[dict[str, torch.Tensor]], pad_token_id: int
     row_length = max(features["input_ids"].shape[1] for features in features_list)
     features_list = [_widen_rows(features, row_length, pad_token_id) for features in features_list]
     longest = max(features[PACKED_FEATURE].shape[1] for features in features_list)
-    merged: dict[str, list[torch.Tensor]] = {key: [] for key in features_list[0]}
+    merged: dict[str, list[torch.Tensor]] = {key: [] for key in features_list[0] if key != BATCH_LAYOUT}
     rows_before = 0
     for features in features_list:
-        if set(features) != set(merged):
+        if set(features) - {BATCH_LAYOUT} != set(merged):
             raise ValueError(f"packed columns carry different features: {sorted(features)} vs {sorted(merged)}")
         for key, value in features.items():
+            if key == BATCH_LAYOUT:
+                continue
             if key == PACKED_FEATURE:
                 value = _pad_columns(value + rows_before * row_length, longest)
             elif key in ("attention_mask", "text_mask"):
                 value = _pad_columns(value, longest)
             merged[key].append(value)
         rows_before += features["input_ids"].shape[0]
-    return {key: torch.cat(values, dim=0) for key, values in merged.items()}
+    return {**{key: torch.cat(values, dim=0) for key, values in merged.items()}, BATCH_LAYOUT: PackedRows(row_length)}

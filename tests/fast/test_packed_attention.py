@@ -1,4 +1,4 @@
-"""The packed attention kernel (bellm_st.packed_attention): several short texts share a tile.
+"""The packed attention kernel (bellm_st.fast.packed_attention): several short texts share a tile.
 
 Run in Triton's interpreter on CPU tensors (conftest sets TRITON_INTERPRET=1), against the
 per-text SDPA reference; on the H100 ``benchmarks/attention_kernels.py`` compares it with the
@@ -12,10 +12,10 @@ import itertools
 import pytest
 import torch
 
-from bellm_st import varlen
-from bellm_st.packed_attention import packed_attention, packed_attention_available
-from bellm_st.varlen import PACKED_LONGEST, PACKED_LONGEST_WIDE_HEADS, _reference_attention, use_packed_attention
-from tests.conftest import tiny_backbone
+from bellm_st.fast import flat
+from bellm_st.fast.flat import PACKED_LONGEST, PACKED_LONGEST_WIDE_HEADS, _reference_attention, use_packed_attention
+from bellm_st.fast.packed_attention import packed_attention, packed_attention_available
+from bellm_st.testing import tiny_backbone
 
 pytest.importorskip("triton", reason="the packed kernel needs Triton (installed by the dev extra on Linux)")
 CPU = torch.device("cpu")
@@ -86,8 +86,8 @@ def test_heads_must_group_evenly():
 
 
 def test_the_kernel_is_chosen_by_precision_head_size_and_length(monkeypatch):
-    monkeypatch.setattr(varlen, "packed_attention_available", lambda device: True)
-    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", (lambda *args, **kwargs: None, frozenset({"scale", "window_size"})))
+    monkeypatch.setattr(flat, "packed_attention_available", lambda device: True)
+    monkeypatch.setattr(flat, "_VARLEN_KERNEL", (lambda *args, **kwargs: None, frozenset({"scale", "window_size"})))
     cuda = torch.device("cuda")
     narrow = tiny_backbone("llama").to(torch.bfloat16)  # head dim 8
     wide = tiny_backbone("llama", head_dim=128).to(torch.bfloat16)
@@ -99,16 +99,16 @@ def test_the_kernel_is_chosen_by_precision_head_size_and_length(monkeypatch):
 
 def test_long_texts_stay_packed_where_the_flash_kernel_cannot_serve_the_model(monkeypatch):
     """A PyTorch whose kernel takes no scale (or no window, for sliding layers) cannot take long batches either."""
-    monkeypatch.setattr(varlen, "packed_attention_available", lambda device: True)
+    monkeypatch.setattr(flat, "packed_attention_available", lambda device: True)
     cuda = torch.device("cuda")
     narrow = tiny_backbone("llama").to(torch.bfloat16)
     sliding = tiny_backbone("gemma3_text").to(torch.bfloat16)
-    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", (lambda *args, **kwargs: None, frozenset({"scale"})))
+    monkeypatch.setattr(flat, "_VARLEN_KERNEL", (lambda *args, **kwargs: None, frozenset({"scale"})))
     assert use_packed_attention(sliding, cuda, PACKED_LONGEST + 1)
     assert not use_packed_attention(narrow, cuda, PACKED_LONGEST + 1)
-    monkeypatch.setattr(varlen, "_VARLEN_KERNEL", None)
+    monkeypatch.setattr(flat, "_VARLEN_KERNEL", None)
     assert use_packed_attention(narrow, cuda, PACKED_LONGEST + 1)
-    monkeypatch.setattr(varlen, "packed_attention_available", lambda device: False)
+    monkeypatch.setattr(flat, "packed_attention_available", lambda device: False)
     assert not use_packed_attention(narrow, cuda, 30)
 
 

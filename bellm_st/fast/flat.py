@@ -1,10 +1,9 @@
 """Flat batches: every text of a batch end to end in one row, attention kept inside each text.
 
 Batching by exact token length (``encode_bulk``'s other path) needs no padding, but it cuts a
-collection into one batch per length: 100,000 sentences of 20-68 tokens gave 96 batches with a
-median of 908 texts, and a batch that small leaves an H100 half idle (the model's forward ran at
-19,727 sentences/s on 512-row batches against 43,950/s on 4,096-row ones). A flat batch holds
-texts of any length, so every batch can be full; and the model builds no attention mask at all,
+collection into one batch per length, and most of those batches are too small to keep a large
+GPU busy (figures in docs/BENCHMARKS.md, "GPU: encoding throughput"). A flat batch holds texts
+of any length, so every batch can be full; and the model builds no attention mask at all,
 which also removes the check transformers makes on the device for every padding-free batch
 (``find_packed_sequence_indices`` reads a device value, so the host waits for the GPU once per
 batch).
@@ -16,10 +15,11 @@ text boundaries (``cu_seq_lens_q``/``max_length_q``, the names transformers uses
 variable-length kernels) and each layer's direction from ``module.is_causal``, which the
 bi-directional patch sets, so the lower layers stay causal and the patched ones attend both ways
 within each text. On CUDA GPUs with Triton it runs our packed kernel
-(:mod:`bellm_st.packed_attention`, several short texts per tile), otherwise, or for long texts,
+(:mod:`bellm_st.fast.packed_attention`, several short texts per tile), otherwise, or for long texts,
 PyTorch's variable-length flash kernel (``torch.nn.attention.varlen.varlen_attn``), both in half
 precision; elsewhere a per-text SDPA loop gives the same result slowly (and Triton's CPU
-interpreter runs the packed kernel in the tests).
+interpreter runs the packed kernel in the tests). :data:`FLAT_ROW` is the layout
+(:class:`bellm_st.module.BatchLayout`) that ``encode_bulk`` gives its batches.
 """
 
 from __future__ import annotations
@@ -36,12 +36,14 @@ import torch
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 
-from bellm_st.bidirectional import RELEASE_NOTE, text_config
-from bellm_st.packed_attention import packed_attention, packed_attention_available
+from bellm_st.bidirectional import RELEASE_NOTE, attention_reach, text_config
+from bellm_st.fast.packed_attention import packed_attention, packed_attention_available
+from bellm_st.module import BATCH_LAYOUT, BeLLMEncoder
+from bellm_st.pooling import PoolingMode
 from bellm_st.tokenization import TokenizedBatch
 
 VARLEN_ATTENTION = "bellm_varlen"
-FLAT_FEATURE = "cu_seq_lens"  # the key that marks flat features
+FLAT_FEATURE = "cu_seq_lens"  # the texts' start offsets in the row, plus its end
 TEXT_OF_TOKEN = "bellm_text_of_token"  # keyword that hands the packed kernel each token's text
 PACKED_LONGEST = 1024  # longest text for the packed kernel with heads of <= 64 dims (see packed_longest)
 PACKED_LONGEST_WIDE_HEADS = 64  # the same for wider heads
@@ -58,14 +60,11 @@ def flat_features(batch: TokenizedBatch) -> dict[str, Any]:
         FLAT_FEATURE: torch.from_numpy(boundaries),
         "sequence_index": torch.from_numpy(batch.text_of_token),
         "max_length": int(lengths.max()),
+        BATCH_LAYOUT: FLAT_ROW,
     }
     if batch.text_mask is not None:
         features["text_mask"] = torch.from_numpy(batch.text_mask.astype(np.int64)).unsqueeze(0)
     return features
-
-
-def is_flat(features: dict[str, Any]) -> bool:
-    return FLAT_FEATURE in features
 
 
 def _load_varlen_kernel() -> tuple[Any, frozenset[str]] | None:
@@ -121,17 +120,17 @@ def flat_attention_unsupported(model: PreTrainedModel, device: torch.device) -> 
 def packed_longest(config: Any) -> int:
     """The longest text (tokens) for which the packed kernel beats the flash kernel, by head size.
 
-    Measured (bf16): with 64-wide heads (SmolLM2) the packed kernel was faster up to the
-    longest texts tried (880 tokens; 4.2-4.6x on ~27-token sentences, H100); with 128- and
-    256-wide heads it was faster on ~28-token texts and slower on ~300-token ones (H200), so
-    there it serves sentence-length batches only (lengths in between were not measured).
+    With 64-wide heads (SmolLM2) the packed kernel was faster up to the longest texts tried; with
+    128- and 256-wide heads it was faster on sentences and slower on paragraphs, so there it
+    serves sentence-length batches only (lengths in between were not measured). The
+    measurements are in docs/BENCHMARKS.md ("Packed attention kernel").
     """
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return PACKED_LONGEST if head_dim <= 64 else PACKED_LONGEST_WIDE_HEADS
 
 
 def use_packed_attention(model: PreTrainedModel, device: torch.device, longest: int) -> bool:
-    """Whether a flat forward's attention goes to the packed kernel (:mod:`bellm_st.packed_attention`).
+    """Whether a flat forward's attention goes to the packed kernel (:mod:`bellm_st.fast.packed_attention`).
 
     It does on GPUs with Triton, in fp16/bf16, for texts up to :func:`packed_longest`, and for
     any length when PyTorch's flash kernel cannot serve the model; on CPU only in Triton's
@@ -150,22 +149,9 @@ def _sequence_bounds(kwargs: dict[str, Any]) -> tuple[torch.Tensor, int]:
     if "cu_seq_lens_q" not in kwargs:
         raise RuntimeError(
             f"attention {VARLEN_ATTENTION!r} was called without text boundaries; it runs only inside "
-            f"bellm_st.varlen.flat_attention with flat features, which pass them as `cu_seq_lens_q` {RELEASE_NOTE}"
+            f"bellm_st.fast.flat.flat_attention with flat features, which pass them as `cu_seq_lens_q` {RELEASE_NOTE}"
         )
     return kwargs["cu_seq_lens_q"], int(kwargs["max_length_q"])
-
-
-def _window(is_causal: bool, sliding_window: int | None) -> tuple[int, int]:
-    """(left, right) reach of a query, as the flash kernel takes it; -1 is unlimited.
-
-    transformers' causal sliding window lets a query see ``window - 1`` earlier tokens; a
-    bi-directional sliding layer sees as far ahead as behind, as in padded batches (see
-    :func:`bellm_st.bidirectional.bidirectional_from_causal`).
-    """
-    if sliding_window is None:
-        return (-1, 0) if is_causal else (-1, -1)
-    reach = sliding_window - 1
-    return (reach, 0) if is_causal else (reach, reach)
 
 
 def _reference_attention(query, key, value, bounds, window, scaling) -> torch.Tensor:
@@ -233,7 +219,7 @@ def varlen_attention_forward(
             f"`sliding_window` keyword, so flat batches would attend past the window {RELEASE_NOTE}"
         )
     is_causal = kwargs.get("is_causal")
-    window = _window(module.is_causal if is_causal is None else is_causal, sliding_window)
+    window = attention_reach(module.is_causal if is_causal is None else is_causal, sliding_window)
     text_of_token = kwargs.get(TEXT_OF_TOKEN)
     if text_of_token is not None:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
@@ -284,3 +270,66 @@ def flat_attention(model: PreTrainedModel) -> Iterator[None]:
                 config._attn_implementation = original
             else:
                 _SWITCHED[id(config)] = (running - 1, original)
+
+
+def pool_flat(
+    states: torch.Tensor,
+    sequence_index: torch.Tensor,
+    bounds: torch.Tensor,
+    text_mask: torch.Tensor | None,
+    pooling: PoolingMode,
+) -> torch.Tensor:
+    """Reduce the ``(tokens, hidden)`` states of a flat batch (texts end to end) to ``(texts, hidden)`` in float32.
+
+    ``sequence_index`` gives each token's text, ``bounds`` the texts' start offsets plus the end.
+    """
+    texts = bounds.shape[0] - 1
+    if pooling == "last":  # pick the rows first: a batch's states in float32 can take gigabytes
+        return states[bounds[1:].long() - 1].float()
+    if pooling == "mean":
+        weighted, weights = states.float(), None
+    elif text_mask is None:
+        raise ValueError("pooling='mean_text' needs the `text_mask` feature produced by BeLLMEncoder.preprocess")
+    else:
+        weights = text_mask.to(torch.float32)
+        weighted = states.to(torch.float32, copy=True).mul_(weights[:, None])
+    sums = torch.zeros((texts, states.shape[1]), dtype=torch.float32, device=states.device)
+    sums.index_add_(0, sequence_index, weighted)
+    if weights is None:
+        counts = (bounds[1:] - bounds[:-1]).to(torch.float32)
+    else:
+        counts = torch.zeros(texts, dtype=torch.float32, device=states.device).index_add_(0, sequence_index, weights)
+    return sums / counts.clamp(min=1)[:, None]
+
+
+class FlatRow:
+    """Every text of a batch end to end in one row (a :class:`bellm_st.module.BatchLayout`)."""
+
+    def preprocess(self, encoder: BeLLMEncoder, texts: list[str], prompt: str | None, max_length: int) -> dict[str, Any]:
+        return flat_features(encoder.tokenize_unpadded(texts, prompt, max_length))
+
+    def embed(self, encoder: BeLLMEncoder, features: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The states as one row, and one pooled vector per text."""
+        bounds, longest = features[FLAT_FEATURE], features["max_length"]
+        packed = {}
+        if use_packed_attention(encoder.decoder, bounds.device, longest):
+            packed[TEXT_OF_TOKEN] = features["sequence_index"]
+        with flat_attention(encoder.decoder):
+            outputs = encoder.auto_model(
+                input_ids=features["input_ids"], position_ids=features["position_ids"], use_cache=False,
+                cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest, **packed,
+            )
+        text_mask = features.get("text_mask")
+        embedding = pool_flat(outputs.last_hidden_state[0], features["sequence_index"], bounds,
+                              None if text_mask is None else text_mask[0], encoder.pooling)
+        return outputs.last_hidden_state, embedding
+
+    def __repr__(self) -> str:
+        return "FLAT_ROW"
+
+
+FLAT_ROW = FlatRow()
+
+
+def is_flat(features: dict[str, Any]) -> bool:
+    return isinstance(features.get(BATCH_LAYOUT), FlatRow)

@@ -2,12 +2,13 @@
 
 Why our own kernel: PyTorch's variable-length flash kernel gives every text at least one
 128-query tile of its own, so for ~28-token sentences most of each tile computes nothing, and
-that kernel took 27% of the GPU time of a compiled forward pass on an H100 (657 of 2,475 ms
-per 100,000 sentences). Flex attention with 128-token tiles spanning several texts was slower
-still (2.83 against 2.47 s of GPU time; not profiled, but its key tiles ran far past the few
-texts a query tile holds, and its mask looked up the text of every query-key pair). Here a program takes ``BLOCK_M`` consecutive tokens of
-the row, whatever texts they belong to, and only the keys from the first of those texts' start
-to the last one's end; the mask compares two small vectors of text numbers. Every query needs
+that kernel took a large share of a compiled forward pass's GPU time. Flex attention with
+128-token tiles spanning several texts was slower still (not profiled, but its key tiles ran far
+past the few texts a query tile holds, and its mask looked up the text of every query-key pair).
+Figures for all three in docs/BENCHMARKS.md ("Packed attention kernel", "Measured not to help").
+Here a program takes ``BLOCK_M`` consecutive tokens of the row, whatever texts they belong to,
+and only the keys from the first of those texts' start to the last one's end; the mask compares
+two small vectors of text numbers. Every query needs
 only its own text, so the result is the same attention as the flash kernel's, per text.
 
 Runs on CUDA GPUs through Triton (and on CPU tensors in Triton's interpreter, which the tests

@@ -1,14 +1,15 @@
 """int8 for the ONNX CPU path: per-token activations, fp32 outlier channels, a few layers kept fp32.
 
-:func:`quantize_onnx` rewrites a folder written by :func:`bellm_st.onnx_export.export_onnx` so
+:func:`quantize_onnx` rewrites a folder written by :func:`bellm_st.fast.export_onnx` so
 that its linear layers multiply in int8 on ONNX Runtime, and writes a folder that
-:class:`~bellm_st.onnx_export.OnnxEncoder` loads as it is.
+:class:`~bellm_st.fast.OnnxEncoder` loads as it is.
 
 Why not ONNX Runtime's own ``quantize_dynamic``: it quantises each activation tensor with one
 scale, and a decoder's hidden states hold a few tokens and a few channels hundreds of times larger
-than the rest, so one scale leaves the ordinary values a handful of levels (measured on the
-shipped model: cosine to fp32 0.90, bi-directional effect lost; SmoothQuant-style smoothing only
-lifts it to 0.98). Here, as in LLM.int8(), each linear layer's input is split in two:
+than the rest, so one scale leaves the ordinary values a handful of levels: on the shipped model
+the bi-directional effect was lost, and SmoothQuant-style smoothing did not bring the vectors
+back near fp32's (figures in docs/BENCHMARKS.md, "int8 with outlier handling"). Here, as in
+LLM.int8(), each linear layer's input is split in two:
 
 * the ``outlier_channels`` input channels with the largest magnitudes on calibration texts stay
   fp32 and meet their fp32 weight rows in a small matmul;
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from bellm_st.inputs import validate_texts
-from bellm_st.onnx_export import ONNX_FILE, OnnxEncoder, _require
+from bellm_st.fast.onnx_export import ONNX_FILE, OnnxEncoder, _require
 
 DEFAULT_OUTLIER_CHANNELS = 16
 DEFAULT_KEEP_FLOAT = ("*.layers.[012].mlp.down_proj",)
@@ -197,7 +198,7 @@ def quantize_onnx(
     """Write an int8 copy of an exported ONNX folder, for faster CPU inference with nearly the same vectors.
 
     Args:
-        folder: a folder written by :func:`bellm_st.onnx_export.export_onnx`.
+        folder: a folder written by :func:`bellm_st.fast.export_onnx`.
         output_dir: where the quantised folder goes (loaded by :class:`OnnxEncoder` like the original).
         calibration_texts: a few hundred texts like the ones to be encoded, not the evaluation
             texts; they choose each layer's outlier channels.
@@ -211,7 +212,7 @@ def quantize_onnx(
     folder, output_dir = Path(folder), Path(output_dir)
     if not (folder / ONNX_FILE).is_file():
         raise FileNotFoundError(
-            f"{folder} holds no {ONNX_FILE}; export one first with bellm_st.onnx_export.export_onnx"
+            f"{folder} holds no {ONNX_FILE}; export one first with bellm_st.fast.export_onnx"
         )
     if output_dir.resolve() == folder.resolve():
         raise ValueError(

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import batch_to_device
 
+from bellm_st.fast.packing import PackedRows, first_fit_rows, merge_packed, pack_rows
 from bellm_st.module import BeLLMEncoder
-from bellm_st.packing import first_fit_rows, merge_packed, pack_rows
+from bellm_st.testing import CORPUS, TINY_ARCHITECTURES, tiny_backbone
 from bellm_st.tokenization import TokenizedBatch
-
-from tests.conftest import CORPUS, TINY_ARCHITECTURES, tiny_backbone
 
 TEXTS = CORPUS + ["Stocks fell.", "A dog runs.", "Rain again today in the whole north of the country, and snow."]
 
@@ -19,7 +19,7 @@ TEXTS = CORPUS + ["Stocks fell.", "A dog runs.", "Rain again today in the whole 
 def encoder_for(tokenizer, architecture="llama", layers=2, pooling="last", attn="sdpa", packing=None) -> BeLLMEncoder:
     backbone = tiny_backbone(architecture, attn_implementation=attn)
     return BeLLMEncoder(backbone=backbone, tokenizer=tokenizer, bidirectional_layers=layers, pooling=pooling,
-                        packing_row_length=packing)
+                        batch_layout=None if packing is None else PackedRows(packing))
 
 
 def embed(encoder: BeLLMEncoder, texts: list[str]) -> torch.Tensor:
@@ -69,7 +69,7 @@ def test_packed_embeddings_equal_padded_ones(tiny_tokenizer, architecture, layer
     attn = "eager" if architecture == "gemma2" else "sdpa"  # transformers has no SDPA path for gemma2
     encoder = encoder_for(tiny_tokenizer, architecture, layers, pooling="mean", attn=attn)
     padded = embed(encoder, TEXTS)
-    encoder.packing_row_length = 100  # the tiny tokenizer makes 34-67 tokens per text
+    encoder.batch_layout = PackedRows(100)  # the tiny tokenizer makes 34-67 tokens per text
     features = encoder.preprocess(TEXTS)
     assert 1 < features["input_ids"].shape[0] < len(TEXTS)  # several texts per row, several rows
     assert torch.allclose(embed(encoder, TEXTS), padded, atol=1e-5)
@@ -80,7 +80,7 @@ def test_packed_embeddings_equal_padded_ones(tiny_tokenizer, architecture, layer
 def test_packing_matches_for_every_pooling_and_attention(tiny_tokenizer, attn, pooling):
     encoder = encoder_for(tiny_tokenizer, "llama", 3, pooling=pooling, attn=attn)
     padded = embed(encoder, TEXTS)
-    encoder.packing_row_length = 100
+    encoder.batch_layout = PackedRows(100)
     assert torch.allclose(embed(encoder, TEXTS), padded, atol=1e-5)
 
 
@@ -108,7 +108,7 @@ def test_packed_gradients_equal_padded_gradients(tiny_tokenizer, checkpointing):
         return {name: parameter.grad.clone() for name, parameter in encoder.named_parameters() if parameter.grad is not None}
 
     padded = gradients()
-    encoder.packing_row_length = 100
+    encoder.batch_layout = PackedRows(100)
     packed = gradients()
     assert padded.keys() == packed.keys() and padded
     for name in padded:
@@ -117,22 +117,22 @@ def test_packed_gradients_equal_padded_gradients(tiny_tokenizer, checkpointing):
 
 def test_sentence_transformers_encode_gives_the_same_vectors_packed(tiny_model):
     expected = tiny_model.encode(TEXTS, convert_to_tensor=True)
-    tiny_model[0].packing_row_length = 100
+    tiny_model[0].batch_layout = PackedRows(100)
     assert torch.allclose(tiny_model.encode(TEXTS, convert_to_tensor=True, batch_size=5), expected, atol=1e-5)
     tokens = tiny_model.encode(TEXTS[:3], output_value="token_embeddings")
     assert [len(item) for item in tokens] == [len(tiny_model[0].tokenizer(f'The representative word for sentence {text} is:"')["input_ids"]) for text in TEXTS[:3]]
 
 
 def test_packing_is_not_saved_with_the_model(tiny_model, tmp_path):
-    tiny_model[0].packing_row_length = 64
+    tiny_model[0].batch_layout = PackedRows(64)
     tiny_model.save(str(tmp_path))
-    assert SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu")[0].packing_row_length is None
+    assert SentenceTransformer(str(tmp_path), trust_remote_code=True, device="cpu")[0].batch_layout is None
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.5, True, "256"])
-def test_bad_packing_row_length_is_refused(tiny_model, value):
-    with pytest.raises(ValueError, match="packing_row_length"):
-        tiny_model[0].packing_row_length = value
+def test_bad_packing_row_length_is_refused(value):
+    with pytest.raises(ValueError, match="row_length"):
+        PackedRows(value)
 
 
 def test_merged_packed_columns_give_each_column_its_own_embeddings(tiny_tokenizer):
@@ -140,7 +140,7 @@ def test_merged_packed_columns_give_each_column_its_own_embeddings(tiny_tokenize
     columns = [TEXTS[:4], TEXTS[4:7], TEXTS[7:]]  # the last holds the 67-token text: wider rows than the others
     features = [encoder.preprocess(column) for column in columns]
     assert len({part["input_ids"].shape[1] for part in features}) == 1  # all fit in rows of 100...
-    encoder.packing_row_length = 60
+    encoder.batch_layout = PackedRows(60)
     features = [encoder.preprocess(column) for column in columns]
     assert len({part["input_ids"].shape[1] for part in features}) == 2  # ...now one column's rows are wider
     merged = merge_packed(features, tiny_tokenizer.pad_token_id)
@@ -154,7 +154,7 @@ def test_loss_on_packed_columns_equals_loss_on_padded_columns(tiny_model):
     loss = BeLLMLoss(tiny_model)
     columns = [TEXTS[:3], TEXTS[3:6], TEXTS[6:9]]
     padded = loss([tiny_model.preprocess(column) for column in columns], None)
-    tiny_model[0].packing_row_length = 100
+    tiny_model[0].batch_layout = PackedRows(100)
     packed = loss([tiny_model.preprocess(column) for column in columns], None)
     assert padded.keys() == packed.keys() == {"contrastive", "angle"}
     for name in padded:
@@ -166,9 +166,10 @@ def test_merging_on_a_device_keeps_every_tensor_there(tiny_tokenizer):
     encoder = encoder_for(tiny_tokenizer, "llama", 2, packing=60)
     features = [encoder.preprocess(column) for column in (TEXTS[:4], TEXTS[7:])]
     assert features[0]["input_ids"].shape[1] != features[1]["input_ids"].shape[1]
-    on_meta = [{key: value.to("meta") for key, value in part.items()} for part in features]
+    on_meta = [batch_to_device(dict(part), torch.device("meta")) for part in features]
     merged = merge_packed(on_meta, tiny_tokenizer.pad_token_id)
-    assert all(value.device.type == "meta" for value in merged.values())
+    assert all(value.device.type == "meta" for value in merged.values() if isinstance(value, torch.Tensor))
+    assert isinstance(merged["batch_layout"], PackedRows)
     assert merged["input_ids"].shape == merge_packed(features, tiny_tokenizer.pad_token_id)["input_ids"].shape
 
 

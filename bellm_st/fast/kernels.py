@@ -3,10 +3,9 @@
 PyTorch may route scaled-dot-product attention to cuDNN on recent NVIDIA GPUs. cuDNN builds an
 execution plan for every new batch shape, and our batches change shape all the time (bulk
 encoding batches by exact token length; training pads each batch to its own longest text), so
-the plan building costs more than the attention. Measured on an H100: unpadded bulk encoding ran
-at 1,289 sentences/s with cuDNN (5,000 texts) and 10,383/s without it (30,000 texts, a later
-run), and LoRA training at 354 against 714 triplets/s; flash and memory-efficient attention need
-no per-shape set-up.
+the plan building costs more than the attention: bulk encoding and LoRA training both ran far
+slower with cuDNN (figures in docs/BENCHMARKS.md, "SDPA kept off cuDNN"). Flash and
+memory-efficient attention need no per-shape set-up.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bellm_st.bidirectional import find_decoder_layers
+from bellm_st.model import bellm_encoder
 
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
@@ -60,8 +60,6 @@ def compile_model_layers(model: nn.Module) -> None:
     Other models are refused with a ``ValueError`` naming their first module: only BeLLM models
     expose one decoder whose layers share a code path.
     """
-    from bellm_st.model import bellm_encoder
-
     encoder = bellm_encoder(model)
     if encoder is None:
         raise ValueError(f"compiling layers works on BeLLM models; this one starts with {type(model[0]).__name__}")

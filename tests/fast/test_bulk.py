@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import bellm_st
-from bellm_st.bulk import _unpadded_batches, checked_devices, encode_bulk
+from bellm_st.fast.bulk import EQUAL_LENGTH_ROWS, _unpadded_batches, checked_devices, encode_bulk
 
 TEXTS = [text[:cut] for text in (
     "A man is playing a guitar.",
@@ -95,7 +95,7 @@ def test_bellm_batches_hold_no_padding_and_respect_both_limits(model, monkeypatc
     texts = TEXTS * 3
     expected = model.encode(texts, batch_size=4)
     seen.clear()
-    monkeypatch.setattr("bellm_st.bulk.TOKENIZE_CHUNK", 7)  # several chunks, so buckets fill across chunks
+    monkeypatch.setattr("bellm_st.fast.bulk.TOKENIZE_CHUNK", 7)  # several chunks, so buckets fill across chunks
     actual = encode_bulk(model, texts, batch_size=5, max_batch_tokens=40)
     np.testing.assert_allclose(actual, expected, atol=1e-5)
     assert sum(len(batch["input_ids"]) for batch in seen) == len(texts)
@@ -152,7 +152,7 @@ def test_rows_do_not_wait_for_the_whole_collection(model, pending_batches):
     try:
         texts = TEXTS * 4
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("bellm_st.bulk.TOKENIZE_CHUNK", 4)
+            patch.setattr("bellm_st.fast.bulk.TOKENIZE_CHUNK", 4)
             batches = _unpadded_batches(encoder, texts, None, batch_size=40, max_batch_tokens=100_000,
                                         pending_batches=pending_batches)
             first_indices, _ = next(batches)
@@ -167,3 +167,14 @@ def test_rows_do_not_wait_for_the_whole_collection(model, pending_batches):
         assert chunks_before_first_batch < all_chunks
     every_row = np.sort(np.concatenate([first_indices, *rest]))
     np.testing.assert_array_equal(every_row, np.arange(len(texts)))
+
+
+def test_rows_of_one_length_encode_like_padded_rows_and_refuse_mixed_lengths(tiny_model):
+    encoder = tiny_model[0]
+    same_length = ["A man is playing a guitar."] * 3
+    expected = encoder(encoder.preprocess(same_length))["sentence_embedding"]
+    features = EQUAL_LENGTH_ROWS.preprocess(encoder, same_length, None, encoder.max_seq_length)
+    assert torch.allclose(encoder(features)["sentence_embedding"], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="one token length"):
+        EQUAL_LENGTH_ROWS.preprocess(encoder, ["Hi", "A man is playing a guitar."], None, encoder.max_seq_length)
+
