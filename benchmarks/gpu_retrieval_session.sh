@@ -74,7 +74,7 @@ print('versions', torch.__version__, transformers.__version__, sentence_transfor
 
     # Pruned points trained with the shipped recipe, the shipped model as teacher; k keeps the
     # recipe's share of bi-directional layers.
-    step prune 330 python3 benchmarks/prune_sweep.py --train-only --keep 20 --keep 15 --keep 12 --keep 10 --distill \
+    step prune 300 python3 benchmarks/prune_sweep.py --train-only --keep 15 --keep 12 --keep 10 --distill \
         --recipe "$shipped_recipe" --data-dir "$data" --retrieval "$data/scifact" -o "$runs/prune"
     ship prune/n15-k8 prune/n12-k6 prune/n10-k5
 fi
