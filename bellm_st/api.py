@@ -118,23 +118,23 @@ def load(
     """Load any model bellm-st can name; every command, integration and trainer loads through here.
 
     ``name_or_path`` is a shipped trained model, a shipped base (built zero-shot with the default
-    settings), a baseline shortcut such as ``minilm``, or a saved BeLLM / sentence-transformers
-    folder or hub id; None means the shipped default (:func:`default_model_name`). A folder runs
+    settings), a baseline shortcut such as ``minilm``, an adapter folder in the shipped layout, or
+    a saved BeLLM / sentence-transformers folder or hub id; None means the shipped default (:func:`default_model_name`). A folder runs
     no code of its own: only module classes of the installed sentence-transformers and bellm-st
     load, and weights only from safetensors, unless ``trust_remote_code=True`` says the folder is
     trusted (see :mod:`bellm_st.loading`).
     """
     from bellm_st.bases import SHIPPED_BASES
     from bellm_st.loading import load_saved
-    from bellm_st.shipped import BASELINE_SHORTCUTS, SHIPPED_MODELS, baseline_path, load_shipped
+    from bellm_st.shipped import BASELINE_SHORTCUTS, SHIPPED_MODELS, baseline_path, is_adapter_folder, load_shipped
 
     if name_or_path is None:
         name_or_path = default_model_name()
     device = device or default_device()
     if name_or_path in SHIPPED_BASES:
         return build(name_or_path, device=device, cache_dir=cache_dir)
-    if name_or_path in SHIPPED_MODELS:
-        return load_shipped(name_or_path, device=device, cache_dir=cache_dir)
+    if name_or_path in SHIPPED_MODELS or is_adapter_folder(name_or_path):
+        return load_shipped(str(name_or_path), device=device, cache_dir=cache_dir)
     if name_or_path in BASELINE_SHORTCUTS:
         name_or_path = str(baseline_path(name_or_path))
     return load_saved(name_or_path, device=device, trust_remote_code=trust_remote_code, cache_dir=cache_dir)

@@ -47,8 +47,20 @@ def baseline_path(shortcut: str) -> Path:
     return Path(spec.origin).parent / folder
 
 
+def is_adapter_folder(name_or_path: str | os.PathLike) -> bool:
+    """A folder in the shipped layout (``bellm_config.json`` naming a base + ``adapter/``, no weights of its own),
+    e.g. one written by :func:`bellm_st.export.package_shipped`: a model shared as its small adapter."""
+    folder = Path(name_or_path)
+    return (folder / "bellm_config.json").is_file() and (folder / "adapter").is_dir() and not (folder / "modules.json").exists()
+
+
 def load_shipped(name: str, device: str, cache_dir: str | os.PathLike | None = None) -> SentenceTransformer:
-    """Build the base, apply the shipped adapter, merge it, and wrap it as a SentenceTransformer (for :func:`bellm_st.load`)."""
+    """Build the base, apply the shipped adapter, merge it, and wrap it as a SentenceTransformer (for :func:`bellm_st.load`).
+
+    ``name`` is a shipped model or any folder in the same layout (:func:`is_adapter_folder`); the
+    adapter loads from safetensors through peft and the base is rebuilt offline, so no code of the
+    folder runs.
+    """
     from peft import PeftModel
     from transformers import AutoModel
 
@@ -56,11 +68,19 @@ def load_shipped(name: str, device: str, cache_dir: str | os.PathLike | None = N
     from bellm_st.model import BeLLMSentenceTransformer
     from bellm_st.module import BeLLMEncoder
 
-    if name not in SHIPPED_MODELS:
+    if name in SHIPPED_MODELS:
+        folder = SHIPPED_ROOT / name
+    elif is_adapter_folder(name):
+        folder = Path(name)
+    else:
         raise ValueError(f"unknown shipped model {name!r}; available: {', '.join(SHIPPED_MODELS) or 'none'}")
-    folder = SHIPPED_ROOT / name
     settings = json.loads((folder / "bellm_config.json").read_text(encoding="utf-8"))
-    base = settings.pop("base")
+    base = settings.pop("base", None)
+    if not base:
+        raise ValueError(
+            f"{folder / 'bellm_config.json'} names no base model; an adapter folder needs \"base\" "
+            "(a shipped base such as smollm2-135m, or a checkpoint folder): write it with bellm_st.export.package_shipped"
+        )
     prompts = settings.pop("prompts", {})
     checkpoint = base_checkpoint(base, cache_dir)
     with warnings.catch_warnings():  # peft calls a transformers property deprecated in 5.x; not ours to fix
@@ -68,5 +88,5 @@ def load_shipped(name: str, device: str, cache_dir: str | os.PathLike | None = N
         backbone = PeftModel.from_pretrained(AutoModel.from_pretrained(checkpoint), str(folder / "adapter"))
     encoder = BeLLMEncoder(checkpoint, backbone=backbone.merge_and_unload(), **settings)
     model = BeLLMSentenceTransformer(modules=[encoder], device=device, prompts=prompts)
-    model.model_card_data.tags = ["bellm", "bidirectional-decoder", name]
+    model.model_card_data.tags = ["bellm", "bidirectional-decoder", folder.name]
     return model

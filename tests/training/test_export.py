@@ -64,8 +64,8 @@ def test_package_shipped_needs_a_shipped_base(trained, tmp_path):
 
 
 def test_a_pruned_model_packaged_as_shipped_loads_with_its_layers_kept(tiny_model_dir, tmp_path, monkeypatch):
+    import bellm_st
     import bellm_st.bases
-    import bellm_st.shipped
 
     (tmp_path / "t.tsv").write_text(
         "anchor\tpositive\tnegative\nA man plays.\tSomeone plays.\tStocks fell.\nKids play.\tChildren play.\tA frog.\n"
@@ -77,13 +77,22 @@ def test_a_pruned_model_packaged_as_shipped_loads_with_its_layers_kept(tiny_mode
     target = package_shipped(trained, "bellm-tiny-pruned", base="smollm2-135m", models_root=tmp_path / "models")
 
     assert json.loads((target / "bellm_config.json").read_text())["keep_layers"] == 1
-    monkeypatch.setattr(bellm_st.shipped, "SHIPPED_ROOT", tmp_path / "models")
-    monkeypatch.setattr(bellm_st.shipped, "SHIPPED_MODELS", ("bellm-tiny-pruned",))
     monkeypatch.setattr(bellm_st.bases, "base_checkpoint", lambda name, cache_dir=None: str(tiny_model_dir))
-    shipped = bellm_st.shipped.load_shipped("bellm-tiny-pruned", device="cpu")
+    shipped = bellm_st.load(str(target), device="cpu")  # an adapter folder anywhere loads like a shipped model
     original = SentenceTransformer(str(trained), trust_remote_code=True, device="cpu")
     assert len(shipped[0].decoder.layers) == 1
     torch.testing.assert_close(
         shipped.encode(SENTENCES, convert_to_tensor=True), original.encode(SENTENCES, convert_to_tensor=True),
         rtol=1e-4, atol=1e-5,
     )
+
+
+def test_an_adapter_folder_without_a_base_is_refused_with_the_fix(trained, tmp_path):
+    import bellm_st
+
+    target = package_shipped(trained, "bellm-tiny", base="smollm2-135m", models_root=tmp_path)
+    settings = json.loads((target / "bellm_config.json").read_text())
+    del settings["base"]
+    (target / "bellm_config.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="names no base model"):
+        bellm_st.load(str(target), device="cpu")
