@@ -8,13 +8,18 @@ which also removes the check transformers makes on the device for every padding-
 (``find_packed_sequence_indices`` reads a device value, so the host waits for the GPU once per
 batch).
 
-How: for the duration of a flat forward the backbone's attention implementation is switched to
-``bellm_varlen``, registered with transformers' ``AttentionInterface`` but with no mask builder,
-which transformers takes as "this attention needs no mask". Our attention function reads the
-text boundaries (``cu_seq_lens_q``/``max_length_q``, the names transformers uses for
-variable-length kernels) and each layer's direction from ``module.is_causal``, which the
-bi-directional patch sets, so the lower layers stay causal and the patched ones attend both ways
-within each text. On CUDA GPUs with Triton it runs our packed kernel
+How: the backbone's attention implementation is replaced, once, by one registered with
+transformers' ``AttentionInterface`` that serves both kinds of call (:func:`route_flat_batches`).
+A call that carries text boundaries (``cu_seq_lens_q``/``max_length_q``, the names transformers
+uses for variable-length kernels) runs our variable-length attention; any other call runs the
+implementation the model was loaded with, with the mask transformers built for it. Nothing is
+switched per batch, so padded and flat forwards of one model may run at the same time. A flat
+forward hands the model an empty 4-D attention mask (:func:`flat_marker_mask`): transformers
+returns a prepared 4-D mask as it is, so no mask is built and no value is read back from the
+device (``find_packed_sequence_indices`` would read one, making the host wait for the GPU once
+per batch). The variable-length attention reads each layer's direction from ``module.is_causal``,
+which the bi-directional patch sets, so the lower layers stay causal and the patched ones attend
+both ways within each text. On CUDA GPUs with Triton it runs our packed kernel
 (:mod:`bellm_st.fast.packed_attention`, several short texts per tile), otherwise, or for long texts,
 PyTorch's variable-length flash kernel (``torch.nn.attention.varlen.varlen_attn``), both in half
 precision; elsewhere a per-text SDPA loop gives the same result slowly (and Triton's CPU
@@ -26,15 +31,14 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from bellm_st.bidirectional import RELEASE_NOTE, attention_reach, text_config
 from bellm_st.fast.packed_attention import packed_attention, packed_attention_available
@@ -42,7 +46,7 @@ from bellm_st.module import BATCH_LAYOUT, BeLLMEncoder
 from bellm_st.pooling import PoolingMode
 from bellm_st.tokenization import TokenizedBatch
 
-VARLEN_ATTENTION = "bellm_varlen"
+ROUTED_PREFIX = "bellm_flat_or_"  # the routed implementation's name: this prefix, then the model's own
 FLAT_FEATURE = "cu_seq_lens"  # the texts' start offsets in the row, plus its end
 TEXT_OF_TOKEN = "bellm_text_of_token"  # keyword that hands the packed kernel each token's text
 PACKED_LONGEST = 1024  # longest text for the packed kernel with heads of <= 64 dims (see packed_longest)
@@ -99,8 +103,9 @@ def _varlen_kernel_problem(config: Any) -> str | None:
 def flat_attention_unsupported(model: PreTrainedModel, device: torch.device) -> str | None:
     """Why flat batches cannot run on ``model`` here (``None`` when they can)."""
     config = text_config(model)
-    if getattr(config, "attn_logit_softcapping", None):
-        return "the model caps its attention logits, which the kernel does not do"
+    routing_problem = _routing_problem(config)
+    if routing_problem is not None:
+        return routing_problem
     if device.type != "cuda":
         return "the variable-length flash kernel needs a CUDA device"
     if torch.version.hip is not None:
@@ -112,8 +117,8 @@ def flat_attention_unsupported(model: PreTrainedModel, device: torch.device) -> 
         return f"{kernel_problem}, and Triton (for the packed kernel) is missing"
     if model.dtype not in FLAT_DTYPES:
         return f"the flash kernel computes in fp16 or bf16, the model is {model.dtype}"
-    if config._attn_implementation != "sdpa":
-        return f"the model was loaded with {config._attn_implementation!r} attention, not 'sdpa'"
+    if configured_attention(config) != "sdpa":
+        return f"the model was loaded with {configured_attention(config)!r} attention, not 'sdpa'"
     return None
 
 
@@ -143,15 +148,6 @@ def use_packed_attention(model: PreTrainedModel, device: torch.device, longest: 
         return False
     config = text_config(model)
     return _varlen_kernel_problem(config) is not None or longest <= packed_longest(config)
-
-
-def _sequence_bounds(kwargs: dict[str, Any]) -> tuple[torch.Tensor, int]:
-    if "cu_seq_lens_q" not in kwargs:
-        raise RuntimeError(
-            f"attention {VARLEN_ATTENTION!r} was called without text boundaries; it runs only inside "
-            f"bellm_st.fast.flat.flat_attention with flat features, which pass them as `cu_seq_lens_q` {RELEASE_NOTE}"
-        )
-    return kwargs["cu_seq_lens_q"], int(kwargs["max_length_q"])
 
 
 def _reference_attention(query, key, value, bounds, window, scaling) -> torch.Tensor:
@@ -208,11 +204,9 @@ def varlen_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function contract: (1, heads, tokens, dim) in, (1, tokens, heads, dim) out."""
-    bounds, longest = _sequence_bounds(kwargs)
+    bounds, longest = kwargs["cu_seq_lens_q"], int(kwargs["max_length_q"])
     if query.shape[0] != 1:
         raise ValueError(f"flat batches hold one row, got {query.shape[0]}")
-    if kwargs.get("softcap") is not None:
-        raise ValueError("flat batches do not support attention soft-capping")
     if sliding_window is None and getattr(module, "sliding_window", None):
         raise RuntimeError(
             f"a sliding-window layer ({type(module).__name__}) called the attention function without its "
@@ -235,41 +229,91 @@ def varlen_attention_forward(
     return output.transpose(0, 1).unsqueeze(0), None
 
 
-def register_varlen_attention() -> None:
-    """Make ``bellm_varlen`` known to transformers (idempotent; no mask builder on purpose)."""
-    AttentionInterface.register(VARLEN_ATTENTION, varlen_attention_forward)
+def flat_marker_mask(device: torch.device) -> torch.Tensor:
+    """The attention mask a flat forward hands the model: empty, 4-D, so transformers builds none."""
+    return torch.empty((1, 1, 0, 0), dtype=torch.bool, device=device)
 
 
-register_varlen_attention()
-
-_SWITCH_LOCK = threading.Lock()
-_SWITCHED: dict[int, tuple[int, str]] = {}  # id(config) -> (flat forwards running, implementation to restore)
+def _is_flat_marker(attention_mask: Any) -> bool:
+    return isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 4 and attention_mask.shape[-2] == 0
 
 
-@contextmanager
-def flat_attention(model: PreTrainedModel) -> Iterator[None]:
-    """Run ``model`` with the variable-length attention while the block lasts.
+def configured_attention(config: Any) -> str:
+    """The attention implementation the model was loaded with, also once it is routed for flat batches."""
+    return config._attn_implementation.removeprefix(ROUTED_PREFIX)
 
-    The switch is on the model's config. Flat forwards of one model in several threads share it
-    (counted, so the last to finish restores the original), but an ordinary padded forward of
-    the same model object must not run meanwhile: it would find no mask built and stop with an
-    error. ``encode_bulk``'s replicas on several devices are separate objects.
+
+def routed_attention(configured: str) -> str:
+    """Register (idempotent) and name the attention that runs flat calls and hands the rest to ``configured``.
+
+    One function per call rather than a switch per batch: whether a call is flat is read from
+    its own keywords, so nothing shared changes while batches run. The mask builder of
+    ``configured`` is registered under the same name, so padded calls get their usual mask.
+    """
+    name = ROUTED_PREFIX + configured
+    if name in ALL_ATTENTION_FUNCTIONS:
+        return name
+    padded_attention = ALL_ATTENTION_FUNCTIONS[configured]
+
+    def attention_forward(module: nn.Module, query, key, value, attention_mask, **kwargs):
+        if "cu_seq_lens_q" in kwargs:
+            return varlen_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        if _is_flat_marker(attention_mask):
+            raise RuntimeError(
+                "a flat batch reached the attention function without its text boundaries (`cu_seq_lens_q`), "
+                f"so texts would see each other {RELEASE_NOTE}"
+            )
+        return padded_attention(module, query, key, value, attention_mask, **kwargs)
+
+    if configured in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[configured])
+    AttentionInterface.register(name, attention_forward)
+    return name
+
+
+def _routing_problem(config: Any) -> str | None:
+    """Why a model's attention cannot be routed for flat batches on any device (``None`` when it can)."""
+    if getattr(config, "attn_logit_softcapping", None):
+        return "the model caps its attention logits (soft-capping), which the flat kernels do not do"
+    if configured_attention(config) not in ALL_ATTENTION_FUNCTIONS:
+        return (
+            f"the model was loaded with {configured_attention(config)!r} attention; flat batches need one registered "
+            "with transformers' AttentionInterface (for the padded calls beside them): load it with "
+            "attn_implementation='sdpa'"
+        )
+    return None
+
+
+class _RegisterRoutedAttention:
+    """Forward pre-hook of a routed backbone: registers the routed attention in the running process.
+
+    Registration is per process, but the routed name travels with the model: pickled into
+    another process (sentence-transformers' multi-process pool), the model would otherwise name
+    an attention transformers there does not know, and even its padded forwards would fail.
+    """
+
+    def __init__(self, configured: str):
+        self.configured = configured
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        routed_attention(self.configured)
+
+
+def route_flat_batches(model: PreTrainedModel) -> None:
+    """Let ``model`` run flat batches beside padded ones, from now on (idempotent).
+
+    The model's attention implementation is replaced once by :func:`routed_attention`, which
+    runs padded calls exactly as before. A racing padded forward is safe: the old and the new
+    implementation build the same mask and run the same kernel for it.
     """
     config = text_config(model)
-    with _SWITCH_LOCK:
-        running, original = _SWITCHED.get(id(config), (0, config._attn_implementation))
-        _SWITCHED[id(config)] = (running + 1, original)
-        config._attn_implementation = VARLEN_ATTENTION
-    try:
-        yield
-    finally:
-        with _SWITCH_LOCK:
-            running, original = _SWITCHED[id(config)]
-            if running == 1:
-                del _SWITCHED[id(config)]
-                config._attn_implementation = original
-            else:
-                _SWITCHED[id(config)] = (running - 1, original)
+    if config._attn_implementation.startswith(ROUTED_PREFIX):
+        return
+    problem = _routing_problem(config)
+    if problem is not None:
+        raise ValueError(f"flat batches cannot run here: {problem}")
+    model.register_forward_pre_hook(_RegisterRoutedAttention(config._attn_implementation))
+    config._attn_implementation = routed_attention(config._attn_implementation)
 
 
 def pool_flat(
@@ -314,11 +358,12 @@ class FlatRow:
         packed = {}
         if use_packed_attention(encoder.decoder, bounds.device, longest):
             packed[TEXT_OF_TOKEN] = features["sequence_index"]
-        with flat_attention(encoder.decoder):
-            outputs = encoder.auto_model(
-                input_ids=features["input_ids"], position_ids=features["position_ids"], use_cache=False,
-                cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest, **packed,
-            )
+        route_flat_batches(encoder.decoder)
+        outputs = encoder.auto_model(
+            input_ids=features["input_ids"], position_ids=features["position_ids"], use_cache=False,
+            attention_mask=flat_marker_mask(features["input_ids"].device),
+            cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest, **packed,
+        )
         text_mask = features.get("text_mask")
         embedding = pool_flat(outputs.last_hidden_state[0], features["sequence_index"], bounds,
                               None if text_mask is None else text_mask[0], encoder.pooling)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bellm_st.fast.flat import configured_attention
 from bellm_st.module import BATCH_LAYOUT, BeLLMEncoder
 from bellm_st.pooling import pool
 from bellm_st.tokenization import TokenizedBatch, pad_batch
@@ -114,7 +115,7 @@ class PackedRows:
         return pack_rows(batch, self.row_length, encoder.tokenizer.pad_token_id)
 
     def embed(self, encoder: BeLLMEncoder, features: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        attention = encoder.decoder.config._attn_implementation
+        attention = configured_attention(encoder.decoder.config)
         if attention not in PACKING_ATTENTION:
             raise ValueError(
                 f"packed batches need attn_implementation 'sdpa' or 'eager', not {attention!r} (which would let "

@@ -7,6 +7,9 @@ on a GPU benchmarks/flat_agreement.py compares both kernels with padded batches.
 
 from __future__ import annotations
 
+import pickle
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -16,13 +19,15 @@ from bellm_st.bidirectional import attention_reach
 from bellm_st.fast import FLAT_ROW, flat
 from bellm_st.fast.bulk import _flat_batches, encode_bulk
 from bellm_st.fast.flat import (
-    VARLEN_ATTENTION,
+    ROUTED_PREFIX,
     _kernel_attention,
     _reference_attention,
-    flat_attention,
     flat_attention_unsupported,
     flat_features,
+    flat_marker_mask,
+    route_flat_batches,
 )
+from bellm_st.fast.packing import PackedRows
 from bellm_st.testing import TINY_ARCHITECTURES
 from tests.fast.test_packing import TEXTS, embed, encoder_for
 
@@ -98,22 +103,99 @@ def test_a_text_never_sees_its_neighbours_but_sees_its_own_end(tiny_tokenizer):
     assert not torch.allclose(first["token_embeddings"][0, 0], changed_end["token_embeddings"][0, 0], atol=1e-4)
 
 
-def test_the_attention_implementation_is_restored_even_after_an_error(tiny_tokenizer):
-    encoder = encoder_for(tiny_tokenizer, "llama", 2)
+def test_the_model_is_routed_once_and_its_padded_calls_stay_as_they_were(tiny_tokenizer):
+    """After a flat batch the model keeps the routed attention; padded and packed batches give what they gave."""
+    encoder = encoder_for(tiny_tokenizer, "llama", 2, pooling="mean")
     config = encoder.decoder.config
-    with pytest.raises(RuntimeError, match="boom"), flat_attention(encoder.decoder):
-        assert config._attn_implementation == VARLEN_ATTENTION
-        raise RuntimeError("boom")
-    assert config._attn_implementation == "sdpa"
-    embed_flat(encoder, TEXTS[:2])
-    assert config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        padded = embed(encoder, TEXTS)
+        embed_flat(encoder, TEXTS[:2])
+        assert config._attn_implementation == ROUTED_PREFIX + "sdpa"
+        route_flat_batches(encoder.decoder)
+        assert config._attn_implementation == ROUTED_PREFIX + "sdpa"
+        assert torch.allclose(embed(encoder, TEXTS), padded, atol=1e-6)
+        encoder.batch_layout = PackedRows(64)
+        assert torch.allclose(embed(encoder, TEXTS), padded, atol=1e-5)
 
 
-def test_attention_called_outside_a_flat_batch_says_so(tiny_tokenizer):
+def test_a_routed_model_pickled_into_a_process_that_never_routed_still_runs(tiny_tokenizer, monkeypatch):
+    """The routed name travels with the model; its registration is made again where the model lands."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    encoder = encoder_for(tiny_tokenizer, "llama", 2, pooling="mean")
+    with torch.no_grad():
+        padded = embed(encoder, TEXTS)
+        embed_flat(encoder, TEXTS[:2])
+    copy = pickle.loads(pickle.dumps(encoder))
+    for interface in (AttentionInterface, AttentionMaskInterface):  # as in a fresh process
+        monkeypatch.delitem(interface._global_mapping, ROUTED_PREFIX + "sdpa")
+    with torch.no_grad():
+        assert torch.allclose(embed(copy, TEXTS), padded, atol=1e-6)
+        assert torch.allclose(embed_flat(copy, TEXTS), padded, atol=1e-5)
+
+
+def test_a_padded_forward_inside_a_flat_forward_gets_its_mask(tiny_tokenizer):
+    """The same model object runs a padded batch while a flat one is half way through its layers."""
+    encoder = encoder_for(tiny_tokenizer, "gemma3_text", 2, pooling="mean")  # causal, bi-directional and sliding layers
+    with torch.no_grad():
+        padded_reference = embed(encoder, TEXTS)
+        flat_reference = embed_flat(encoder, TEXTS[:4])
+    nested = []
+
+    def padded_forward_midway(layer, args, kwargs):
+        if "cu_seq_lens_q" in kwargs and not nested:
+            nested.append(embed(encoder, TEXTS))
+
+    layers = bellm_st.bidirectional.find_decoder_layers(encoder.decoder)
+    handle = layers[2].register_forward_pre_hook(padded_forward_midway, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            flat_embeddings = embed_flat(encoder, TEXTS[:4])
+    finally:
+        handle.remove()
+    assert torch.allclose(nested[0], padded_reference, atol=1e-5)
+    assert torch.allclose(flat_embeddings, flat_reference, atol=1e-6)
+    assert torch.allclose(flat_embeddings, padded_reference[:4], atol=1e-5)
+
+
+def test_padded_and_flat_forwards_of_one_model_in_two_threads(tiny_tokenizer, monkeypatch):
+    monkeypatch.setattr(flat, "packed_attention_available", lambda device: False)  # the interpreter is slow
+    encoder = encoder_for(tiny_tokenizer, "llama", 2, pooling="mean")
+    with torch.no_grad():
+        reference = embed(encoder, TEXTS)
+    results: dict[str, list[torch.Tensor]] = {"padded": [], "flat": []}
+
+    def run(kind: str) -> None:
+        with torch.no_grad():
+            for _ in range(15):
+                results[kind].append(embed(encoder, TEXTS) if kind == "padded" else embed_flat(encoder, TEXTS))
+
+    threads = [threading.Thread(target=run, args=(kind,)) for kind in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(len(embeddings) == 15 for embeddings in results.values())
+    for embeddings in results.values():
+        for embedding in embeddings:
+            assert torch.allclose(embedding, reference, atol=1e-5)
+
+
+def test_a_flat_batch_whose_boundaries_do_not_reach_the_attention_is_refused(tiny_tokenizer):
     encoder = encoder_for(tiny_tokenizer, "llama", 2)
-    features = encoder.preprocess(TEXTS[:2])
-    with flat_attention(encoder.decoder), pytest.raises(RuntimeError, match="without text boundaries"):
-        encoder.auto_model(input_ids=features["input_ids"])
+    route_flat_batches(encoder.decoder)
+    features = flat_features(encoder.tokenize_unpadded(TEXTS[:2]))
+    with pytest.raises(RuntimeError, match=r"without its text boundaries.*installed: transformers"):
+        encoder.auto_model(input_ids=features["input_ids"], position_ids=features["position_ids"],
+                           attention_mask=flat_marker_mask(torch.device("cpu")))
+
+
+def test_flat_batches_on_an_eager_model_name_the_fix(tiny_tokenizer):
+    encoder = encoder_for(tiny_tokenizer, "llama", 2, attn="eager")
+    with pytest.raises(ValueError, match=r"loaded with 'eager' attention.*attn_implementation='sdpa'"):
+        embed_flat(encoder, TEXTS[:2])
+    assert encoder.decoder.config._attn_implementation == "eager"
 
 
 def test_a_sliding_layer_whose_window_keyword_is_missing_is_refused():
@@ -248,18 +330,6 @@ def test_flat_batches_need_a_recent_gpu_and_kernel(tiny_tokenizer, monkeypatch):
     assert flat_attention_unsupported(sliding.decoder, cuda) is None
     monkeypatch.setattr(flat, "_VARLEN_KERNEL", None)
     assert flat_attention_unsupported(sliding.decoder, cuda) is None
-
-
-def test_overlapping_flat_forwards_restore_the_original_attention_once_both_end(tiny_tokenizer):
-    encoder = encoder_for(tiny_tokenizer, "llama", 2)
-    config = encoder.decoder.config
-    first, second = flat_attention(encoder.decoder), flat_attention(encoder.decoder)
-    first.__enter__()
-    second.__enter__()
-    first.__exit__(None, None, None)  # the first to start ends first, as two threads may
-    assert config._attn_implementation == VARLEN_ATTENTION  # the other is still running
-    second.__exit__(None, None, None)
-    assert config._attn_implementation == "sdpa"
 
 
 def test_flat_batches_on_a_model_that_is_not_bellm_are_refused(tiny_model_dir):
