@@ -77,6 +77,33 @@ class SlowEmbedder(Embedder):
         return super().encode(texts, prompt_name)
 
 
+class GatedEmbedder(Embedder):
+    """The tiny model, but every forward pass waits until the test opens ``gate``: the test, not a
+    clock, decides how long the model runs, so the tests that need a busy model hold on a loaded machine."""
+
+    def __init__(self, model, timeout: float = 30):
+        super().__init__(model)
+        self.timeout = timeout
+        self.gate = threading.Event()
+        self.batches: list[int] = []
+        self.started = threading.Event()
+
+    def encode(self, texts: list[str], prompt_name: str | None = None) -> np.ndarray:
+        self.batches.append(len(texts))
+        self.started.set()
+        if not self.gate.wait(self.timeout):
+            raise RuntimeError(f"the test did not open the gate within {self.timeout} s")
+        return super().encode(texts, prompt_name)
+
+
+def wait_until(condition, what: str, timeout: float = 15) -> None:
+    """Poll ``condition`` until it holds; fail the test with ``what`` if it does not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
 def reference(model, texts: list[str], **kwargs) -> np.ndarray:
     """What the library itself gives: the numbers the server must reproduce."""
     return model.encode(texts, normalize_embeddings=True, **kwargs)

@@ -4,21 +4,13 @@ that left never reaches the model, and what the shutdown grace cannot wait for g
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import pytest
 
 from bellm_st.serving import ServerSettings
 
-from .serving_support import MODEL_ID, SlowEmbedder, json_body, live_server, open_request, read_answer
-
-
-def wait_until(condition, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.01)
+from .serving_support import MODEL_ID, SlowEmbedder, json_body, live_server, open_request, read_answer, wait_until
 
 
 @pytest.mark.parametrize("where", ["in the model", "body still arriving"])
