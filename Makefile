@@ -24,7 +24,7 @@ endif
 endif
 endif
 
-.PHONY: setup demo test lock test-matrix test-oldest test-newest
+.PHONY: setup demo test lock test-matrix test-oldest test-newest gpu-stage
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(VPY) -m pytest -q
+
+# What benchmarks/gpu_retrieval_session.sh carries to a GPU machine, under the ignored .stage/.
+gpu-stage: setup
+	PYTHON=$(VPY) bash benchmarks/gpu_stage.sh
 
 # Regenerate the lock file: a fresh temporary virtualenv, the newest versions pip resolves
 # today (torch pinned), then pip freeze without the project's own editable packages.

@@ -163,7 +163,7 @@ def main() -> None:
 
     def tokenize_only(texts: list[str]) -> np.ndarray:
         """The host side of encode_bulk alone: tokenise in chunks and form its batches (flat or by length)."""
-        for _ in bulk._batches([ours], texts, None, args.bulk_batch_size, args.bulk_max_tokens, None):
+        for _ in bulk._batches(ours, texts, None, args.bulk_batch_size, args.bulk_max_tokens, None):
             pass
         return np.zeros((1, 1))
 
@@ -234,7 +234,7 @@ def main() -> None:
         """
         prepared = [(indices, {key: value.to(device) if isinstance(value, torch.Tensor) else value
                                for key, value in features.items()})
-                    for indices, features in bulk._batches([model], sentences, None, args.bulk_batch_size,
+                    for indices, features in bulk._batches(model, sentences, None, args.bulk_batch_size,
                                                            args.bulk_max_tokens, None)]
 
         def run(texts: list[str]) -> np.ndarray:

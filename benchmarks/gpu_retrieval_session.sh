@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# The GPU session behind docs/RESULTS.md's retrieval table (issue 14) and the pruning sweep (issue 17).
+# The GPU session behind docs/RESULTS.md's retrieval table (issue 14), the pruning sweep (issue 17)
+# and the encoding re-measurement after the package moved (issue 15).
 #
 # The device machine has no bellm-st, gguf or datasets and cannot reach the network, and one call
-# carries at most 64 MiB: the SmolLM2 GGUF travels in four parts (.stage/p1, .stage/p2), the wheels
-# and the data files it needs in .stage/p3 (copies of ../shared/data), all ignored by git. Each
-# part of the session is one call of at most ten minutes; the machine keeps ~/w between calls.
+# carries at most 64 MiB (the tracked tree included): the SmolLM2 GGUF travels in two halves. The
+# machine keeps ~/w between calls but goes back after 30 s idle, so the parts run back to back.
+# Stage once (`make gpu-stage`, all under the ignored .stage/):
+#   .stage/p1: gguf.part0, gguf.part1, skeleton/ (the converted model's config and tokenizer, no
+#              weights) and stsb-dev.tsv
+#   .stage/p2: gguf.part2, gguf.part3, whl/ (gguf, datasets, dill, multiprocess), data.tar.xz
+#              (copies of the ../shared/data files used below)
 #
-#   part 1: set-up (wheels, GGUF -> safetensors), adaptation of the shipped model (seed 42), the
-#           pruning sweep's training (issue 17)
-#   part 2: default-model candidates (no SciFact labels, no STS train), adaptation seed 43
+#   part 0 (carry .stage/p1): first half of the GGUF to ~/w; encoding throughput of the moved fast
+#           paths (compiled and eager layers, flat batches) on a random-weight model of SmolLM2's
+#           shape (speed does not depend on the weights' values), the command of the figures it
+#           is compared with in docs/BENCHMARKS.md
+#   part 1 (carry .stage/p2): set-up (wheels, GGUF -> safetensors), adaptation of the shipped model
+#           (seed 42), the pruning sweep's training (issue 17)
+#   part 2 (no carry): default-model candidates (no SciFact labels, no STS train), adaptation seed 43
 #
 # Every result lands in $OUT as soon as it exists: session.log and results.tgz (scores, histories,
 # recipes) and ship-<run>.tgz per trained run (its adapter as a shipped-model folder, bellm_st/models/ layout).
 set -uo pipefail
-part=${1:?usage: gpu_retrieval_session.sh part1|part2}
+part=${1:?usage: gpu_retrieval_session.sh part0|part1|part2}
 repo=$(pwd)
 work=$HOME/w
 data=$work/data
@@ -53,10 +62,30 @@ step() {  # step NAME SECONDS command...: run with a time limit, log its end, sa
     save
 }
 
+if [ "$part" = part0 ]; then
+    cp .stage/p1/gguf.part0 .stage/p1/gguf.part1 "$work/"
+    python3 -c "
+import torch, transformers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+torch.manual_seed(0)
+config = AutoConfig.from_pretrained('.stage/p1/skeleton')
+AutoModelForCausalLM.from_config(config).save_pretrained('$work/random-smollm2')
+AutoTokenizer.from_pretrained('.stage/p1/skeleton').save_pretrained('$work/random-smollm2')
+print('versions', torch.__version__, transformers.__version__, torch.cuda.get_device_name())
+"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    # The command of h100_encode_throughput_packed_final.json (commit 82c49ba, before the move).
+    step encode-throughput 240 python3 -u benchmarks/encode_throughput.py --base "$work/random-smollm2" \
+        --data .stage/p1/stsb-dev.tsv --sentences 100000 --layers 16 --skip-plain --skip-st-encode \
+        --bulk-batch-size 4096 --bulk-max-tokens 131072 --compile-layers --forward-only --repeats 3 \
+        --check-fp32 1000 --out "$OUT"
+fi
+
 if [ "$part" = part1 ]; then
     log "set-up"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .stage/p3/whl/*.whl
-    cp -r .stage/p3/data "$data"
+    cp .stage/p2/gguf.part2 .stage/p2/gguf.part3 "$work/"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .stage/p2/whl/*.whl
+    mkdir -p "$data" && tar -xJf .stage/p2/data.tar.xz -C "$data"
     cat "$work"/gguf.part0 "$work"/gguf.part1 "$work"/gguf.part2 "$work"/gguf.part3 > "$work/SmolLM2-135M-Instruct.Q4_1.gguf"
     echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $work/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 1
     python3 -c "
