@@ -59,15 +59,17 @@ def ndcg(entry: dict) -> float:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | seeds | nDCG@10 as is | nDCG@10 adapted (mean, min-max) | STS dev avg adapted |",
-             "|---|---:|---:|---:|---:|"]
+    """One row per model: nDCG@10 as is and at each run's last evaluation (runs cut short show their step)."""
+    lines = ["| model | seeds | nDCG@10 as is | steps | nDCG@10 adapted (mean, min-max) | STS dev avg adapted |",
+             "|---|---:|---:|---:|---:|---:|"]
     for model in dict.fromkeys(result["model"] for result in results):
         runs = [result for result in results if result["model"] == model]
         before = [ndcg(run["history"][0]) for run in runs]
         after = [ndcg(run["history"][-1]) for run in runs]
-        sts = [run["sts_dev_adapted"]["average"] for run in runs]
-        lines.append(f"| {model} | {len(runs)} | {statistics.mean(before):.2f} | {statistics.mean(after):.2f} "
-                     f"({min(after):.2f}-{max(after):.2f}) | {statistics.mean(sts):.2f} |")
+        steps = "/".join(str(run["history"][-1]["step"]) for run in runs)
+        sts = [run["sts_dev_adapted"]["average"] for run in runs if run.get("sts_dev_adapted")]
+        lines.append(f"| {model} | {len(runs)} | {statistics.mean(before):.2f} | {steps} | {statistics.mean(after):.2f} "
+                     f"({min(after):.2f}-{max(after):.2f}) | {f'{statistics.mean(sts):.2f}' if sts else '–'} |")
     return "\n".join(lines)
 
 
