@@ -541,9 +541,32 @@ def export(
     model: str = typer.Argument(..., help="A shipped model, base name or trained model folder."),
     output_dir: Path = typer.Argument(..., help="Where to write the merged sentence-transformers folder."),
     onnx: bool = typer.Option(False, "--onnx", help="Write an ONNX graph for fast CPU inference instead."),
+    adapter_only: bool = typer.Option(
+        False, "--adapter-only",
+        help="Write only a trained folder's LoRA adapter and BeLLM settings (~10 MB for SmolLM2) instead: "
+             "bellm_st.load(OUTPUT_DIR) rebuilds the shipped base offline and merges it; no code travels.",
+    ),
+    base: str = typer.Option(
+        None, "--base", help="With --adapter-only: the shipped base the model was trained on (default: its recipe's)."
+    ),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help=TRUST_HELP),
 ) -> None:
     """Write a hub-ready sentence-transformers folder: LoRA adapter merged, the encoder's code inside (loads without bellm-st)."""
+    if adapter_only and onnx:
+        _fail(ValueError("--adapter-only and --onnx write different things; pick one"))
+    if base is not None and not adapter_only:
+        _fail(ValueError("--base only applies with --adapter-only (a merged export carries its weights)"))
+    if adapter_only:
+        from bellm_st.export import package_shipped
+
+        if output_dir.exists() and any(output_dir.iterdir()):
+            _fail(FileExistsError(f"{output_dir} already exists and is not empty; name a new folder"))
+        try:
+            package_shipped(model, output_dir.name, base=base, models_root=output_dir.parent)
+        except (ValueError, OSError) as error:
+            _fail(error)
+        console.print(f"wrote {output_dir}; load it with bellm_st.load({str(output_dir)!r})")
+        return
     if onnx:
         try:
             from bellm_st.fast.onnx_export import export_merged_onnx

@@ -11,6 +11,9 @@ from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
 
+from typer.testing import CliRunner
+
+from bellm_st.cli import app
 from bellm_st.export import export_merged, package_shipped
 from bellm_st.training import Recipe, train
 
@@ -96,3 +99,52 @@ def test_an_adapter_folder_without_a_base_is_refused_with_the_fix(trained, tmp_p
     (target / "bellm_config.json").write_text(json.dumps(settings))
     with pytest.raises(ValueError, match="names no base model"):
         bellm_st.load(str(target), device="cpu")
+
+
+def test_cli_export_adapter_only_writes_the_shipped_layout(trained, tiny_model_dir, tmp_path, monkeypatch):
+    import bellm_st
+    import bellm_st.bases
+
+    target = tmp_path / "share" / "my-model"
+    result = CliRunner().invoke(app, ["export", str(trained), str(target), "--adapter-only", "--base", "smollm2-135m"])
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in (target / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert json.loads((target / "bellm_config.json").read_text())["base"] == "smollm2-135m"
+    monkeypatch.setattr(bellm_st.bases, "base_checkpoint", lambda name, cache_dir=None: str(tiny_model_dir))
+    original = SentenceTransformer(str(trained), trust_remote_code=True, device="cpu")
+    torch.testing.assert_close(
+        bellm_st.load(str(target), device="cpu").encode(SENTENCES, convert_to_tensor=True),
+        original.encode(SENTENCES, convert_to_tensor=True), rtol=1e-4, atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--adapter-only"], "is not a shipped base"),  # the recipe's base is a local folder
+        (["--adapter-only", "--onnx"], "pick one"),
+        (["--base", "smollm2-135m"], "only applies with --adapter-only"),
+    ],
+)
+def test_cli_export_adapter_only_refuses_bad_options_before_writing(trained, tmp_path, extra, message):
+    target = tmp_path / "out"
+    result = CliRunner().invoke(app, ["export", str(trained), str(target), *extra])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert not target.exists()
+
+
+def test_cli_export_adapter_only_keeps_an_existing_folder(trained, tmp_path):
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    result = CliRunner().invoke(app, ["export", str(trained), str(target), "--adapter-only", "--base", "smollm2-135m"])
+    assert result.exit_code == 2 and "not empty" in result.output
+    assert sorted(path.name for path in target.iterdir()) == ["notes.txt"]
+
+
+def test_cli_export_adapter_only_of_a_folder_without_an_adapter_names_what_is_missing(tmp_path):
+    (tmp_path / "run").mkdir()
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), str(tmp_path / "out"), "--adapter-only"])
+    assert result.exit_code == 2 and "adapter_model.safetensors" in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
