@@ -444,6 +444,11 @@ def adapt(
     save_steps: int = typer.Option(None, min=1),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUTPUT_DIR/checkpoints."),
     device: str = typer.Option(None, help="cpu, cuda ... (default: the trainer's choice)."),
+    gradient_checkpointing: bool = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute a BeLLM model's activations in the backward pass: slightly slower steps, much less memory "
+             "[default: on unless training on a CUDA GPU].",
+    ),
 ) -> None:
     """Adapt a model to your documents without labels: weak query -> passage pairs + general data, then save it."""
     kinds = None if pairs is None else tuple(kind.strip() for kind in pairs.split(",") if kind.strip())
@@ -454,7 +459,8 @@ def adapt(
             max_steps=max_steps, learning_rate=learning_rate, eval_retrieval=eval_retrieval, eval_steps=eval_steps,
             save_steps=save_steps, resume=resume, device=device,
             **_given(kinds=kinds, general_data=general_data, general_ratio=general_ratio, max_seq_length=max_seq_length,
-                     batch_size=batch_size, epochs=epochs, seed=seed, eval_split=eval_split),
+                     batch_size=batch_size, epochs=epochs, seed=seed, eval_split=eval_split,
+                     gradient_checkpointing=gradient_checkpointing),
         )
     except (TypeError, ValueError, FileNotFoundError) as error:
         _fail(error)

@@ -192,3 +192,23 @@ def test_adapt_prunes_a_bellm_model_and_refuses_to_prune_a_plain_one(
     with pytest.raises(ValueError, match="keep_layers=3 prunes BeLLM models"):
         adapt(corpus, tmp_path / "plain", model=tiny_plain_dir, data_dir=data_dir, keep_layers=3, **SMALL)
     assert not (tmp_path / "plain").exists()
+
+
+def test_adapting_a_bellm_model_off_a_cuda_gpu_checkpoints_activations_unless_told_not_to(
+    tiny_bellm_dir, corpus, data_dir, tmp_path
+):
+    adapt(corpus, tmp_path / "auto", model=tiny_bellm_dir, data_dir=data_dir, general_ratio=0, **SMALL)
+    assert Recipe.load(tmp_path / "auto").gradient_checkpointing  # device="cpu": memory is what runs out
+    adapt(corpus, tmp_path / "off", model=tiny_bellm_dir, data_dir=data_dir, general_ratio=0,
+          gradient_checkpointing=False, **SMALL)
+    assert not Recipe.load(tmp_path / "off").gradient_checkpointing
+    # Checkpointing recomputes the same forward pass: both runs end with the same adapter.
+    on = SentenceTransformer(str(tmp_path / "auto"), trust_remote_code=True, device="cpu")
+    off = SentenceTransformer(str(tmp_path / "off"), trust_remote_code=True, device="cpu")
+    texts = ["frogs in the rain", "a market report"]
+    np.testing.assert_allclose(on.encode(texts), off.encode(texts), atol=1e-5)
+
+
+def test_a_plain_model_is_never_checkpointed_by_default(tiny_plain_dir, corpus, data_dir, tmp_path):
+    adapt(corpus, tmp_path / "plain", model=tiny_plain_dir, data_dir=data_dir, general_ratio=0, **SMALL)
+    assert not Recipe.load(tmp_path / "plain").gradient_checkpointing
