@@ -446,7 +446,7 @@ def adapt(
     device: str = typer.Option(None, help="cpu, cuda ... (default: the trainer's choice)."),
     gradient_checkpointing: bool = typer.Option(
         None, "--gradient-checkpointing/--no-gradient-checkpointing",
-        help="Recompute a BeLLM model's activations in the backward pass: slightly slower steps, much less memory "
+        help="Recompute a BeLLM model's activations in the backward pass: slower steps, much less memory "
              "[default: on unless training on a CUDA GPU].",
     ),
 ) -> None:

@@ -80,15 +80,6 @@ def quiet_truncation() -> Iterator[None]:
         tokenization.setLevel(level)
 
 
-def runs_on_cuda(device: str | None) -> bool:
-    """Whether training lands on a CUDA GPU: the named device, or the trainer's own choice when None."""
-    if device is not None:
-        return str(device).startswith("cuda")
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def adapt(
     corpus: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -126,11 +117,11 @@ def adapt(
     ``generator`` (a decoder LLM) adds a written query per document when ``"generated"`` is in
     ``kinds`` (slow on CPU: one generation per document). ``keep_layers`` prunes a BeLLM model to its
     first N layers before it is adapted (:mod:`bellm_st.pruning`). ``gradient_checkpointing``
-    recomputes a BeLLM model's activations in the backward pass: slightly slower steps, far less
+    recomputes a BeLLM model's activations in the backward pass: slower steps, far less
     memory. ``None`` turns it on unless training runs on a CUDA GPU: on a laptop or CPU server,
     passages of a few hundred tokens through a decoder's every layer are what runs out of memory.
     """
-    from bellm_st.api import default_model_name
+    from bellm_st.api import default_device, default_model_name
     from bellm_st.prompts import DEFAULT_QUERY_TEMPLATE
 
     model = model or default_model_name()
@@ -200,7 +191,9 @@ def adapt(
         angle_weight=Recipe.angle_weight if template is not None else 0.0,
         seed=seed,
         gradient_checkpointing=(
-            template is not None and not runs_on_cuda(device) if gradient_checkpointing is None else gradient_checkpointing
+            template is not None and not str(device or default_device()).startswith("cuda")
+            if gradient_checkpointing is None
+            else gradient_checkpointing
         ),
         eval_retrieval=str(Path(eval_retrieval).resolve()) if eval_retrieval is not None else None,
         eval_retrieval_split=eval_split,
