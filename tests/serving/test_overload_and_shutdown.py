@@ -20,9 +20,10 @@ def post_texts(url: str, texts: list[str]) -> httpx.Response:
 
 
 def refuses_connections(url: str) -> bool:
+    """True once a new request gets no answer: refused, or reset by a listener that is closing."""
     try:
         httpx.get(f"{url}/health", timeout=2)
-    except httpx.ConnectError:
+    except httpx.TransportError:
         return True
     return False
 
