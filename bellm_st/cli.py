@@ -414,6 +414,12 @@ def adapt(
             "Weak pair kinds, comma-separated: title, ict (inverse cloze), generated.", ",".join(ADAPT_DEFAULTS["kinds"])
         ),
     ),
+    ict_per_document: int = typer.Option(
+        None, min=1, help=_with_default(
+            "Inverse cloze queries (different sentences) per document: more queries from a small corpus.",
+            ADAPT_DEFAULTS["ict_per_document"],
+        ),
+    ),
     generated_queries: str = typer.Option(
         None, "--generated-queries", help="A decoder LLM that writes a query per document (adds 'generated'; slow on CPU)."
     ),
@@ -458,7 +464,7 @@ def adapt(
             query_template=query_template, document_template=document_template, keep_layers=keep_layers,
             max_steps=max_steps, learning_rate=learning_rate, eval_retrieval=eval_retrieval, eval_steps=eval_steps,
             save_steps=save_steps, resume=resume, device=device,
-            **_given(kinds=kinds, general_data=general_data, general_ratio=general_ratio, max_seq_length=max_seq_length,
+            **_given(kinds=kinds, ict_per_document=ict_per_document, general_data=general_data, general_ratio=general_ratio, max_seq_length=max_seq_length,
                      batch_size=batch_size, epochs=epochs, seed=seed, eval_split=eval_split,
                      gradient_checkpointing=gradient_checkpointing),
         )

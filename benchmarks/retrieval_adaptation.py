@@ -39,18 +39,34 @@ def versions() -> dict[str, str]:
             "sentence_transformers": sentence_transformers.__version__, "device": device}
 
 
+def variant_settings(args: argparse.Namespace) -> dict:
+    """The adapt() options this run changes from their defaults (recorded with every result)."""
+    settings = {"batch_size": args.batch_size, "ict_per_document": args.ict_per_document}
+    if args.general_ratio is not None:
+        settings["general_ratio"] = args.general_ratio
+    if args.generated_queries:
+        settings["generator"] = args.generated_queries
+    if args.lr is not None:
+        settings["learning_rate"] = args.lr
+    if args.gradient_checkpointing:
+        settings["gradient_checkpointing"] = True
+    return settings
+
+
 def run_one(model: str, seed: int, args: argparse.Namespace) -> dict:
-    folder = args.out / f"{model.replace('/', '_')}-seed{seed}"
+    folder = args.out / f"{model.replace('/', '_')}{f'-{args.variant}' if args.variant else ''}-seed{seed}"
     started = time.perf_counter()
+    settings = variant_settings(args)
     adapt(
         args.data_dir / "scifact/corpus.jsonl", folder, model=model, data_dir=args.data_dir, seed=seed,
-        max_steps=args.max_steps, batch_size=args.batch_size, eval_retrieval=args.data_dir / "scifact",
-        eval_split="train", eval_steps=args.eval_steps, save_steps=args.max_steps, device=args.device,
+        max_steps=args.max_steps, eval_retrieval=args.data_dir / "scifact",
+        eval_split="train", eval_steps=args.eval_steps, save_steps=args.max_steps, device=args.device, **settings,
     )
     history = json.loads((folder / "eval_history.json").read_text(encoding="utf-8"))
     adapted = bellm_st.load(str(folder), device=args.device)
     sts = evaluate_sts_files(adapted, [args.data_dir / path for path in STS_DEV])
-    return {"model": model, "seed": seed, "history": history, "sts_dev_adapted": sts,
+    return {"model": model, "variant": args.variant, "settings": settings, "seed": seed, "history": history,
+            "sts_dev_adapted": sts,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -58,12 +74,17 @@ def ndcg(entry: dict) -> float:
     return 100.0 * next(value for key, value in entry.items() if key.endswith("ndcg@10"))
 
 
+def label(result: dict) -> str:
+    """A run's model, with its variant's name when it has one (older results have none)."""
+    return f"{result['model']} ({result['variant']})" if result.get("variant") else result["model"]
+
+
 def table(results: list[dict]) -> str:
     """One row per model: nDCG@10 as is and at each run's last evaluation (runs cut short show their step)."""
     lines = ["| model | seeds | nDCG@10 as is | steps | nDCG@10 adapted (mean, min-max) | STS dev avg adapted |",
              "|---|---:|---:|---:|---:|---:|"]
-    for model in dict.fromkeys(result["model"] for result in results):
-        runs = [result for result in results if result["model"] == model]
+    for model in dict.fromkeys(label(result) for result in results):
+        runs = [result for result in results if label(result) == model]
         before = [ndcg(run["history"][0]) for run in runs]
         after = [ndcg(run["history"][-1]) for run in runs]
         steps = "/".join(str(run["history"][-1]["step"]) for run in runs)
@@ -83,7 +104,7 @@ def plot(results: list[dict], path: Path) -> None:
     for result in results:
         steps = [entry["step"] for entry in result["history"]]
         axes.plot(steps, [ndcg(entry) for entry in result["history"]], marker="o",
-                  label=f"{result['model']} (seed {result['seed']})")
+                  label=f"{label(result)}, seed {result['seed']}")
     axes.set_xlabel("adaptation steps")
     axes.set_ylabel("SciFact nDCG@10 (train qrels, full corpus)")
     axes.grid(alpha=0.3)
@@ -102,6 +123,12 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--variant", default="", help="a name for these adapt() options (folder names, table rows)")
+    parser.add_argument("--ict-per-document", type=int, default=1)
+    parser.add_argument("--general-ratio", type=float, default=None)
+    parser.add_argument("--generated-queries", default=None, help="a decoder LLM that writes a query per document")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--combine", nargs="+", type=Path, default=None,
                         help="no training: merge these results.json files (runs made on different machines) "
                              "into one table and plot in --out")

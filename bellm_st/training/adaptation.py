@@ -86,6 +86,7 @@ def adapt(
     *,
     model: str | None = None,
     kinds: Sequence[str] = DEFAULT_KINDS,
+    ict_per_document: int = 1,
     generator: str | None = None,
     general_data: str | None = DEFAULT_GENERAL_DATA,
     general_ratio: float = DEFAULT_GENERAL_RATIO,
@@ -114,6 +115,7 @@ def adapt(
     bad evaluation folder fail with the file (and line) and leave nothing behind. Documents
     without a text are skipped with a warning; documents without a title give no title pair.
     ``general_ratio`` is the number of general examples per weak pair (0: none).
+    ``ict_per_document`` inverse cloze queries (different sentences) come from each document.
     ``generator`` (a decoder LLM) adds a written query per document when ``"generated"`` is in
     ``kinds`` (slow on CPU: one generation per document). ``keep_layers`` prunes a BeLLM model to its
     first N layers before it is adapted (:mod:`bellm_st.pruning`). ``gradient_checkpointing``
@@ -139,7 +141,7 @@ def adapt(
         document_template = document_template or template
 
     documents = read_corpus(corpus)
-    pairs = build_weak_pairs(documents, kinds, seed=seed, generator=generator, device=device)
+    pairs = build_weak_pairs(documents, kinds, seed=seed, ict_per_document=ict_per_document, generator=generator, device=device)
     rows = [(query, passage) for kind in pairs for query, passage in pairs[kind]]
     if len(rows) < batch_size:
         counts = ", ".join(f"{len(found)} {kind}" for kind, found in pairs.items())

@@ -6,6 +6,8 @@ Three kinds, each a ``(query, passage)`` pair whose passage is the document as r
 - ``title``: the title as the query, the body as the passage (documents without a title give none).
 - ``ict`` (inverse cloze task): one sentence of the document, picked at random (seeded), as the
   query; the title and the remaining sentences as the passage (documents of one sentence give none).
+  ``ict_per_document`` > 1 takes several different sentences of each document (as many as it has,
+  at most), each its own pair: more queries from a small corpus, closer to the claims users ask.
 - ``generated``: a query written for each passage by a decoder LLM (:func:`generate_queries`);
   slow on CPU (one generation per document), so off unless asked for.
 
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 WEAK_PAIR_KINDS = ("title", "ict", "generated")
 # A sentence ends at . ! or ? followed by space and an upper-case letter, digit or opening bracket/quote.
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[\"'])")
+GPU_GENERATION_BATCH = 64
 GENERATION_PROMPT = "Write one short search query that the following passage answers.\n\nPassage: {passage}\n\nQuery:"
 
 
@@ -85,17 +88,27 @@ def title_pairs(documents: Iterable[Document]) -> list[tuple[str, str]]:
     return [(document.title, document.text) for document in documents if document.title]
 
 
-def inverse_cloze_pairs(documents: Iterable[Document], seed: int) -> list[tuple[str, str]]:
-    """(one sentence, title + the other sentences) for every document of two sentences or more."""
+def inverse_cloze_pairs(documents: Iterable[Document], seed: int, per_document: int = 1) -> list[tuple[str, str]]:
+    """(one sentence, title + the other sentences) for every document of two sentences or more.
+
+    ``per_document`` different sentences of each document (fewer where it has fewer), picked at
+    random (seeded); with 1 the picks are those of earlier releases, so a recipe reruns the same.
+    """
+    if per_document < 1:
+        raise ValueError(f"ict_per_document={per_document} must be at least 1 (inverse cloze queries per document)")
     rng = random.Random(seed)
     pairs = []
     for document in documents:
         sentences = split_sentences(document.text)
         if len(sentences) < 2:
             continue
-        picked = rng.randrange(len(sentences))
-        rest = " ".join(sentences[:picked] + sentences[picked + 1 :])
-        pairs.append((sentences[picked], f"{document.title} {rest}".strip()))
+        if per_document == 1:
+            picks = [rng.randrange(len(sentences))]
+        else:
+            picks = rng.sample(range(len(sentences)), min(per_document, len(sentences)))
+        for picked in picks:
+            rest = " ".join(sentences[:picked] + sentences[picked + 1 :])
+            pairs.append((sentences[picked], f"{document.title} {rest}".strip()))
     return pairs
 
 
@@ -151,9 +164,16 @@ def generate_queries(
 
 
 def generated_pairs(documents: Sequence[Document], generator: str, device: str | None = None) -> list[tuple[str, str]]:
-    """(written query, passage) for every document the generator wrote a non-empty query for."""
+    """(written query, passage) for every document the generator wrote a non-empty query for.
+
+    A GPU writes many passages' queries at once (decoding one token at a time is bound by kernel
+    launches, not arithmetic); a CPU keeps small batches, whose padding would cost real compute.
+    """
+    from bellm_st.api import default_device
+
+    on_gpu = str(device or default_device()).startswith("cuda")
     passages = [document.passage for document in documents]
-    queries = generate_queries(passages, generator, device=device)
+    queries = generate_queries(passages, generator, device=device, batch_size=GPU_GENERATION_BATCH if on_gpu else 8)
     return [(query, passage) for query, passage in zip(queries, passages) if query]
 
 
@@ -162,6 +182,7 @@ def build_weak_pairs(
     kinds: Sequence[str] = ("title", "ict"),
     *,
     seed: int = 42,
+    ict_per_document: int = 1,
     generator: str | None = None,
     device: str | None = None,
 ) -> dict[str, list[tuple[str, str]]]:
@@ -175,7 +196,7 @@ def build_weak_pairs(
     if "title" in kinds:
         pairs["title"] = title_pairs(documents)
     if "ict" in kinds:
-        pairs["ict"] = inverse_cloze_pairs(documents, seed)
+        pairs["ict"] = inverse_cloze_pairs(documents, seed, ict_per_document)
     if "generated" in kinds:
         pairs["generated"] = generated_pairs(documents, generator, device)
     return pairs

@@ -20,6 +20,17 @@ def test_table_reports_each_runs_last_step_and_leaves_missing_sts_empty():
     assert rows[1] == "| bellm | 2 | 25.00 | 200/150 | 59.00 (58.00-60.00) | – |"
 
 
+def test_variants_of_one_model_get_rows_of_their_own():
+    results = [
+        {"model": "bellm", "seed": 42, "history": history((0, 0.25), (300, 0.60))},
+        {"model": "bellm", "variant": "b128", "seed": 42, "history": history((0, 0.25), (300, 0.64))},
+        {"model": "bellm", "variant": "b128", "seed": 43, "history": history((0, 0.25), (300, 0.62))},
+    ]
+    rows = retrieval_adaptation.table(results).splitlines()[2:]
+    assert rows == ["| bellm | 1 | 25.00 | 300 | 60.00 (60.00-60.00) | – |",
+                    "| bellm (b128) | 2 | 25.00 | 300/300 | 63.00 (62.00-64.00) | – |"]
+
+
 def test_combined_report_writes_table_and_plot(tmp_path):
     results = [{"model": "bellm", "seed": 42, "history": history((0, 0.25), (50, 0.5)), "sts_dev_adapted": None}]
     retrieval_adaptation.write_report(results, tmp_path)

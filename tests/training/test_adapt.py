@@ -131,9 +131,11 @@ def test_adapt_a_plain_sentence_transformers_model_from_the_cli(tiny_plain_dir, 
     before = SentenceTransformer(tiny_plain_dir, device="cpu")
     result = CliRunner().invoke(app, [
         "adapt", "--corpus", str(corpus), "-m", tiny_plain_dir, "-o", str(out), "--data-dir", str(data_dir),
-        "--batch-size", "4", "--max-steps", "3", "--max-seq-length", "48", "--device", "cpu",
+        "--batch-size", "4", "--max-steps", "3", "--max-seq-length", "48", "--device", "cpu", "--ict-per-document", "2",
     ])
     assert result.exit_code == 0, result.output
+    kinds = [json.loads(line)["kind"] for line in (out / "weak_pairs.jsonl").read_text().splitlines()]
+    assert kinds.count("ict") == 2 * 8 and kinds.count("title") == 8  # two sentences of each three-sentence document
     after = SentenceTransformer(str(out), device="cpu")
     assert not any(after.prompts.values())  # a plain model gets no prompts unless given
     assert after.max_seq_length == before.max_seq_length == 128  # its own budget is kept
@@ -159,6 +161,7 @@ def test_a_full_template_on_a_plain_model_is_refused(tiny_plain_dir, corpus, dat
         (corpus_rows(), {"general_data": "missing.tsv"}, "missing.tsv: no such file"),
         (corpus_rows(), {"general_ratio": -1}, "general_ratio=-1"),
         (corpus_rows(), {"kinds": ("title", "cloze")}, "cloze unknown"),
+        (corpus_rows(), {"ict_per_document": 0}, "ict_per_document=0 must be at least 1"),
     ],
 )
 def test_bad_input_fails_before_anything_is_written(tiny_bellm_dir, data_dir, tmp_path, rows, options, message):

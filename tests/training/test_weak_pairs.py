@@ -54,6 +54,20 @@ def test_inverse_cloze_takes_one_sentence_out_seeded_and_deterministic(tmp_path)
     assert inverse_cloze_pairs(many, seed=1) != inverse_cloze_pairs(many, seed=2)
 
 
+def test_inverse_cloze_per_document_takes_different_sentences_and_at_most_all(tmp_path):
+    documents = [Document("a", "T", "One. Two. Three. Four. Five.", 1), Document("b", "", "Six. Seven.", 2)]
+    pairs = inverse_cloze_pairs(documents, seed=3, per_document=3)
+    assert len(pairs) == 3 + 2  # the two-sentence document gives both of its sentences, no more
+    queries_of_a = [query for query, _ in pairs[:3]]
+    assert len(set(queries_of_a)) == 3 and set(queries_of_a) <= set(split_sentences(documents[0].text))
+    for query, passage in pairs:
+        assert query not in passage
+    assert [query for query, _ in pairs[3:]] in (["Six.", "Seven."], ["Seven.", "Six."])
+    assert inverse_cloze_pairs(documents, seed=3, per_document=3) == pairs
+    with pytest.raises(ValueError, match="ict_per_document=0 must be at least 1"):
+        inverse_cloze_pairs(documents, seed=3, per_document=0)
+
+
 def test_generated_queries_come_from_a_decoder_one_per_passage(tmp_path, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
