@@ -159,6 +159,28 @@ PY
     wait_and_save 520
 fi
 
+if [ "$part" = round2 ]; then
+    # After "variants" (a batch of 128 led at step 200, the machine was lost before "seeds"): the same
+    # set-up on a fresh machine, then batch 128 for 200 steps: seed 43, a higher learning rate, longer
+    # passages, and no general data (what the NLI mix costs retrieval and buys STS)
+    cp .stage/p2/gguf.part2 .stage/p2/gguf.part3 "$work/"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .stage/p2/whl/*.whl
+    mkdir -p "$data" && tar -xJf .stage/p2/data.tar.xz -C "$data"
+    cat "$work"/gguf.part0 "$work"/gguf.part1 "$work"/gguf.part2 "$work"/gguf.part3 > "$work/SmolLM2-135M-Instruct.Q4_1.gguf"
+    echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $work/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 1
+    python3 -c "
+from pathlib import Path
+from bellm_st.bases import convert_gguf
+convert_gguf(Path('$work/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$work/cache/smollm2-135m'))
+" 2>/dev/null || exit 1
+    log "set-up done"
+    variant b128 43 200 --batch-size 128 --gradient-checkpointing
+    variant b128-lr5e-4 42 200 --batch-size 128 --gradient-checkpointing --lr 5e-4
+    variant b128-len384 42 200 --batch-size 128 --gradient-checkpointing --max-seq-length 384
+    variant b128-g0 42 200 --batch-size 128 --gradient-checkpointing --general-ratio 0
+    wait_and_save 430
+fi
+
 if [ "$part" = part0 ]; then
     cp .stage/p1/gguf.part* "$work/" 2>/dev/null || log "no GGUF parts carried: the encoding check only"
     python3 -c "

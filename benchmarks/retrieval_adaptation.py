@@ -48,6 +48,8 @@ def variant_settings(args: argparse.Namespace) -> dict:
         settings["generator"] = args.generated_queries
     if args.lr is not None:
         settings["learning_rate"] = args.lr
+    if args.max_seq_length is not None:
+        settings["max_seq_length"] = args.max_seq_length
     if args.gradient_checkpointing:
         settings["gradient_checkpointing"] = True
     return settings
@@ -128,6 +130,7 @@ def main() -> None:
     parser.add_argument("--general-ratio", type=float, default=None)
     parser.add_argument("--generated-queries", default=None, help="a decoder LLM that writes a query per document")
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--max-seq-length", type=int, default=None, help="token budget of the weak pairs' passages")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--combine", nargs="+", type=Path, default=None,
                         help="no training: merge these results.json files (runs made on different machines) "
