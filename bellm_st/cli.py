@@ -568,11 +568,15 @@ def export(
         _fail(ValueError("--adapter-only and --onnx write different things; pick one"))
     if base is not None and not adapter_only:
         _fail(ValueError("--base only applies with --adapter-only (a merged export carries its weights)"))
+    from bellm_st.export import require_new_folder
+
+    try:
+        require_new_folder(output_dir)  # before any model loads
+    except FileExistsError as error:
+        _fail(error)
     if adapter_only:
         from bellm_st.export import package_shipped
 
-        if output_dir.exists() and any(output_dir.iterdir()):
-            _fail(FileExistsError(f"{output_dir} already exists and is not empty; name a new folder"))
         try:
             package_shipped(model, output_dir.name, base=base, models_root=output_dir.parent)
         except (ValueError, OSError) as error:

@@ -134,6 +134,18 @@ def add_usage_section(folder: str | os.PathLike, name: str) -> Path:
     return path
 
 
+def require_new_folder(output_dir: str | os.PathLike) -> Path:
+    """Refuse to write an export over anything: an existing file, or a folder that already holds files.
+
+    Exports write many files (weights, tokenizer, code, card); mixed into a folder that had other
+    files, or written over a model folder, they would lose the user's data without a word.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise FileExistsError(f"{output_dir} already exists and is not empty; name a new folder (nothing was written)")
+    return output_dir
+
+
 def export_merged(
     name_or_path: str, output_dir: str | os.PathLike, device: str = "cpu", trust_remote_code: bool = False
 ) -> Path:
@@ -142,13 +154,13 @@ def export_merged(
     The folder loads with ``SentenceTransformer(output_dir, trust_remote_code=True)`` without
     bellm-st (the method's code is in it; see the model card's usage section) and with
     ``bellm_st.load(output_dir)`` where bellm-st is installed; it needs no peft.
-    ``trust_remote_code`` is :func:`bellm_st.load`'s.
+    ``trust_remote_code`` is :func:`bellm_st.load`'s. ``output_dir`` must be new or empty.
     """
     from bellm_st.api import load
 
+    output_dir = require_new_folder(output_dir)
     model = load(name_or_path, device=device, trust_remote_code=trust_remote_code)
     encoder_of(model).merge_adapter()
-    output_dir = Path(output_dir)
     model.save(str(output_dir))
     write_method_code(output_dir)
     add_usage_section(output_dir, output_dir.name)

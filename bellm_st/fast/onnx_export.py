@@ -147,9 +147,11 @@ def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike) -> Pa
 def export_merged_onnx(name_or_path: str, output_dir: str | os.PathLike, trust_remote_code: bool = False) -> Path:
     """Load a shipped model, base or saved folder on CPU, merge any adapter, and export it (the CLI's path).
 
-    ``trust_remote_code`` is :func:`bellm_st.load`'s."""
+    ``trust_remote_code`` is :func:`bellm_st.load`'s; ``output_dir`` must be new or empty."""
     from bellm_st.api import load
+    from bellm_st.export import require_new_folder
 
+    require_new_folder(output_dir)
     model = load(name_or_path, device="cpu", trust_remote_code=trust_remote_code)
     if (encoder := bellm_encoder(model)) is not None:
         encoder.merge_adapter()

@@ -134,13 +134,29 @@ def test_cli_export_adapter_only_refuses_bad_options_before_writing(trained, tmp
     assert not target.exists()
 
 
-def test_cli_export_adapter_only_keeps_an_existing_folder(trained, tmp_path):
+@pytest.mark.parametrize("mode", [[], ["--onnx"], ["--adapter-only", "--base", "smollm2-135m"]], ids=["merged", "onnx", "adapter"])
+def test_cli_export_keeps_an_existing_folder_in_every_mode(trained, tmp_path, mode):
     target = tmp_path / "busy"
     target.mkdir()
     (target / "notes.txt").write_text("keep me")
-    result = CliRunner().invoke(app, ["export", str(trained), str(target), "--adapter-only", "--base", "smollm2-135m"])
-    assert result.exit_code == 2 and "not empty" in result.output
+    result = CliRunner().invoke(app, ["export", str(trained), str(target), *mode])
+    assert result.exit_code == 2 and "not empty" in " ".join(result.output.split())
     assert sorted(path.name for path in target.iterdir()) == ["notes.txt"]
+    assert (target / "notes.txt").read_text() == "keep me"
+
+
+def test_export_never_writes_over_a_model_folder_or_a_file(trained, tmp_path):
+    before = sorted(path.name for path in trained.iterdir())
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_merged(str(trained), trained)  # its own folder
+    assert sorted(path.name for path in trained.iterdir()) == before
+    a_file = tmp_path / "model.bin"
+    a_file.write_bytes(b"data")
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_merged(str(trained), a_file)
+    assert a_file.read_bytes() == b"data"
+    (tmp_path / "empty").mkdir()
+    assert (export_merged(str(trained), tmp_path / "empty") / "modules.json").is_file()  # an empty folder is fine
 
 
 def test_cli_export_adapter_only_of_a_folder_without_an_adapter_names_what_is_missing(tmp_path):
