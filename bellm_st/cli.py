@@ -436,6 +436,9 @@ def adapt(
         None, min=2, help=_with_default("Token budget of the weak pairs' passages.", ADAPT_DEFAULTS["max_seq_length"])
     ),
     keep_layers: int = typer.Option(None, "--keep-layers", help="Keep only the first N decoder layers of a BeLLM model."),
+    lora_r: int = typer.Option(
+        None, "--lora-r", min=1, help=f"Rank of a BeLLM model's new LoRA adapter, alpha twice it (default: {RECIPE_DEFAULTS.lora_r})."
+    ),
     batch_size: int = typer.Option(None, min=2, help=_with_default("", ADAPT_DEFAULTS["batch_size"])),
     max_steps: int = typer.Option(None, min=1),
     epochs: float = typer.Option(None, help=_with_default("", ADAPT_DEFAULTS["epochs"])),
@@ -461,7 +464,7 @@ def adapt(
     try:
         result = adapt_model(
             corpus, output_dir, model=model, generator=generated_queries, data_dir=data_dir,
-            query_template=query_template, document_template=document_template, keep_layers=keep_layers,
+            query_template=query_template, document_template=document_template, keep_layers=keep_layers, lora_r=lora_r,
             max_steps=max_steps, learning_rate=learning_rate, eval_retrieval=eval_retrieval, eval_steps=eval_steps,
             save_steps=save_steps, resume=resume, device=device,
             **_given(kinds=kinds, ict_per_document=ict_per_document, general_data=general_data, general_ratio=general_ratio, max_seq_length=max_seq_length,

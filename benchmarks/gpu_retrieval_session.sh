@@ -27,6 +27,8 @@
 #   seeds (no carry): the variant with the best nDCG@10 at its last evaluation, seeds 43 and 44, and
 #           seed 42 for twice the steps, at once
 #
+#   capacity (carry .stage/p2, after send): the best options so far (batch 128, lr 5e-4, 200 steps)
+#           with a LoRA adapter of rank 64 instead of 16, seeds 42 and 43, and seed 44 at rank 16
 # Gemma-3-270M (issue 14, item 5; `make gpu-stage-gemma` stages .stage/g0 ... g4):
 #   gemma-send (carry .stage/gN, N = 0 ... 3, four calls back to back): one fifth of its GGUF to ~/w
 #   gemma (carry .stage/g4): set-up (last fifth, wheels, data; GGUF -> safetensors), the shipped
@@ -36,7 +38,7 @@
 # Every result lands in $OUT as soon as it exists: session.log and results.tgz (scores, histories,
 # recipes) and ship-<run>.tgz per trained run (its adapter as a shipped-model folder, bellm_st/models/ layout).
 set -uo pipefail
-part=${1:?usage: gpu_retrieval_session.sh part0|part1|part2|part3|candidates|send|variants|seeds|round2|gemma-send|gemma}
+part=${1:?usage: gpu_retrieval_session.sh part0|part1|part2|part3|candidates|send|variants|seeds|round2|capacity|gemma-send|gemma}
 repo=$(pwd)
 work=$HOME/w
 data=$work/data
@@ -180,6 +182,15 @@ if [ "$part" = round2 ]; then
     variant b128-len384 42 200 --batch-size 128 --gradient-checkpointing --max-seq-length 384
     variant b128-g0 42 200 --batch-size 128 --gradient-checkpointing --general-ratio 0
     wait_and_save 430
+fi
+
+if [ "$part" = capacity ]; then
+    setup .stage/p2 SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 smollm2-135m
+    best=(--batch-size 128 --gradient-checkpointing --lr 5e-4)
+    variant b128-lr5e-4-r64 42 200 "${best[@]}" --lora-r 64
+    variant b128-lr5e-4-r64 43 200 "${best[@]}" --lora-r 64
+    variant b128-lr5e-4 44 200 "${best[@]}"
+    wait_and_save 480
 fi
 
 if [ "$part" = gemma-send ]; then

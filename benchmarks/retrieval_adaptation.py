@@ -50,6 +50,8 @@ def variant_settings(args: argparse.Namespace) -> dict:
         settings["learning_rate"] = args.lr
     if args.max_seq_length is not None:
         settings["max_seq_length"] = args.max_seq_length
+    if args.lora_r is not None:
+        settings["lora_r"] = args.lora_r
     if args.gradient_checkpointing:
         settings["gradient_checkpointing"] = True
     return settings
@@ -132,6 +134,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--max-seq-length", type=int, default=None, help="token budget of the weak pairs' passages")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--lora-r", type=int, default=None, help="rank of a BeLLM model's adapter (alpha twice it)")
     parser.add_argument("--combine", nargs="+", type=Path, default=None,
                         help="no training: merge these results.json files (runs made on different machines) "
                              "into one table and plot in --out")

@@ -95,6 +95,7 @@ def adapt(
     document_template: str | None = None,
     max_seq_length: int = DEFAULT_DOCUMENT_LENGTH,
     keep_layers: int | None = DEFAULT_KEEP_LAYERS,
+    lora_r: int | None = None,
     batch_size: int = 32,
     max_steps: int | None = None,
     epochs: float = 1.0,
@@ -118,7 +119,9 @@ def adapt(
     ``ict_per_document`` inverse cloze queries (different sentences) come from each document.
     ``generator`` (a decoder LLM) adds a written query per document when ``"generated"`` is in
     ``kinds`` (slow on CPU: one generation per document). ``keep_layers`` prunes a BeLLM model to its
-    first N layers before it is adapted (:mod:`bellm_st.pruning`). ``gradient_checkpointing``
+    first N layers before it is adapted (:mod:`bellm_st.pruning`). ``lora_r`` sizes the new adapter
+    (default: the recipe's); its alpha follows at twice the rank, the shipped recipe's ratio, so a
+    larger rank adds capacity without changing the effective learning rate. ``gradient_checkpointing``
     recomputes a BeLLM model's activations in the backward pass: slower steps, far less
     memory. ``None`` turns it on unless training runs on a CUDA GPU: on a laptop or CPU server,
     passages of a few hundred tokens through a decoder's every layer are what runs out of memory.
@@ -136,6 +139,10 @@ def adapt(
     template = bellm_template(model)
     if keep_layers is not None and template is None:
         raise ValueError(f"keep_layers={keep_layers} prunes BeLLM models, and {model} is not one; drop keep_layers")
+    if lora_r is not None and template is None:
+        raise ValueError(f"lora_r={lora_r} sizes a BeLLM model's adapter, and {model} is fine-tuned in full; drop lora_r")
+    if lora_r is not None and lora_r < 1:
+        raise ValueError(f"lora_r={lora_r} must be at least 1 (the adapter's rank, e.g. 16 or 64)")
     if template is not None:
         query_template = query_template or DEFAULT_QUERY_TEMPLATE
         document_template = document_template or template
@@ -188,6 +195,7 @@ def adapt(
         learning_rate=learning_rate or (Recipe.learning_rate if template is not None else FULL_FINE_TUNE_LEARNING_RATE),
         batch_size=batch_size,
         keep_layers=keep_layers,
+        **({"lora_r": lora_r, "lora_alpha": 2 * lora_r} if lora_r is not None else {}),
         max_steps=max_steps if max_steps is not None else -1,
         epochs=epochs,
         angle_weight=Recipe.angle_weight if template is not None else 0.0,

@@ -162,6 +162,7 @@ def test_a_full_template_on_a_plain_model_is_refused(tiny_plain_dir, corpus, dat
         (corpus_rows(), {"general_ratio": -1}, "general_ratio=-1"),
         (corpus_rows(), {"kinds": ("title", "cloze")}, "cloze unknown"),
         (corpus_rows(), {"ict_per_document": 0}, "ict_per_document=0 must be at least 1"),
+        (corpus_rows(), {"lora_r": 0}, "lora_r=0 must be at least 1"),
     ],
 )
 def test_bad_input_fails_before_anything_is_written(tiny_bellm_dir, data_dir, tmp_path, rows, options, message):
@@ -215,3 +216,17 @@ def test_adapting_a_bellm_model_off_a_cuda_gpu_checkpoints_activations_unless_to
 def test_a_plain_model_is_never_checkpointed_by_default(tiny_plain_dir, corpus, data_dir, tmp_path):
     adapt(corpus, tmp_path / "plain", model=tiny_plain_dir, data_dir=data_dir, general_ratio=0, **SMALL)
     assert not Recipe.load(tmp_path / "plain").gradient_checkpointing
+
+
+def test_adapt_sizes_the_new_adapter_and_refuses_a_rank_for_a_plain_model(
+    tiny_bellm_dir, tiny_plain_dir, corpus, data_dir, tmp_path
+):
+    out = tmp_path / "rank4"
+    adapt(corpus, out, model=tiny_bellm_dir, data_dir=data_dir, lora_r=4, **SMALL)
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (4, 8)  # alpha follows at twice the rank
+    recipe = Recipe.load(out)
+    assert (recipe.lora_r, recipe.lora_alpha) == (4, 8)
+    with pytest.raises(ValueError, match="lora_r=4 sizes a BeLLM model's adapter"):
+        adapt(corpus, tmp_path / "plain", model=tiny_plain_dir, data_dir=data_dir, lora_r=4, **SMALL)
+    assert not (tmp_path / "plain").exists()
