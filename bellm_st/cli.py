@@ -467,7 +467,8 @@ def adapt(
             query_template=query_template, document_template=document_template, keep_layers=keep_layers, lora_r=lora_r,
             max_steps=max_steps, learning_rate=learning_rate, eval_retrieval=eval_retrieval, eval_steps=eval_steps,
             save_steps=save_steps, resume=resume, device=device,
-            **_given(kinds=kinds, ict_per_document=ict_per_document, general_data=general_data, general_ratio=general_ratio, max_seq_length=max_seq_length,
+            **_given(kinds=kinds, ict_per_document=ict_per_document, general_data=general_data,
+                     general_ratio=general_ratio, max_seq_length=max_seq_length,
                      batch_size=batch_size, epochs=epochs, seed=seed, eval_split=eval_split,
                      gradient_checkpointing=gradient_checkpointing),
         )

@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 WEAK_PAIR_KINDS = ("title", "ict", "generated")
 # A sentence ends at . ! or ? followed by space and an upper-case letter, digit or opening bracket/quote.
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[\"'])")
-GPU_GENERATION_BATCH = 64
+# Passages per generate() call: a GPU's decoding is launch-bound (wide batches are nearly free), a
+# CPU's is compute-bound (padding in a wide batch costs real time).
+GPU_GENERATION_BATCH, CPU_GENERATION_BATCH = 64, 8
 GENERATION_PROMPT = "Write one short search query that the following passage answers.\n\nPassage: {passage}\n\nQuery:"
 
 
@@ -118,7 +120,7 @@ def generate_queries(
     *,
     max_new_tokens: int = 32,
     max_passage_tokens: int = 256,
-    batch_size: int = 8,
+    batch_size: int = CPU_GENERATION_BATCH,
     device: str | None = None,
 ) -> list[str]:
     """One query per passage, written by a decoder LLM (greedy decoding, so the same model gives the same queries).
@@ -164,16 +166,12 @@ def generate_queries(
 
 
 def generated_pairs(documents: Sequence[Document], generator: str, device: str | None = None) -> list[tuple[str, str]]:
-    """(written query, passage) for every document the generator wrote a non-empty query for.
-
-    A GPU writes many passages' queries at once (decoding one token at a time is bound by kernel
-    launches, not arithmetic); a CPU keeps small batches, whose padding would cost real compute.
-    """
+    """(written query, passage) for every document the generator wrote a non-empty query for."""
     from bellm_st.api import default_device
 
     on_gpu = str(device or default_device()).startswith("cuda")
     passages = [document.passage for document in documents]
-    queries = generate_queries(passages, generator, device=device, batch_size=GPU_GENERATION_BATCH if on_gpu else 8)
+    queries = generate_queries(passages, generator, device=device, batch_size=GPU_GENERATION_BATCH if on_gpu else CPU_GENERATION_BATCH)
     return [(query, passage) for query, passage in zip(queries, passages) if query]
 
 
