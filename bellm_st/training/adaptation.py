@@ -21,6 +21,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset
 
@@ -41,22 +42,27 @@ DEFAULT_KINDS = ("title", "ict")
 FULL_FINE_TUNE_LEARNING_RATE = 2e-5
 
 
-def bellm_template(model: str) -> str | None:
-    """The template of a BeLLM model name or folder, or None when ``model`` is another sentence-transformers model.
+# What a BeLLM model's own settings decide when it is trained further; the recipe records them so
+# it describes the adapted model (and not the defaults of a recipe trained from a base).
+INHERITED_SETTINGS = ("bidirectional_layers", "pooling", "template", "append_eos")
+
+
+def bellm_settings(model: str) -> dict[str, Any] | None:
+    """The BeLLM settings of a model name or folder (its ``bellm_config.json``; defaults for a shipped
+    base), or None when ``model`` is another sentence-transformers model.
 
     Read from the configs, without loading weights, so bad options fail in a second.
     """
     from bellm_st.bases import SHIPPED_BASES
     from bellm_st.module import CONFIG_FILE
-    from bellm_st.prompts import DEFAULT_TEMPLATE
     from bellm_st.shipped import SHIPPED_MODELS, SHIPPED_ROOT
 
     if model in SHIPPED_BASES:
-        return DEFAULT_TEMPLATE
+        return {}
     folder = SHIPPED_ROOT / model if model in SHIPPED_MODELS else Path(model)
     config = folder / CONFIG_FILE
     if config.is_file():
-        return json.loads(config.read_text(encoding="utf-8")).get("template", DEFAULT_TEMPLATE)
+        return json.loads(config.read_text(encoding="utf-8"))
     return None
 
 
@@ -127,7 +133,7 @@ def adapt(
     passages of a few hundred tokens through a decoder's every layer are what runs out of memory.
     """
     from bellm_st.api import default_device, default_model_name
-    from bellm_st.prompts import DEFAULT_QUERY_TEMPLATE
+    from bellm_st.prompts import DEFAULT_QUERY_TEMPLATE, DEFAULT_TEMPLATE
 
     model = model or default_model_name()
     if general_ratio < 0:
@@ -136,7 +142,8 @@ def adapt(
         raise ValueError(f"batch_size={batch_size} must be at least 2: the other passages of a batch are the negatives")
     if generator and "generated" not in kinds:
         kinds = (*kinds, "generated")
-    template = bellm_template(model)
+    settings_of_model = bellm_settings(model)
+    template = None if settings_of_model is None else settings_of_model.get("template", DEFAULT_TEMPLATE)
     if keep_layers is not None and template is None:
         raise ValueError(f"keep_layers={keep_layers} prunes BeLLM models, and {model} is not one; drop keep_layers")
     if lora_r is not None and template is None:
@@ -187,6 +194,7 @@ def adapt(
     recipe = Recipe(
         base=model,
         init_model=model_reference(model),
+        **{key: value for key, value in (settings_of_model or {}).items() if key in INHERITED_SETTINGS},
         query_template=query_template,
         document_template=document_template,
         train_data=sources,

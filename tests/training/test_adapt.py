@@ -101,6 +101,7 @@ def test_adapt_a_bellm_model_trains_lora_and_carries_query_and_document_prompts(
     assert model.prompts["query"] == DEFAULT_QUERY_TEMPLATE and model.prompts["document"] == DEFAULT_TEMPLATE
     recipe = Recipe.load(out)
     assert recipe.init_model == str(tmp_path / "tiny-bellm") and recipe.learning_rate == 2e-4
+    assert recipe.bidirectional_layers == 2 != Recipe.bidirectional_layers  # the adapted model's, not a default
     assert recipe.train_data[0].prompts == {"anchor": "query", "positive": "document"}
     assert (recipe.train_data[0].loss, recipe.train_data[1].loss) == ("contrastive", "bellm")
 
