@@ -41,7 +41,7 @@ class Subset:
     description: str
 
 
-def parse_args(framework: str) -> argparse.Namespace:
+def parse_args(framework: str, hybrid: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=f"RAG retrieval on SciFact with {framework}: BeLLM vs all-MiniLM-L6-v2, nDCG@10 on the train qrels."
     )
@@ -64,6 +64,9 @@ def parse_args(framework: str) -> argparse.Namespace:
     parser.add_argument("--adapt-steps", type=int, default=30, help="training steps per adapted model (default: %(default)s)")
     parser.add_argument("--adapt-batch-size", type=int, default=16, help="(default: %(default)s)")
     parser.add_argument("--adapt-dir", type=Path, default=None, help="keep the adapted models here (default: a temporary folder)")
+    if hybrid:
+        parser.add_argument("--hybrid", action="store_true",
+                            help="also fuse each model's ranking with BM25 (reciprocal rank fusion) and score BM25 alone")
     return parser.parse_args()
 
 
@@ -135,11 +138,19 @@ def adapted_models(
     return adapted
 
 
+Rankings = dict[str, list[str]]  # query id -> document ids, best first
+Retrieve = Callable[[SentenceTransformer, Subset, argparse.Namespace], Rankings]
+
+
 def run_comparison(
-    framework: str, evaluate: Callable[[SentenceTransformer, Subset, argparse.Namespace], dict[str, list[str]]]
+    framework: str, evaluate: Retrieve, hybrid: Callable[[SentenceTransformer | None, Subset, argparse.Namespace], Rankings] | None = None
 ) -> None:
-    """Parse the options, run ``evaluate`` (index + retrieve) for each model, print nDCG@10."""
-    args = parse_args(framework)
+    """Parse the options, run ``evaluate`` (index + retrieve) for each model, print nDCG@10.
+
+    A framework that offers ``hybrid`` (BM25 alone for ``None``, else BM25 fused with the model)
+    gets a ``--hybrid`` option that adds those rows.
+    """
+    args = parse_args(framework, hybrid=hybrid is not None)
     subset = load_subset(args.data, args.limit_queries, args.limit_corpus, args.seed)
     print(f"SciFact train qrels, {framework}: {subset.description}; texts cut to {args.max_tokens} tokens")
     compared = models(args.model, args.max_tokens, args.device)
@@ -151,14 +162,17 @@ def run_comparison(
                          "all-MiniLM-L6-v2": "minilm"}
             compared.update(adapted_models(originals, subset, args, work_dir))
         rows = evaluate_all(evaluate, compared, subset, args)
+        if getattr(args, "hybrid", False):
+            rows += evaluate_all(hybrid, {f"{label} + BM25 (RRF)": model for label, model in compared.items()}, subset, args)
+            rows += evaluate_all(hybrid, {"BM25 alone": None}, subset, args)
     print(f"\nnDCG@10 on SciFact train qrels ({framework}; {subset.description}; {args.max_tokens} tokens)")
     for label, score, seconds in rows:
         print(f"  {label:<44} nDCG@10 = {score:5.1f}   (index + retrieve: {seconds:.0f} s)")
 
 
 def evaluate_all(
-    evaluate: Callable[[SentenceTransformer, Subset, argparse.Namespace], dict[str, list[str]]],
-    compared: dict[str, SentenceTransformer],
+    evaluate: Callable[..., Rankings],
+    compared: dict[str, SentenceTransformer | None],
     subset: Subset,
     args: argparse.Namespace,
 ) -> list[tuple[str, float, float]]:
