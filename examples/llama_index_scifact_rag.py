@@ -34,15 +34,22 @@ from llama_index.embeddings.bellm import BeLLMEmbedding
 FUSION_CANDIDATES = 50
 
 
+_indexes: dict[tuple[int, int], VectorStoreIndex] = {}  # (model, subset) -> index
+
+
 def build_index(model: SentenceTransformer, subset: Subset, args: argparse.Namespace) -> VectorStoreIndex:
-    embedding = BeLLMEmbedding(model=model, embed_batch_size=args.batch_size)
-    vector_store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(model.get_embedding_dimension()))  # cosine
-    return VectorStoreIndex(
-        nodes(subset),
-        storage_context=StorageContext.from_defaults(vector_store=vector_store),
-        embed_model=embedding,
-        show_progress=True,
-    )
+    """The model's FAISS index of the subset, built once: the hybrid rows reuse it (encoding is nearly all the time)."""
+    key = (id(model), id(subset))
+    if key not in _indexes:
+        embedding = BeLLMEmbedding(model=model, embed_batch_size=args.batch_size)
+        vector_store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(model.get_embedding_dimension()))  # cosine
+        _indexes[key] = VectorStoreIndex(
+            nodes(subset),
+            storage_context=StorageContext.from_defaults(vector_store=vector_store),
+            embed_model=embedding,
+            show_progress=True,
+        )
+    return _indexes[key]
 
 
 def nodes(subset: Subset) -> list[TextNode]:

@@ -140,11 +140,10 @@ def adapted_models(
 
 Rankings = dict[str, list[str]]  # query id -> document ids, best first
 Retrieve = Callable[[SentenceTransformer, Subset, argparse.Namespace], Rankings]
+Fuse = Callable[[SentenceTransformer | None, Subset, argparse.Namespace], Rankings]  # None: BM25 alone
 
 
-def run_comparison(
-    framework: str, evaluate: Retrieve, hybrid: Callable[[SentenceTransformer | None, Subset, argparse.Namespace], Rankings] | None = None
-) -> None:
+def run_comparison(framework: str, evaluate: Retrieve, hybrid: Fuse | None = None) -> None:
     """Parse the options, run ``evaluate`` (index + retrieve) for each model, print nDCG@10.
 
     A framework that offers ``hybrid`` (BM25 alone for ``None``, else BM25 fused with the model)
