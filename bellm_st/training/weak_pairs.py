@@ -171,7 +171,8 @@ def generated_pairs(documents: Sequence[Document], generator: str, device: str |
 
     on_gpu = str(device or default_device()).startswith("cuda")
     passages = [document.passage for document in documents]
-    queries = generate_queries(passages, generator, device=device, batch_size=GPU_GENERATION_BATCH if on_gpu else CPU_GENERATION_BATCH)
+    batch_size = GPU_GENERATION_BATCH if on_gpu else CPU_GENERATION_BATCH
+    queries = generate_queries(passages, generator, device=device, batch_size=batch_size)
     return [(query, passage) for query, passage in zip(queries, passages) if query]
 
 
