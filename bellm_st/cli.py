@@ -18,7 +18,7 @@ from bellm_st.api import ENCODE_BATCH_SIZE, GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, I
 from bellm_st.evaluation.sts import EVAL_BATCH_SIZE
 from bellm_st.training.adaptation import FULL_FINE_TUNE_LEARNING_RATE
 from bellm_st.training.adaptation import adapt as adapt_model
-from bellm_st.training.recipe import DATA_FORMATS, MIXTURES, Recipe
+from bellm_st.training.recipe import DATA_FORMATS, DISTILL_LOSSES, MIXTURES, Recipe
 from bellm_st.training.sweep import layer_sweep
 
 app = typer.Typer(help="BeLLM sentence embeddings from decoder-only LLMs.", no_args_is_help=True)
@@ -337,16 +337,24 @@ def train(
     document_template: str = typer.Option(None, help="The model's document prompt (a task's prompt 'document')."),
     matryoshka_dims: str = typer.Option(None, help="Also train these leading sizes of the vector, e.g. 64,128,256,576."),
     distill_teacher: str = typer.Option(
-        None, help="A teacher model whose embeddings supervise the student (with only --distill-weight: the shipped default model)."
+        None, help="A teacher model whose vectors supervise the student (e.g. minilm; left out with a teacher option: the shipped default model)."
     ),
     distill_weight: float = typer.Option(
-        None, min=0, help=_recipe_help("distill_weight", "Weight of the teacher's part of the loss (0: no teacher).")
+        None, min=0, help=_recipe_help("distill_weight", "Weight of the teacher's part on the labelled tasks' batches (0: none).")
     ),
     distill_loss: str = typer.Option(
-        None, help=_recipe_help(
-            "distill_loss", "cosine or mse (each text's two vectors, same size) or similarity (the batch's similarity matrices)."
-        )
+        None, help=_recipe_help("distill_loss", f"One of {', '.join(DISTILL_LOSSES)} (docs/DISTILLATION.md).")
     ),
+    distill_pool: list[str] = typer.Option(
+        None, "--distill-pool", help="A pool file PATH[:COLUMN] of texts to distil on (repeatable; the training files' "
+        "texts are always in the pool). '-' alone: a pool of the training files' texts only."
+    ),
+    distill_pool_max_rows: int = typer.Option(None, min=1, help=_recipe_help("distill_pool_max_rows")),
+    distill_pool_weight: float = typer.Option(None, help=_recipe_help("distill_pool_weight", "Weight of the pool and pair tasks' teacher loss.")),
+    distill_pairs: list[str] = typer.Option(
+        None, "--distill-pairs", help="A paraphrase-pairs file made into query -> passage pairs for the query/document prompts (repeatable)."
+    ),
+    distill_cache: str = typer.Option(None, help="Folder of the teacher's cached vectors (default: beside the converted bases)."),
     seed: int = typer.Option(None, help=_recipe_help("seed")),
     gradient_checkpointing: bool = typer.Option(
         None, "--gradient-checkpointing/--no-gradient-checkpointing", help=_recipe_help("gradient_checkpointing")
@@ -390,7 +398,8 @@ def train(
         fields = {name: value for name, value in context.params.items() if name in RECIPE_FIELDS}
         # --data-dir is where this machine finds the data: passed on below, not written into the recipe
         fields.update(data_dir=None, matryoshka_dims=dims, train_data=train_data or None,
-                      dev_data=[] if no_dev else (dev_data or None))
+                      dev_data=[] if no_dev else (dev_data or None), distill_pairs=distill_pairs or None,
+                      distill_pool=None if not distill_pool else [spec for spec in distill_pool if spec != "-"])
         settings = settings.with_changes(**fields)
         result = run_training(settings, output_dir, data_dir=data_dir, resume=resume, overwrite=overwrite, device=device)
     except (TypeError, ValueError, FileNotFoundError) as error:
