@@ -467,6 +467,13 @@ def adapt(
         help="Recompute a BeLLM model's activations in the backward pass: slower steps, much less memory "
              "[default: on unless training on a CUDA GPU].",
     ),
+    teacher: str = typer.Option(
+        None, help="A stronger model (e.g. minilm) that mines a hard negative per pair and whose margins the model learns."
+    ),
+    teacher_weight: float = typer.Option(
+        None, help=_with_default("Weight of the teacher's margin part.", ADAPT_DEFAULTS["teacher_weight"])
+    ),
+    teacher_cache: Path = typer.Option(None, help="Folder of the teacher's cached vectors (default: beside the converted bases)."),
 ) -> None:
     """Adapt a model to your documents without labels: weak query -> passage pairs + general data, then save it."""
     kinds = None if pairs is None else tuple(kind.strip() for kind in pairs.split(",") if kind.strip())
@@ -475,8 +482,8 @@ def adapt(
             corpus, output_dir, model=model, generator=generated_queries, data_dir=data_dir,
             query_template=query_template, document_template=document_template, keep_layers=keep_layers, lora_r=lora_r,
             max_steps=max_steps, learning_rate=learning_rate, eval_retrieval=eval_retrieval, eval_steps=eval_steps,
-            save_steps=save_steps, resume=resume, device=device,
-            **_given(kinds=kinds, ict_per_document=ict_per_document, general_data=general_data,
+            save_steps=save_steps, resume=resume, device=device, teacher=teacher, teacher_cache=teacher_cache,
+            **_given(kinds=kinds, ict_per_document=ict_per_document, general_data=general_data, teacher_weight=teacher_weight,
                      general_ratio=general_ratio, max_seq_length=max_seq_length,
                      batch_size=batch_size, epochs=epochs, seed=seed, eval_split=eval_split,
                      gradient_checkpointing=gradient_checkpointing),

@@ -18,7 +18,8 @@ Losses, by ``Recipe.distill_loss`` (all but the embedding ones work for a teache
 - ``cosine`` / ``mse``: each text's two vectors compared directly (student and teacher of one size).
 - ``margin`` (``bellm-st adapt --teacher``): for ``anchor, positive, negative`` batches, the
   student's margin cos(a, p) - cos(a, n) against the teacher's, sentence-transformers'
-  ``MarginMSELoss`` (the GPL recipe).
+  ``MarginMSELoss`` (the GPL recipe), both in logit units (times ``scale``) so the part weighs
+  about as much as the contrastive loss beside it.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ class TeacherDistillation(nn.Module):
             raise ValueError(f"distill_loss={loss!r}; use one of {', '.join(DISTILL_LOSSES)}")
         self.weight, self.loss, self.scale = weight, loss, scale
         self.embedding_loss = None
-        self.margin_loss = MarginMSELoss(model, similarity_fct=pairwise_cos_sim) if loss == "margin" else None
+        # Margins in the contrastive loss's logit units (cosine times scale), so the part weighs like the others.
+        self.margin_loss = MarginMSELoss(model, similarity_fct=lambda a, b: pairwise_cos_sim(a, b) * scale) if loss == "margin" else None
         student_size = model.get_embedding_dimension()
         if loss in SAME_SIZE_LOSSES:
             if student_size != teacher_dimension:
@@ -129,8 +131,9 @@ class TeacherDistillation(nn.Module):
         elif self.loss == "margin":
             if len(teacher) < 3:
                 raise ValueError("distill_loss='margin' needs anchor, positive and negative columns")
-            margins = torch.stack([pairwise_cos_sim(teacher[0], teacher[1]) - pairwise_cos_sim(teacher[0], negative)
-                                   for negative in teacher[2:]], dim=1)
+            margins = self.scale * torch.stack(
+                [pairwise_cos_sim(teacher[0], teacher[1]) - pairwise_cos_sim(teacher[0], negative) for negative in teacher[2:]], dim=1
+            )
             loss = self.margin_loss.compute_loss_from_embeddings(student_embeddings, margins)
         else:
             if self.loss == "projection":
