@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -202,3 +203,5 @@ def test_trusted_a_malicious_pickle_is_still_refused_in_one_line(saved_bellm, ti
                                          r"torch\.load\(weights_only=True\) refused it") as refused:
         bellm_st.load(str(bad.path), device="cpu", trust_remote_code=True)
     assert "\n" not in str(refused.value) and not bad.marker.exists()
+    pickle.loads((bad.path / "adapter" / "adapter_model.bin").read_bytes()).close()  # what a plain unpickler does
+    assert bad.marker.exists()
