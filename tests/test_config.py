@@ -74,4 +74,5 @@ def test_an_adapter_folder_needs_its_base_and_may_add_prompts_and_kept_layers(tm
     settings = read_settings(write(tmp_path, {**SAVED, "base": "smollm2-135m"}), AdapterFolderSettings)
     assert (settings.keep_layers, settings.prompts) == (None, {})
     with pytest.raises(ValueError, match=r'has "prompts": \{"query": 1\}, which is not an object of prompt names'):
-        read_settings(write(tmp_path, {**SAVED, "base": "smollm2-135m", "prompts": {"query": 1}}), AdapterFolderSettings)
+        read_settings(write(tmp_path, {**SAVED, "base": "smollm2-135m", "prompts": {"query": 1}}),
+                      AdapterFolderSettings)

@@ -72,7 +72,8 @@ def _custom_model_base(base: Path, marker: Path) -> None:
 def _custom_tokenizer_base(base: Path, marker: Path) -> None:
     _code_file(base, marker)
     _edit_json(base / "tokenizer_config.json", lambda config: {
-        **config, "tokenizer_class": "CustomTokenizer", "auto_map": {"AutoTokenizer": [None, "custom_modeling.CustomTokenizer"]},
+        **config, "tokenizer_class": "CustomTokenizer",
+        "auto_map": {"AutoTokenizer": [None, "custom_modeling.CustomTokenizer"]},
     })
 
 
@@ -107,7 +108,8 @@ def _wrong_shape(folder: Path) -> None:
 SAVED_FOLDER_DEFECTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncated-safetensors": (
         lambda folder: _damage_weights(folder, lambda data: data[: len(data) // 2]),
-        r"model\.safetensors is not a readable safetensors file \(.*incomplete metadata.*\); it is truncated or damaged",
+        r"model\.safetensors is not a readable safetensors file \(.*incomplete metadata.*\); "
+        r"it is truncated or damaged",
     ),
     "empty-safetensors": (
         lambda folder: _damage_weights(folder, lambda data: b""),
@@ -126,7 +128,8 @@ SAVED_FOLDER_DEFECTS: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda folder: _edit_json(folder / "modules.json", lambda modules: [
             {**modules[0], "type": "bellm_st.module.NoSuchEncoder"}
         ]),
-        r"'bellm_st\.module\.NoSuchEncoder' in modules\.json, which the installed bellm_st does not have; fix modules\.json",
+        r"'bellm_st\.module\.NoSuchEncoder' in modules\.json, which the installed bellm_st does not have; "
+        r"fix modules\.json",
     ),
     "config-string-for-a-boolean": (
         lambda folder: _edit_json(folder / CONFIG, lambda settings: {**settings, "normalize": "false"}),
@@ -185,5 +188,6 @@ def make_bad_folder(kind: str, saved_bellm: str | Path, checkpoint: str | Path, 
         return BadFolder(folder, r"adapter/" + PICKLE_MESSAGE, marker)
     if kind == "adapter-config-unknown-key":
         _edit_json(folder / CONFIG, lambda settings: {**settings, "pooling_mode": "mean"})
-        return BadFolder(folder, r'bellm_config\.json has the unknown key "pooling_mode"; fix the file \(its keys: ', marker)
+        message = r'bellm_config\.json has the unknown key "pooling_mode"; fix the file \(its keys: '
+        return BadFolder(folder, message, marker)
     raise ValueError(f"unknown kind {kind!r}; use one of {', '.join(BAD_FOLDER_KINDS)}")
