@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bellm_st.serving.settings import ServerSettings
@@ -23,6 +24,7 @@ from bellm_st.training.sweep import layer_sweep
 
 app = typer.Typer(help="BeLLM sentence embeddings from decoder-only LLMs.", no_args_is_help=True)
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)
 
 SERVER_DEFAULTS = ServerSettings()  # `serve` shows and uses these; their home is ServerSettings
 DTYPE_HELP = f"Weights' precision: auto (bf16 on a GPU that has it, else fp32), {', '.join(INFERENCE_DTYPES)}."
@@ -43,13 +45,22 @@ def _read_texts(texts: list[str], file: Path | None) -> list[str]:
 
 
 def _load_model(model: str | None, device: str | None, trust_remote_code: bool):
-    """The model a command names, or exit 2 with one line (a missing folder, an untrusted one ...)."""
+    """The model a command names, or exit 2 with one line (a missing folder, an untrusted or damaged one ...).
+
+    transformers' progress bar stays off while loading: it would stand above such a line."""
+    from transformers.utils import logging as transformers_logging
+
     from bellm_st.api import load
 
+    bar_was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
     try:
         return load(model, device=device, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         _fail(error)
+    finally:
+        if bar_was_on:
+            transformers_logging.enable_progress_bar()
 
 
 def _check_dtype(name: str) -> None:
@@ -75,7 +86,8 @@ def _check_prompt_name(model, prompt_name: str | None) -> None:
 
 
 def _fail(error: Exception) -> None:
-    console.print(f"[red]error:[/red] {error}")
+    """One line on stderr (whatever the terminal's width; never into the output a command writes), exit 2."""
+    errors.print(f"[red]error:[/red] {escape(' '.join(str(error).split()))}")
     raise typer.Exit(code=2)
 
 

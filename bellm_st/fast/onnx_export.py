@@ -189,7 +189,7 @@ class OnnxEncoder:
         self.prompts: dict[str, str] = settings["prompts"]
         self.default_prompt_name: str | None = settings["default_prompt_name"]
         self.embedding_dimension: int = settings["embedding_dimension"]
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
         if session_options is None:
             session_options = onnxruntime.SessionOptions()
             session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL

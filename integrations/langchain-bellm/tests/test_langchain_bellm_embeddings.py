@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import threading
 import time
 
 import numpy as np
 import pytest
 from langchain_core.vectorstores import InMemoryVectorStore
+from pydantic import ValidationError
 from sentence_transformers import SentenceTransformer
 
 import bellm_st.api
 from bellm_st.integration import clear_shared_models
+from bellm_st.testing.bad_folders import BAD_FOLDER_KINDS, make_bad_folder
 from langchain_bellm import BeLLMEmbeddings
 
 DOCUMENTS = [
@@ -281,3 +284,15 @@ def test_a_lone_surrogate_is_named_with_its_position(tiny_bellm):
     """Was the tokenizer's `TextEncodeInput must be Union[...]` with no position."""
     with pytest.raises(ValueError, match=r"texts\[1\] holds '\\ud800' at character 0, an unpaired UTF-16 surrogate"):
         BeLLMEmbeddings(model=tiny_bellm).embed_documents(["fine", "\ud800"])
+
+
+@pytest.mark.parametrize("kind", BAD_FOLDER_KINDS)
+def test_a_model_folder_that_cannot_load_is_refused_with_its_one_line(kind, tiny_bellm_dir, tiny_model_dir, tmp_path):
+    """pydantic wraps what a LangChain class's validator raises; the one error it carries is bellm-st's line."""
+    bad = make_bad_folder(kind, tiny_bellm_dir, tiny_model_dir, tmp_path)
+    clear_shared_models()
+    with pytest.raises(ValidationError) as refused:
+        BeLLMEmbeddings(model_name=str(bad.path), device="cpu")
+    [error] = refused.value.errors()
+    assert re.search(bad.message, error["msg"]) and "\n" not in error["msg"]
+    assert not bad.marker.exists()
