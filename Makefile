@@ -24,7 +24,7 @@ endif
 endif
 endif
 
-.PHONY: setup demo test lock test-matrix test-oldest test-newest gpu-stage gpu-stage-gemma
+.PHONY: setup demo test lock test-matrix test-oldest test-newest
 
 setup: $(STAMP)
 
@@ -42,13 +42,6 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(VPY) -m pytest -q
-
-# What benchmarks/gpu_retrieval_session.sh carries to a GPU machine, under the ignored .stage/.
-gpu-stage: setup
-	PYTHON=$(VPY) bash benchmarks/gpu_stage.sh
-
-gpu-stage-gemma: setup
-	PYTHON=$(VPY) bash benchmarks/gpu_stage.sh --gemma
 
 # Regenerate the lock file: a fresh temporary virtualenv, the newest versions pip resolves
 # today (torch pinned), then pip freeze without the project's own editable packages.

@@ -119,7 +119,8 @@ def encode(
         False, "--ray", help="Embed --input files on a Ray cluster ($RAY_ADDRESS, else a local one) into --output/."
     ),
     input_files: str = typer.Option(
-        None, "--input", help="With --ray: parquet/JSONL files, a glob such as 'corpus/*.parquet' (quote it)."
+        None, "--input",
+        help="With --ray: parquet/JSONL files, as a folder (corpus/) or a glob such as 'corpus/*.parquet' (quote it).",
     ),
     text_column: str = typer.Option("text", help="With --ray: the column holding the texts; the others are kept."),
     workers: int = typer.Option(
@@ -213,13 +214,13 @@ def _encode_on_devices(items: list[str], model: str | None, device: str, prompt_
 def _encode_on_ray(texts: list[str] | None, file: Path | None, input_files: str | None, output: Path | None,
                    model: str | None, prompt_name: str | None, normalize: bool, device: str | None, dtype: str,
                    text_column: str, workers: int | None, trust_remote_code: bool, refused: dict[str, bool]) -> None:
-    """``encode --ray --input GLOB --output FOLDER``: :func:`bellm_st.cluster.encode_files`."""
+    """``encode --ray --input FOLDER_OR_GLOB --output FOLDER``: :func:`bellm_st.cluster.encode_files`."""
     if refused.pop("--ray"):
         _fail(ValueError("--input reads files on a Ray cluster; add --ray (or pass -f FILE for one text file)"))
     if texts or file is not None:
         _fail(ValueError("--ray embeds --input files; drop the texts and -f, or drop --ray"))
     if input_files is None or output is None:
-        _fail(ValueError("--ray needs --input 'corpus/*.parquet' and --output FOLDER"))
+        _fail(ValueError("--ray needs --input corpus/ (or a glob such as 'corpus/*.parquet') and --output FOLDER"))
     if given := [option for option, present in refused.items() if present]:
         _fail(ValueError(f"{', '.join(given)} do not apply to --ray (each actor picks its batches); drop them"))
     if device is not None and device not in ("cpu", "cuda"):

@@ -11,7 +11,7 @@ on one such row, with the token lengths of real sentences under the BeLLM prompt
 
 Each kernel's output is compared with the flash kernel's (max abs difference, bf16).
 
-GPU:  python benchmarks/attention_kernels.py --base ~/w/cache/smollm2-135m --data .stage/c/sts/stsb-dev.tsv
+GPU:  python benchmarks/attention_kernels.py --base smollm2-135m --data ../shared/data/sts/stsb-dev.tsv
 """
 
 from __future__ import annotations

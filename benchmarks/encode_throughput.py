@@ -8,7 +8,7 @@ peak, peak memory, and the ratios the performance issue asks about (patch overhe
 ours vs plain). Variants are interleaved over repeats so that drift hits all alike.
 
 GPU (one H100, results in $OUT):
-    python benchmarks/encode_throughput.py --base ~/w/smollm2-135m --data .stage/c/sts/stsb-dev.tsv
+    python benchmarks/encode_throughput.py --base smollm2-135m --data ../shared/data/sts/stsb-dev.tsv
 CPU smoke test of every code path:
     python benchmarks/encode_throughput.py --device cpu --sentences 200 --batch-size 32 --bulk-batch-size 64 --repeats 1
 """

@@ -7,7 +7,7 @@ heads included, head dim 64) in bf16 on CUDA, real sentences, k bi-directional l
 prints the lowest cosine between each text's flat and padded embedding, next to the bf16 noise
 floor (padded bf16 against padded fp32).
 
-GPU:  python benchmarks/flat_agreement.py --data .stage/c/sts/stsb-dev.tsv
+GPU:  python benchmarks/flat_agreement.py --data ../shared/data/sts/stsb-dev.tsv
 """
 
 from __future__ import annotations

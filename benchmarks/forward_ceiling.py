@@ -5,7 +5,7 @@ again and again, so the figures say how fast the forward pass itself can go, and
 says which kernels the time goes to. Compare with ``encode_throughput.py`` (end to end) to see
 how much the host side costs.
 
-GPU:  python benchmarks/forward_ceiling.py --base ~/w/smollm2-135m --rows 4096 --length 28
+GPU:  python benchmarks/forward_ceiling.py --base smollm2-135m --rows 4096 --length 28
 CPU smoke test:  python benchmarks/forward_ceiling.py --device cpu --rows 8 --length 16 --steps 2
 """
 

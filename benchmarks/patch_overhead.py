@@ -8,7 +8,7 @@ masks the patched layers use are also timed alone: the library's (``bidirectiona
 built from the model's own causal mask) against transformers' builder plus the per-text
 padding-only builder (what the patch used before packed rows needed the per-text restriction).
 
-GPU:  python benchmarks/patch_overhead.py --base ~/w/cache/smollm2-135m --data .stage/c/sts/stsb-dev.tsv
+GPU:  python benchmarks/patch_overhead.py --base smollm2-135m --data ../shared/data/sts/stsb-dev.tsv
 CPU smoke test:  python benchmarks/patch_overhead.py --device cpu --base <tiny model> --layers 2 --rows 8 --rounds 2
 """
 

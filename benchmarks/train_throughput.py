@@ -16,7 +16,7 @@ default, so a figure is what ``bellm-st train`` gives with the same options.
 Under torchrun the trainer trains data-parallel (one process per GPU); the reported triplets/s
 is the global figure. Pass the one-GPU JSON with --baseline to print scaling efficiency.
 
-One GPU:   python benchmarks/train_throughput.py --base ~/w/smollm2-135m --triplets .stage/c/nli/triplets.tsv
+One GPU:   python benchmarks/train_throughput.py --base smollm2-135m --triplets ../shared/data/nli/triplets.tsv
 Two GPUs:  torchrun --nproc_per_node 2 benchmarks/train_throughput.py --base ... --baseline $OUT/train_throughput_1gpu.json
 CPU smoke: python benchmarks/train_throughput.py --base <tiny folder> --device cpu --variants k2,k2-padded \
            --batch-sizes 4 --steps 2 --warmup-steps 1

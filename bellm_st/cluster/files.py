@@ -46,7 +46,8 @@ class Shard:
 def encode_files(pattern: str, output_dir: str | os.PathLike, model: str | None = None, *, text_column: str = "text",
                  output_column: str = "embedding", workers: int | None = None, device: str | None = None,
                  cpus_per_worker: float = 1, show_progress: bool = True, **options: Any) -> dict[str, int]:
-    """Embed the ``text_column`` of every file matching ``pattern`` into ``output_dir``, one parquet file each.
+    """Embed the ``text_column`` of every file ``pattern`` names (a glob or a folder) into ``output_dir``,
+    one parquet file each.
 
     Connects to the Ray cluster in ``RAY_ADDRESS`` (or the one this process already joined), or
     starts a local one. ``device`` is ``cuda`` (one GPU per worker; the default when the cluster
@@ -109,13 +110,35 @@ def read_shards(shards: list[Shard], blocks: int) -> Any:
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 
+def input_files(pattern: str, output_dir: Path) -> list[Path]:
+    """The files ``pattern`` names: a glob, or a folder read as Ray Data reads one.
+
+    A folder gives its parquet and JSONL files at any depth, leaving out other files, names that
+    start with ``.`` or ``_`` (``_SUCCESS``, partial files) and the output folder if it lies inside.
+    """
+    given = Path(os.path.expanduser(pattern))
+    if given.is_dir():
+        folder, output = given.resolve(), output_dir.resolve()
+        sources = [
+            path for path in sorted(folder.rglob("*"))
+            if path.suffix in INPUT_SUFFIXES and path.is_file() and output not in path.parents
+            and not any(part.startswith((".", "_")) for part in path.relative_to(folder).parts)
+        ]
+        if not sources:
+            raise FileNotFoundError(f"the folder {pattern} holds no {' or '.join(INPUT_SUFFIXES)} files; "
+                                    "give the folder of your corpus, or a glob such as 'corpus/*.parquet'")
+        return sources
+    sources = [Path(path).resolve() for path in sorted(glob.glob(str(given), recursive=True))]
+    sources = [path for path in sources if path.is_file()]
+    if not sources:
+        raise FileNotFoundError(f"no files match {pattern!r}; give a folder, or a glob such as 'corpus/*.parquet'")
+    return sources
+
+
 def plan_shards(pattern: str, output_dir: Path, text_column: str, output_column: str,
                 model_name: str) -> tuple[list[Shard], list[Shard]]:
     """The files still to embed and those already done; every problem found here fails before any work."""
-    sources = [Path(path).resolve() for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True))]
-    sources = [path for path in sources if path.is_file()]
-    if not sources:
-        raise FileNotFoundError(f"no files match {pattern!r}; give a glob such as 'corpus/*.parquet'")
+    sources = input_files(pattern, output_dir)
     unsupported = [path for path in sources if path.suffix not in INPUT_SUFFIXES]
     if unsupported:
         raise ValueError(f"{unsupported[0]}: unsupported file type {unsupported[0].suffix!r}; "

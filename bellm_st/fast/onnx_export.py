@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,36 @@ def _require(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError as error:
         raise ImportError(f"{error}; the ONNX path needs its extra: pip install 'bellm-st[onnx]'") from error
+
+
+@contextmanager
+def without_harmless_export_warnings() -> Iterator[None]:
+    """Hide the exporter's warnings that say nothing about this graph (seen with torch 2.13).
+
+    - "torchvision is not installed. Skipping torchvision::nms" (and three more ops): the
+      exporter's registry of every op it knows; a text encoder uses none of torchvision's.
+    - "`isinstance(treespec, LeafSpec)` is deprecated": torch's own code, copying a tree spec.
+    - "The axis name: batch will not be used, since it shares the same shape constraints with
+      another axis: batch": every input names its axes with the same two dimensions, so the
+      graph has one ``batch`` and one ``sequence`` axis, as intended.
+
+    Any other warning still shows.
+    """
+
+    def not_torchvision(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registry_log.addFilter(not_torchvision)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+            warnings.filterwarnings(
+                "ignore", r"# The axis name: \w+ will not be used, since it shares the same shape constraints", UserWarning
+            )
+            yield
+    finally:
+        registry_log.removeFilter(not_torchvision)
 
 
 class SentenceEmbeddingGraph(torch.nn.Module):
@@ -114,7 +147,7 @@ def export_onnx(model: SentenceTransformer, output_dir: str | os.PathLike) -> Pa
     was_training = model.training
     graph = SentenceEmbeddingGraph(model).eval()  # shares the model's modules: the model is in eval mode too
     try:
-        with torch.no_grad():
+        with torch.no_grad(), without_harmless_export_warnings():
             torch.onnx.export(
                 graph,
                 tuple(sample[name] for name in names),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import sys
+import threading
 from collections.abc import Callable
 
 import uvicorn
@@ -59,6 +62,20 @@ def serve(
     port: int = 8000,
     log_level: str = "info",
 ) -> None:
-    """Serve ``model`` until interrupted."""
-    uvicorn_server(model, settings, host=host, port=port, log_level=log_level).run()
+    """Serve ``model`` until SIGINT or SIGTERM; after a graceful stop on SIGTERM the process exits 0, as servers do."""
+    server = uvicorn_server(model, settings, host=host, port=port, log_level=log_level)
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        server.run()
+        return
+    # uvicorn handles SIGTERM, shuts down, then raises the signal again for the handler it found:
+    # this one ends the process with 0 instead of the default's 143.
+    previous = signal.signal(signal.SIGTERM, _exit_after_graceful_stop)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_after_graceful_stop(signum: int, frame: object) -> None:
+    sys.exit(0)
 

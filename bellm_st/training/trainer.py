@@ -54,7 +54,7 @@ class TrainingResult:
 
     output_dir: Path
     global_step: int
-    training_loss: float
+    training_loss: float  # mean over the steps this call trained; 0.0 where it trained none
     dev_scores: dict[str, float]
     data_rows: dict[str, int]
 
@@ -274,6 +274,18 @@ def find_checkpoint(checkpoint_dir: Path, recipe: Recipe) -> str | None:
     return str(last)
 
 
+def finished_steps(checkpoint: str | None) -> int | None:
+    """The step count of a checkpoint that ended its run (its ``global_step`` reached ``max_steps``), else None.
+
+    Resumed from such a checkpoint, transformers trains one step more when the last step falls
+    inside an epoch, and rotates the last checkpoint away.
+    """
+    if checkpoint is None:
+        return None
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    return state.global_step if 0 < state.max_steps <= state.global_step else None
+
+
 def start_from_trained(recipe: Recipe, device: str, dtype: torch.dtype) -> SentenceTransformer:
     """``recipe.init_model`` ready to train: a BeLLM model's adapter merged and a fresh LoRA added;
     any other sentence-transformers model trained in full."""
@@ -355,8 +367,9 @@ def train(
     ``recipe.json``, ``dev_scores.json`` and a model card; checkpoints go to
     ``output_dir/checkpoints``. ``resume=True`` continues from the last complete checkpoint there
     (adapter, optimizer, scheduler, data order and RNG state), after checking the recipe is
-    unchanged. A non-empty ``output_dir`` is refused unless ``resume`` or ``overwrite`` (which
-    deletes the previous run's checkpoints) says what to do with it. Each training file is a task
+    unchanged; a finished run resumed trains nothing and returns its saved result. A non-empty
+    ``output_dir`` is refused unless ``resume`` or ``overwrite`` (which deletes the previous run's
+    checkpoints) says what to do with it. Each training file is a task
     (:mod:`bellm_st.training.tasks`); ``card_notes`` (markdown) goes into the model card's BeLLM section.
     """
     output_dir = Path(output_dir)
@@ -367,6 +380,7 @@ def train(
     resume_from = find_checkpoint(checkpoint_dir, recipe) if resume else None
     if resume and resume_from is None:
         logger.warning("no checkpoint in %s; starting from scratch", checkpoint_dir)
+    done_steps = finished_steps(resume_from)
 
     datasets = training_datasets(recipe, data_dir, in_memory)
     sources = list(recipe.train_data)
@@ -376,6 +390,12 @@ def train(
     names = list(datasets)
     for source, name in zip(sources, names):
         check_task_columns(source, name, datasets[name].column_names)
+    data_rows = {source.path: len(dataset) for source, dataset in zip(sources, datasets.values())}
+    if done_steps is not None and (output_dir / SCORES_FILE).exists():  # the final save ends with it
+        logger.warning("%s finished the run's %d steps and its model is saved in %s: nothing to train",
+                       resume_from, done_steps, output_dir)
+        dev_scores = json.loads((output_dir / SCORES_FILE).read_text(encoding="utf-8"))
+        return TrainingResult(output_dir, done_steps, 0.0, dev_scores, data_rows)
     has_evaluator = bool(recipe.dev_data) or recipe.eval_retrieval is not None
     args = training_arguments(recipe, checkpoint_dir, has_evaluator, use_cpu=device == "cpu")
     vectors = teacher_vectors(recipe, datasets.values(), device or str(args.device)) if recipe.uses_teacher else None
@@ -400,6 +420,7 @@ def train(
     )
     if overwrite:  # only now that the new run's data and settings have been checked
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        (output_dir / SCORES_FILE).unlink(missing_ok=True)  # it marks a finished run's final save
     extra_callbacks = [BF16AdapterInputsCallback(model)] if args.bf16 else []
     encoder = bellm_encoder(model)
     if encoder is not None:
@@ -417,8 +438,12 @@ def train(
         ],
     )
     try:
-        with attention_without_cudnn():  # cuDNN re-plans attention for every padded batch shape
-            outcome = trainer.train(resume_from_checkpoint=resume_from)
+        if done_steps is None:
+            with attention_without_cudnn():  # cuDNN re-plans attention for every padded batch shape
+                training_loss = trainer.train(resume_from_checkpoint=resume_from).training_loss
+        else:  # stopped after its last checkpoint, before the final save: no step left to train
+            trainer._load_from_checkpoint(resume_from)
+            training_loss = 0.0
     finally:
         # Back to an ordinary inference model, even after a failed run: padded batches, eager layers
         # (no recompiling for no-grad passes; the model pickles), PEFT's casting, the full token budget.
@@ -429,13 +454,13 @@ def train(
                 encoder.max_seq_length = recipe.max_seq_length
             encoder.batch_layout = None
             uncompile_decoder_layers(encoder.decoder)
-    data_rows = {source.path: len(dataset) for source, dataset in zip(sources, datasets.values())}
     dev_scores: dict[str, float] = {}
     if trainer.is_world_process_zero():
         dev_paths = [recipe.resolve(path, data_dir) for path in recipe.dev_data]
         dev_scores = evaluate_sts_files(model, dev_paths, batch_size=recipe.batch_size) if dev_paths else {}
         model.save(str(output_dir))
         recipe.save(output_dir)
-        (output_dir / SCORES_FILE).write_text(json.dumps(dev_scores, indent=2) + "\n", encoding="utf-8")
         add_card_section(output_dir, render_card_section(recipe, data_rows, dev_scores, card_notes))
-    return TrainingResult(output_dir, trainer.state.global_step, float(outcome.training_loss), dev_scores, data_rows)
+        (output_dir / SCORES_FILE).write_text(json.dumps(dev_scores, indent=2) + "\n", encoding="utf-8")
+    global_step = trainer.state.global_step if done_steps is None else done_steps
+    return TrainingResult(output_dir, global_step, float(training_loss), dev_scores, data_rows)

@@ -90,3 +90,27 @@ def test_no_matching_files_unsupported_types_and_name_clashes(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match="would both write a.parquet"):
         plan(tmp_path, tmp_path / "out")
+
+
+def test_a_folder_gives_its_parquet_and_jsonl_files_at_any_depth(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "2024").mkdir(parents=True)
+    write_parquet(corpus / "a.parquet", id=[1, 2], text=["x", "y"])
+    (corpus / "2024" / "b.jsonl").write_text('{"text": "z"}\n', encoding="utf-8")
+    (corpus / "README.md").write_text("about the corpus", encoding="utf-8")
+    (corpus / "_SUCCESS").write_text("", encoding="utf-8")
+    (corpus / ".c.parquet").write_bytes(b"half")
+    output = corpus / "vectors"  # inside the input folder: its files are outputs, not inputs
+    output.mkdir()
+    (output / f"{PARTIAL_PREFIX}a.parquet").write_bytes(b"half")
+    for given in (str(corpus), f"{corpus}/"):
+        todo, done = plan_shards(given, output, "text", "embedding", "tiny")
+        assert [(shard.source, shard.target.name, shard.rows) for shard in todo] == [
+            (corpus / "2024" / "b.jsonl", "b.parquet", 1), (corpus / "a.parquet", "a.parquet", 2)
+        ]
+        assert done == []
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no data", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match=r"the folder .*empty holds no \.parquet or \.jsonl files"):
+        plan_shards(str(empty), tmp_path / "out", "text", "embedding", "tiny")

@@ -75,9 +75,8 @@ def test_the_python_api_keeps_ids_and_order_and_gives_encode_vectors(cluster, sa
 
 def test_the_command_writes_one_file_per_input_and_resumes(cluster, saved_model, expected, corpus, tmp_path):
     output = tmp_path / "vectors"
-    arguments = ["encode", "--ray", "--input", str(corpus / "part-*"), "--output", str(output), "--model", saved_model,
-                 "--workers", "2", "--device", "cpu"]
-    result = CliRunner().invoke(app, arguments)
+    options = ["--output", str(output), "--model", saved_model, "--workers", "2", "--device", "cpu"]
+    result = CliRunner().invoke(app, ["encode", "--ray", "--input", f"{corpus}/", *options])  # a folder, as Ray Data reads one
     assert result.exit_code == 0, result.output
     assert "wrote 4 files (300 vectors)" in " ".join(result.output.split())
     table = read_outputs(output)
@@ -85,7 +84,7 @@ def test_the_command_writes_one_file_per_input_and_resumes(cluster, saved_model,
     assert table.column("text").to_pylist() == TEXTS
     np.testing.assert_allclose(vectors_of(table), expected, atol=1e-5)
     (output / "part-1.parquet").unlink()  # as if the run had stopped before this file
-    again = CliRunner().invoke(app, arguments)
+    again = CliRunner().invoke(app, ["encode", "--ray", "--input", str(corpus / "part-*"), *options])  # the same files
     message = " ".join(again.output.split())  # rich wraps long lines
     assert again.exit_code == 0 and "wrote 1 files (75 vectors)" in message and "3 already there" in message
     assert read_outputs(output).column("id").to_pylist() == list(range(len(TEXTS)))

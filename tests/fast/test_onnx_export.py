@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
 
 import bellm_st
-from bellm_st.fast.onnx_export import OnnxEncoder, export_onnx
+from bellm_st.fast.onnx_export import OnnxEncoder, export_onnx, without_harmless_export_warnings
 from bellm_st.fast.packing import PackedRows
 
 TEXTS = [
@@ -31,10 +36,35 @@ def tiny_bidirectional(tiny_model_dir):
     return build_tiny(tiny_model_dir, bidirectional_layers=2)
 
 
+REGISTRY_LOG = "torch.onnx._internal.exporter._registration"  # where torch says "torchvision is not installed"
+
+
+@contextlib.contextmanager
+def recorded_warnings() -> Iterator[list[str]]:
+    """Every warning and every message of the exporter's registry log, in order."""
+    messages: list[str] = []
+    recorder = logging.Handler()
+    recorder.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger(REGISTRY_LOG).addHandler(recorder)
+    try:
+        with warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("always")
+            yield messages
+        messages.extend(str(warning.message) for warning in shown)
+    finally:
+        logging.getLogger(REGISTRY_LOG).removeHandler(recorder)
+
+
 @pytest.fixture(scope="module")
-def exported(tiny_bidirectional, tmp_path_factory) -> OnnxEncoder:
-    folder = export_onnx(tiny_bidirectional, tmp_path_factory.mktemp("onnx") / "tiny-k2")
-    return OnnxEncoder(folder, threads=1)
+def export_and_its_warnings(tiny_bidirectional, tmp_path_factory) -> tuple[OnnxEncoder, list[str]]:
+    with recorded_warnings() as messages:
+        folder = export_onnx(tiny_bidirectional, tmp_path_factory.mktemp("onnx") / "tiny-k2")
+    return OnnxEncoder(folder, threads=1), messages
+
+
+@pytest.fixture(scope="module")
+def exported(export_and_its_warnings) -> OnnxEncoder:
+    return export_and_its_warnings[0]
 
 
 @pytest.fixture()
@@ -96,6 +126,14 @@ def test_mean_text_pooling_feeds_the_text_mask(tiny_model_dir, tmp_path):
     encoder = OnnxEncoder(export_onnx(model, tmp_path / "tiny-mean-text"))
     assert encoder.input_names == ["input_ids", "attention_mask", "text_mask"]
     np.testing.assert_allclose(encoder.encode(TEXTS), model.encode(TEXTS), atol=1e-5)
+
+
+def test_export_hides_only_the_known_harmless_warnings(export_and_its_warnings):
+    assert export_and_its_warnings[1] == []  # torchvision ops skipped, LeafSpec deprecation, shared axis names
+    with recorded_warnings() as messages, without_harmless_export_warnings():
+        warnings.warn("a warning of its own", UserWarning)
+        logging.getLogger(REGISTRY_LOG).warning("a registry message of its own")
+    assert messages == ["a registry message of its own", "a warning of its own"]
 
 
 def test_export_refuses_what_it_cannot_export(tiny_model_dir, tmp_path):

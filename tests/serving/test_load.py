@@ -96,8 +96,7 @@ def test_sigterm_finishes_the_request_in_flight(cli_server, served_model):
         time.sleep(0.005)
     process.send_signal(signal.SIGTERM)
     sender.join(120)
-    # uvicorn re-raises the signal it handled once it has shut down cleanly.
-    assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert process.wait(timeout=60) == 0  # a graceful stop is a clean exit, not death by signal (143)
     assert answers and answers[0].status_code == 200, answers
     vectors = np.array([item["embedding"] for item in answers[0].json()["data"]])
     assert vectors.shape[0] == len(texts)

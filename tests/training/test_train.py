@@ -239,6 +239,40 @@ def test_resume_refuses_a_changed_recipe(tiny_model_dir, data_dir, tmp_path):
         train(recipe.with_changes(learning_rate=1e-3), tmp_path / "out", data_dir=data_dir, device="cpu", resume=True)
 
 
+def folder_snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_resuming_a_finished_run_trains_nothing_and_says_so(tiny_model_dir, data_dir, tmp_path, caplog):
+    # 2 steps an epoch: the last step falls inside the second epoch, where the trainer used to train a step more.
+    recipe = tiny_recipe(tiny_model_dir, max_steps=3, save_steps=3, batch_size=4, dev_data=["dev.tsv"])
+    finished = train(recipe, tmp_path / "out", data_dir=data_dir, device="cpu")
+    before = folder_snapshot(tmp_path / "out")
+
+    resumed = train(recipe, tmp_path / "out", data_dir=data_dir, device="cpu", resume=True)
+    assert "finished the run's 3 steps" in caplog.text and "nothing to train" in caplog.text
+    assert (resumed.global_step, resumed.dev_scores, resumed.data_rows) == (3, finished.dev_scores, finished.data_rows)
+    cli = CliRunner().invoke(app, ["train", "--recipe", str(tmp_path / "out" / "recipe.json"), "-o", str(tmp_path / "out"),
+                                   "--data-dir", str(data_dir), "--device", "cpu", "--resume"])
+    assert cli.exit_code == 0 and "after 3 steps" in cli.output, cli.output
+    assert folder_snapshot(tmp_path / "out") == before  # not a file written, rotated or removed
+
+
+def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_final_save_only(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    recipe = tiny_recipe(tiny_model_dir, max_steps=3, save_steps=3, batch_size=4)
+    with monkeypatch.context() as patches, pytest.raises(Killed):
+        kill_at_call(patches, BeLLMEncoder, "save", 2)  # checkpoint-3 written, then the final save dies
+        train(recipe, tmp_path / "out", data_dir=data_dir, device="cpu")
+    assert not (tmp_path / "out" / "dev_scores.json").exists()
+
+    resumed = train(recipe, tmp_path / "out", data_dir=data_dir, device="cpu", resume=True)
+    assert resumed.global_step == 3
+    checkpoints = tmp_path / "out" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-3"]
+    final, last = adapter_weights(tmp_path / "out"), adapter_weights(checkpoints / "checkpoint-3")
+    assert final.keys() == last.keys() and all(torch.equal(final[name], last[name]) for name in final)
+
+
 def test_gradient_checkpointing_is_on_and_still_trains_the_adapter(tiny_model_dir, data_dir, tmp_path):
     from bellm_st.training.trainer import build_trainable_model
 
