@@ -6,9 +6,10 @@ import socket
 from collections.abc import Callable
 
 import uvicorn
+from sentence_transformers import SentenceTransformer
 
 from bellm_st.serving.app import create_app
-from bellm_st.serving.embedder import Embedder, ServedModel
+from bellm_st.serving.embedder import Embedder
 from bellm_st.serving.settings import ServerSettings
 
 
@@ -30,7 +31,7 @@ class _GracefulServer(uvicorn.Server):
 
 
 def uvicorn_server(
-    model: ServedModel | Embedder,
+    model: SentenceTransformer | Embedder,
     settings: ServerSettings,
     *,
     host: str = "127.0.0.1",
@@ -52,7 +53,7 @@ def uvicorn_server(
 
 
 def serve(
-    model: ServedModel | Embedder,
+    model: SentenceTransformer | Embedder,
     settings: ServerSettings,
     *,
     host: str = "127.0.0.1",

@@ -145,9 +145,9 @@ def test_a_named_model_loads_once_per_process_and_device(tiny_bellm_dir, monkeyp
     loads = []
     original = bellm_st.api.load
 
-    def counting_load(name, device=None, trust_remote_code=False):
+    def counting_load(name, device=None, **options):
         loads.append((name, device))
-        return original(name, device=device, trust_remote_code=trust_remote_code)
+        return original(name, device=device, **options)
 
     monkeypatch.setattr(bellm_st.api, "load", counting_load)
     threads = [
