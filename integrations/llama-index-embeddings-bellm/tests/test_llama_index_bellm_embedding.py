@@ -297,3 +297,17 @@ def test_a_lone_surrogate_is_named_with_its_position(tiny_bellm):
     """Was the tokenizer's `TextEncodeInput must be Union[...]` with no position."""
     with pytest.raises(ValueError, match=r"texts\[1\] holds '\\ud800' at character 0, an unpaired UTF-16 surrogate"):
         BeLLMEmbedding(model=tiny_bellm).get_text_embedding_batch(["fine", "\ud800"])
+
+
+def test_the_onnx_backend_gives_the_torch_vectors(tiny_onnx_dir):
+    clear_shared_models()
+    onnx_embedding = BeLLMEmbedding(tiny_onnx_dir, backend="onnx")
+    torch_embedding = BeLLMEmbedding(tiny_onnx_dir, device="cpu")
+    assert onnx_embedding._model[0].backend == "onnx" and onnx_embedding.backend == "onnx"
+    np.testing.assert_allclose(onnx_embedding.get_text_embedding_batch(TEXTS),
+                               torch_embedding.get_text_embedding_batch(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(onnx_embedding.get_query_embedding(TEXTS[0]), torch_embedding.get_query_embedding(TEXTS[0]),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="backend='nonsense' is not one of torch, onnx"):
+        BeLLMEmbedding(tiny_onnx_dir, backend="nonsense")
+    clear_shared_models()
