@@ -33,7 +33,7 @@ _encode_locks_lock = threading.Lock()
 def shared_model(
     model_name: str | None = None, device: str | None = None, trust_remote_code: bool = False, backend: str = "torch"
 ) -> SentenceTransformer:
-    """The model for ``(model_name, device, trust_remote_code, backend)``, loaded on first use and reused by every later caller.
+    """The model for ``(model_name, device, trust_remote_code, backend)``, loaded on first use and reused after.
 
     ``model_name`` is anything :func:`bellm_st.load` accepts (a shipped model or base name, a
     saved folder); ``None`` means the shipped default. ``trust_remote_code`` is part

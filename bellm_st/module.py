@@ -156,7 +156,8 @@ class BeLLMEncoder(InputModule):
         self.normalize = bool(normalize)
         self.max_seq_length = max_seq_length
         if backend == "onnx":
-            if backbone is not None or model_name_or_path is None or batch_layout is not None or keep_layers is not None:
+            given = (backbone, batch_layout, keep_layers)
+            if model_name_or_path is None or any(option is not None for option in given):
                 raise ValueError(
                     "backend='onnx' loads the graph of model_name_or_path as exported: give the folder, "
                     "and no backbone, batch_layout or keep_layers"

@@ -79,7 +79,7 @@ def small_machine_options(onnxruntime: Any) -> Any:
 
 
 def graph_path(folder: Path, file_name: str) -> Path:
-    """The graph ``file_name`` names in the folder's ``onnx/`` folder (``model_int8.onnx`` or ``onnx/model_int8.onnx``)."""
+    """The graph ``file_name`` names in the folder's ``onnx/`` (``model_int8.onnx`` or ``onnx/model_int8.onnx``)."""
     name = file_name.removeprefix(f"{GRAPH_FOLDER}/")
     if Path(name).name != name:
         raise ValueError(f"file_name={file_name!r} must name a file of the {GRAPH_FOLDER}/ folder, e.g. {GRAPH_FILE!r}")

@@ -1,4 +1,4 @@
-"""backend="onnx": the module runs the folder's graph in ONNX Runtime and gives torch's vectors, whichever way it loads."""
+"""backend="onnx": the module runs the folder's graph in ONNX Runtime and gives torch's vectors, however it loads."""
 
 from __future__ import annotations
 
@@ -86,7 +86,8 @@ def test_the_graph_keeps_the_bidirectional_layers(onnx_model, torch_model, tiny_
     causal = bellm_st.load(tiny_onnx_dir, device="cpu")
     causal[0].bidirectional_layers = 0
     effect = np.linalg.norm(onnx_model.encode(TEXTS) - causal.encode(TEXTS), axis=1)
-    assert (effect > 1e-2 * np.linalg.norm(causal.encode(TEXTS), axis=1)).all(), "the graph lost its bi-directional layers"
+    causal_size = np.linalg.norm(causal.encode(TEXTS), axis=1)
+    assert (effect > 1e-2 * causal_size).all(), "the graph lost its bi-directional layers"
     assert onnx_model[0].bidirectional_layer_indices == torch_model[0].bidirectional_layer_indices == (2, 3)
 
 
@@ -129,7 +130,7 @@ def test_settings_that_disagree_with_the_graph_are_refused(tiny_onnx_dir, tmp_pa
     folder = shutil.copytree(tiny_onnx_dir, tmp_path / "edited")
     settings = json.loads((folder / "bellm_config.json").read_text())
     (folder / "bellm_config.json").write_text(json.dumps({**settings, "bidirectional_layers": 1}))
-    with pytest.raises(ValueError, match=r"exported with bi-directional layers \[2, 3\].*names \[3\].*export the graph again"):
+    with pytest.raises(ValueError, match=r"exported with bi-directional layers \[2, 3\].*names \[3\].*export the graph"):
         bellm_st.load(str(folder), backend="onnx")
 
 

@@ -98,7 +98,9 @@ def export_onnx(model: SentenceTransformer, folder: str | os.PathLike) -> Path:
                                 "model.save(folder), or use `bellm-st export --onnx MODEL FOLDER`")
     graph_path = folder / GRAPH_FILE
     if graph_path.exists():
-        raise FileExistsError(f"{graph_path} exists already; delete the onnx/ folder to export again (nothing was written)")
+        raise FileExistsError(
+            f"{graph_path} exists already; delete the onnx/ folder to export again (nothing was written)"
+        )
     # Two lengths, so the sample has padding; always padded (the graph takes padded batches) even
     # if the module packs its batches (batch_layout).
     sample = preprocess_texts(

@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend (``--backend onnx``): the same endpoints, vectors (within 1e-5), usage and errors as torch."""
+"""The ONNX Runtime backend (``--backend onnx``): the endpoints, vectors (within 1e-5), usage and errors of torch."""
 
 from __future__ import annotations
 

@@ -306,8 +306,8 @@ def test_the_onnx_backend_gives_the_torch_vectors(tiny_onnx_dir):
     assert onnx_embedding._model[0].backend == "onnx" and onnx_embedding.backend == "onnx"
     np.testing.assert_allclose(onnx_embedding.get_text_embedding_batch(TEXTS),
                                torch_embedding.get_text_embedding_batch(TEXTS), atol=1e-5)
-    np.testing.assert_allclose(onnx_embedding.get_query_embedding(TEXTS[0]), torch_embedding.get_query_embedding(TEXTS[0]),
-                               atol=1e-5)
+    np.testing.assert_allclose(onnx_embedding.get_query_embedding(TEXTS[0]),
+                               torch_embedding.get_query_embedding(TEXTS[0]), atol=1e-5)
     with pytest.raises(ValueError, match="backend='nonsense' is not one of torch, onnx"):
         BeLLMEmbedding(tiny_onnx_dir, backend="nonsense")
     clear_shared_models()
