@@ -124,7 +124,8 @@ def load(
     a saved BeLLM / sentence-transformers folder or hub id; None means the shipped default (:func:`default_model_name`). A folder runs
     no code of its own: only module classes of the installed sentence-transformers and bellm-st
     load, and weights only from safetensors, unless ``trust_remote_code=True`` says the folder is
-    trusted (see :mod:`bellm_st.loading`).
+    trusted (see :mod:`bellm_st.loading`). A folder that cannot load (a damaged weights file, a bad
+    ``bellm_config.json``, a tensor of the wrong shape ...) raises a one-line ``ValueError`` naming it.
 
     ``backend="onnx"`` runs the backbone's ONNX graph in ONNX Runtime on the CPU, as
     sentence-transformers' ``backend`` does: a folder's ``onnx/model.onnx`` (``model_kwargs={"file_name":
@@ -132,7 +133,7 @@ def load(
     ``model_kwargs`` go to the folder's modules as in ``SentenceTransformer(model_kwargs=...)``.
     """
     from bellm_st.bases import SHIPPED_BASES
-    from bellm_st.loading import load_saved
+    from bellm_st.loading import load_saved, one_line_load_errors
     from bellm_st.shipped import BASELINE_SHORTCUTS, SHIPPED_MODELS, baseline_path, is_adapter_folder, load_shipped
 
     check_backend(backend)
@@ -155,14 +156,17 @@ def load(
     if built and model_kwargs is not None:
         raise ValueError(f"model_kwargs={model_kwargs!r} apply to saved folders, not to {name_or_path!r}, which is "
                          "built from a shipped base; leave them out")
-    if name_or_path in SHIPPED_BASES:
-        return build(name_or_path, device=device, cache_dir=cache_dir)
-    if name_or_path in SHIPPED_MODELS or is_adapter_folder(name_or_path):
-        return load_shipped(str(name_or_path), device=device, cache_dir=cache_dir)
-    if name_or_path in BASELINE_SHORTCUTS:
-        name_or_path = str(baseline_path(name_or_path))
-    return load_saved(name_or_path, device=device, trust_remote_code=trust_remote_code, cache_dir=cache_dir,
-                      backend=backend, model_kwargs=model_kwargs)
+    with one_line_load_errors(name_or_path):
+        if name_or_path in SHIPPED_BASES:
+            return build(name_or_path, device=device, cache_dir=cache_dir)
+        if name_or_path in SHIPPED_MODELS or is_adapter_folder(name_or_path):
+            return load_shipped(
+                str(name_or_path), device=device, cache_dir=cache_dir, trust_remote_code=trust_remote_code
+            )
+        if name_or_path in BASELINE_SHORTCUTS:
+            name_or_path = str(baseline_path(name_or_path))
+        return load_saved(name_or_path, device=device, trust_remote_code=trust_remote_code, cache_dir=cache_dir,
+                          backend=backend, model_kwargs=model_kwargs)
 
 
 def default_model_name() -> str:

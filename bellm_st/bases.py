@@ -93,8 +93,11 @@ def convert_gguf(gguf_path: Path, output_dir: Path, max_length: int = CONVERTED_
     from bellm_st.tokenization import ensure_pad_token
 
     folder, file_name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file_name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file_name, dtype=torch.float32)
+    # trust_remote_code never left unset, or transformers may ask on the terminal (a GGUF names no code anyway)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file_name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=file_name, dtype=torch.float32, trust_remote_code=False
+    )
     # The weights are dequantised already; the GGUF marker only blocks save_pretrained.
     model.hf_quantizer = None
     model.is_quantized = False

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bellm_st.serving.settings import ServerSettings
@@ -18,11 +19,12 @@ from bellm_st.api import ENCODE_BATCH_SIZE, GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, I
 from bellm_st.evaluation.sts import EVAL_BATCH_SIZE
 from bellm_st.training.adaptation import FULL_FINE_TUNE_LEARNING_RATE
 from bellm_st.training.adaptation import adapt as adapt_model
-from bellm_st.training.recipe import DATA_FORMATS, MIXTURES, Recipe
+from bellm_st.training.recipe import DATA_FORMATS, DISTILL_LOSSES, MIXTURES, Recipe
 from bellm_st.training.sweep import layer_sweep
 
 app = typer.Typer(help="BeLLM sentence embeddings from decoder-only LLMs.", no_args_is_help=True)
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)
 
 SERVER_DEFAULTS = ServerSettings()  # `serve` shows and uses these; their home is ServerSettings
 DTYPE_HELP = f"Weights' precision: auto (bf16 on a GPU that has it, else fp32), {', '.join(INFERENCE_DTYPES)}."
@@ -43,13 +45,22 @@ def _read_texts(texts: list[str], file: Path | None) -> list[str]:
 
 
 def _load_model(model: str | None, device: str | None, trust_remote_code: bool, backend: str = "torch"):
-    """The model a command names, or exit 2 with one line (a missing folder, an untrusted one ...)."""
+    """The model a command names, or exit 2 with one line (a missing folder, an untrusted or damaged one ...).
+
+    transformers' progress bar stays off while loading: it would stand above such a line."""
+    from transformers.utils import logging as transformers_logging
+
     from bellm_st.api import load
 
+    bar_was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
     try:
         return load(model, device=device, trust_remote_code=trust_remote_code, backend=backend)
     except (OSError, ValueError, ImportError) as error:
         _fail(error)
+    finally:
+        if bar_was_on:
+            transformers_logging.enable_progress_bar()
 
 
 def _check_dtype(name: str) -> None:
@@ -75,7 +86,8 @@ def _check_prompt_name(model, prompt_name: str | None) -> None:
 
 
 def _fail(error: Exception) -> None:
-    console.print(f"[red]error:[/red] {error}")
+    """One line on stderr (whatever the terminal's width; never into the output a command writes), exit 2."""
+    errors.print(f"[red]error:[/red] {escape(' '.join(str(error).split()))}")
     raise typer.Exit(code=2)
 
 
@@ -337,16 +349,24 @@ def train(
     document_template: str = typer.Option(None, help="The model's document prompt (a task's prompt 'document')."),
     matryoshka_dims: str = typer.Option(None, help="Also train these leading sizes of the vector, e.g. 64,128,256,576."),
     distill_teacher: str = typer.Option(
-        None, help="A teacher model whose embeddings supervise the student (with only --distill-weight: the shipped default model)."
+        None, help="A teacher model whose vectors supervise the student (e.g. minilm; left out with a teacher option: the shipped default model)."
     ),
     distill_weight: float = typer.Option(
-        None, min=0, help=_recipe_help("distill_weight", "Weight of the teacher's part of the loss (0: no teacher).")
+        None, min=0, help=_recipe_help("distill_weight", "Weight of the teacher's part on the labelled tasks' batches (0: none).")
     ),
     distill_loss: str = typer.Option(
-        None, help=_recipe_help(
-            "distill_loss", "cosine or mse (each text's two vectors, same size) or similarity (the batch's similarity matrices)."
-        )
+        None, help=_recipe_help("distill_loss", f"One of {', '.join(DISTILL_LOSSES)} (docs/DISTILLATION.md).")
     ),
+    distill_pool: list[str] = typer.Option(
+        None, "--distill-pool", help="A pool file PATH[:COLUMN] of texts to distil on (repeatable; the training files' "
+        "texts are always in the pool). '-' alone: a pool of the training files' texts only."
+    ),
+    distill_pool_max_rows: int = typer.Option(None, min=1, help=_recipe_help("distill_pool_max_rows")),
+    distill_pool_weight: float = typer.Option(None, help=_recipe_help("distill_pool_weight", "Weight of the pool and pair tasks' teacher loss.")),
+    distill_pairs: list[str] = typer.Option(
+        None, "--distill-pairs", help="A paraphrase-pairs file made into query -> passage pairs for the query/document prompts (repeatable)."
+    ),
+    distill_cache: str = typer.Option(None, help="Folder of the teacher's cached vectors (default: beside the converted bases)."),
     seed: int = typer.Option(None, help=_recipe_help("seed")),
     gradient_checkpointing: bool = typer.Option(
         None, "--gradient-checkpointing/--no-gradient-checkpointing", help=_recipe_help("gradient_checkpointing")
@@ -390,7 +410,8 @@ def train(
         fields = {name: value for name, value in context.params.items() if name in RECIPE_FIELDS}
         # --data-dir is where this machine finds the data: passed on below, not written into the recipe
         fields.update(data_dir=None, matryoshka_dims=dims, train_data=train_data or None,
-                      dev_data=[] if no_dev else (dev_data or None))
+                      dev_data=[] if no_dev else (dev_data or None), distill_pairs=distill_pairs or None,
+                      distill_pool=None if not distill_pool else [spec for spec in distill_pool if spec != "-"])
         settings = settings.with_changes(**fields)
         result = run_training(settings, output_dir, data_dir=data_dir, resume=resume, overwrite=overwrite, device=device)
     except (TypeError, ValueError, FileNotFoundError) as error:
@@ -458,6 +479,13 @@ def adapt(
         help="Recompute a BeLLM model's activations in the backward pass: slower steps, much less memory "
              "[default: on unless training on a CUDA GPU].",
     ),
+    teacher: str = typer.Option(
+        None, help="A stronger model (e.g. minilm) that mines a hard negative per pair and whose margins the model learns."
+    ),
+    teacher_weight: float = typer.Option(
+        None, help=_with_default("Weight of the teacher's margin part.", ADAPT_DEFAULTS["teacher_weight"])
+    ),
+    teacher_cache: Path = typer.Option(None, help="Folder of the teacher's cached vectors (default: beside the converted bases)."),
 ) -> None:
     """Adapt a model to your documents without labels: weak query -> passage pairs + general data, then save it."""
     kinds = None if pairs is None else tuple(kind.strip() for kind in pairs.split(",") if kind.strip())
@@ -466,8 +494,8 @@ def adapt(
             corpus, output_dir, model=model, generator=generated_queries, data_dir=data_dir,
             query_template=query_template, document_template=document_template, keep_layers=keep_layers, lora_r=lora_r,
             max_steps=max_steps, learning_rate=learning_rate, eval_retrieval=eval_retrieval, eval_steps=eval_steps,
-            save_steps=save_steps, resume=resume, device=device,
-            **_given(kinds=kinds, ict_per_document=ict_per_document, general_data=general_data,
+            save_steps=save_steps, resume=resume, device=device, teacher=teacher, teacher_cache=teacher_cache,
+            **_given(kinds=kinds, ict_per_document=ict_per_document, general_data=general_data, teacher_weight=teacher_weight,
                      general_ratio=general_ratio, max_seq_length=max_seq_length,
                      batch_size=batch_size, epochs=epochs, seed=seed, eval_split=eval_split,
                      gradient_checkpointing=gradient_checkpointing),

@@ -11,7 +11,6 @@ code for both.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from bellm_st.bidirectional import (
     resolve_layer_indices,
     text_config,
 )
+from bellm_st.config import EncoderSettings, read_settings
 from bellm_st.inputs import validate_texts
 from bellm_st.pooling import PoolingMode, check_pooling, pool
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template, template_for_prompt
@@ -112,7 +112,8 @@ class BeLLMEncoder(InputModule):
         max_seq_length: token budget; longer texts are truncated, the template never.
         model_kwargs: passed to ``AutoModel.from_pretrained`` (``dtype``, ``attn_implementation``...); with
             ``backend="onnx"``, to :meth:`~bellm_st.onnx_backbone.OnnxBackbone.load` (``file_name``,
-            ``provider``, ``session_options``).
+            ``provider``, ``session_options``). ``trust_remote_code`` there (False unless given) also applies
+            to the tokenizer.
         backbone, tokenizer: already-loaded objects to use instead of loading from the path.
         batch_layout: how :meth:`preprocess` lays out a batch; ``None`` pads each text to the longest.
             A :class:`BatchLayout` from :mod:`bellm_st.fast` gives the same embeddings faster
@@ -126,7 +127,7 @@ class BeLLMEncoder(InputModule):
     """
 
     config_file_name = CONFIG_FILE
-    config_keys = ["bidirectional_layers", "template", "pooling", "append_eos", "normalize", "max_seq_length"]
+    config_keys = list(EncoderSettings.model_fields)
     save_in_root = True
 
     def __init__(
@@ -155,6 +156,8 @@ class BeLLMEncoder(InputModule):
         self.append_eos = bool(append_eos)
         self.normalize = bool(normalize)
         self.max_seq_length = max_seq_length
+        # Never left unset: transformers would then ask on the terminal whether to run a folder's auto_map code.
+        model_kwargs = {"trust_remote_code": False, **(model_kwargs or {})}
         if backend == "onnx":
             given = (backbone, batch_layout, keep_layers)
             if model_name_or_path is None or any(option is not None for option in given):
@@ -164,16 +167,18 @@ class BeLLMEncoder(InputModule):
                 )
             from bellm_st.onnx_backbone import OnnxBackbone
 
-            backbone = OnnxBackbone.load(model_name_or_path, **(model_kwargs or {}))
+            backbone = OnnxBackbone.load(model_name_or_path, **model_kwargs)
         else:
             if backbone is None:
                 if model_name_or_path is None:
                     raise ValueError("give either model_name_or_path or an already-loaded backbone")
-                backbone = AutoModel.from_pretrained(model_name_or_path, **(model_kwargs or {}))
+                backbone = AutoModel.from_pretrained(model_name_or_path, **model_kwargs)
             prune_layers(backbone, keep_layers)
         check_bidirectional_fits(bidirectional_layers, keep_layers)
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(model_name_or_path or backbone.name_or_path)
+            tokenizer = AutoTokenizer.from_pretrained(
+                model_name_or_path or backbone.name_or_path, trust_remote_code=model_kwargs["trust_remote_code"]
+            )
         self.auto_model = backbone
         self.tokenizer = prepare_tokenizer(tokenizer, max_seq_length)
         self.bidirectional_layers = bidirectional_layers
@@ -319,11 +324,9 @@ class BeLLMEncoder(InputModule):
             revision=revision,
             local_files_only=local_files_only,
         )
-        with open(os.path.join(local_path, CONFIG_FILE), encoding="utf-8") as config_file:
-            config = json.load(config_file)
+        settings = read_settings(os.path.join(local_path, CONFIG_FILE), EncoderSettings).model_dump()
         model_kwargs = {**(model_kwargs or {}), "trust_remote_code": trust_remote_code}
         tokenizer = AutoTokenizer.from_pretrained(local_path, trust_remote_code=trust_remote_code)
-        settings = {key: config[key] for key in cls.config_keys if key in config}
         if backend == "onnx":
             return cls(local_path, tokenizer=tokenizer, model_kwargs=model_kwargs, backend=backend, **settings)
         backbone = AutoModel.from_pretrained(local_path, **model_kwargs)

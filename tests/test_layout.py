@@ -18,7 +18,9 @@ from bellm_st.export import export_merged, method_files, package_imports
 from bellm_st.loading import EXPORTED_CLASS_REF
 
 TEXTS = ["A man is playing a guitar.", "The stock market fell sharply today.", "Hi"]
-METHOD = {"inputs", "prompts", "tokenization", "bidirectional", "pooling", "pruning", "module", "onnx_backbone"}
+METHOD = {
+    "inputs", "prompts", "tokenization", "bidirectional", "pooling", "pruning", "config", "module", "onnx_backbone"
+}
 
 
 def test_the_method_files_import_only_each_other():

@@ -1,9 +1,15 @@
-"""Loading a model folder runs no code from it unless the caller trusts it (issue 19, item 1)."""
+"""Loading a model folder runs no code from it unless the caller trusts it (issue 19, item 1), never asks
+on the terminal, and fails on a bad folder with one line naming the file and the fix (issue 26)."""
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +19,7 @@ from typer.testing import CliRunner
 
 import bellm_st
 from bellm_st.cli import app
+from bellm_st.testing.bad_folders import BAD_FOLDER_KINDS, CODE_RUNNING_KINDS, make_bad_folder, write_adapter_folder
 
 EVIL_CLASS = "evilmod.Evil"
 
@@ -128,3 +135,73 @@ def test_a_plain_sentence_transformers_folder_still_loads(tmp_path, tiny_model_d
     SentenceTransformer(tiny_model_dir, device="cpu").save(str(tmp_path / "plain"))
     model = bellm_st.load(str(tmp_path / "plain"), device="cpu")
     assert model.encode(["a text"]).shape == (1, 32)
+
+
+def test_the_adapter_folder_the_bad_kinds_start_from_loads(saved_bellm, tiny_model_dir, tmp_path):
+    """Each bad adapter folder differs from this one by its defect only."""
+    folder = write_adapter_folder(saved_bellm, tiny_model_dir, tmp_path / "adapter-folder")
+    model = bellm_st.load(str(folder), device="cpu")
+    assert model[0].bidirectional_layers == 2 and model.encode(["a text"]).shape == (1, 32)
+
+
+@pytest.mark.parametrize("kind", BAD_FOLDER_KINDS)
+def test_a_bad_folder_is_refused_in_one_line_naming_the_file_and_running_nothing(kind, saved_bellm, tiny_model_dir,
+                                                                                 tmp_path):
+    bad = make_bad_folder(kind, saved_bellm, tiny_model_dir, tmp_path)
+    with pytest.raises(ValueError, match=bad.message) as refused:
+        bellm_st.load(str(bad.path), device="cpu")
+    assert "\n" not in str(refused.value) and not bad.marker.exists()
+
+
+@pytest.mark.parametrize("kind", BAD_FOLDER_KINDS)
+def test_encode_refuses_a_bad_folder_with_one_line_on_stderr(kind, saved_bellm, tiny_model_dir, tmp_path):
+    bad = make_bad_folder(kind, saved_bellm, tiny_model_dir, tmp_path)
+    result = CliRunner().invoke(app, ["encode", "a text", "-m", str(bad.path)])
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(bad.message, lines[0]), result.stderr
+    assert not bad.marker.exists()
+
+
+@pytest.mark.parametrize("stdin", ["answering-yes", "closed"])
+@pytest.mark.parametrize("kind", CODE_RUNNING_KINDS)
+def test_a_base_with_custom_code_never_prompts_whatever_stdin_is(kind, stdin, saved_bellm, tiny_model_dir, tmp_path):
+    """Left unset, trust_remote_code made transformers ask "[y/N]" on stdin, and a "y" ran the folder's code."""
+    bad = make_bad_folder(kind, saved_bellm, tiny_model_dir, tmp_path)
+    checkout = str(Path(bellm_st.__file__).parent.parent)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))}
+    streams = {"input": "y\n" * 100} if stdin == "answering-yes" else {"preexec_fn": lambda: os.close(0)}
+    result = subprocess.run([sys.executable, "-m", "bellm_st.cli", "encode", "a text", "-m", str(bad.path)],
+                            env=environment, capture_output=True, text=True, timeout=300, **streams)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stdout == "" and "[y/N]" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and re.search(bad.message, lines[0]), result.stderr[-3000:]
+    assert not bad.marker.exists()
+
+
+@pytest.mark.parametrize("kind", CODE_RUNNING_KINDS)
+def test_trusted_the_base_loads_with_its_own_code(kind, saved_bellm, tiny_model_dir, tmp_path):
+    bad = make_bad_folder(kind, saved_bellm, tiny_model_dir, tmp_path)
+    bellm_st.load(str(bad.path), device="cpu", trust_remote_code=True)
+    assert bad.marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["adapter-pickle-only", "adapter-symlink-to-pickles"])
+def test_trusted_a_pickled_adapter_loads_as_its_safetensors_copy_does(kind, saved_bellm, tiny_model_dir, tmp_path):
+    bad = make_bad_folder(kind, saved_bellm, tiny_model_dir, tmp_path)
+    reference = write_adapter_folder(saved_bellm, tiny_model_dir, tmp_path / "reference")
+    trusted = bellm_st.load(str(bad.path), device="cpu", trust_remote_code=True)
+    expected = bellm_st.load(str(reference), device="cpu").encode(["a text"])
+    np.testing.assert_allclose(trusted.encode(["a text"]), expected, atol=1e-5)
+
+
+def test_trusted_a_malicious_pickle_is_still_refused_in_one_line(saved_bellm, tiny_model_dir, tmp_path):
+    """Trusted, peft reads the pickle with torch.load(weights_only=True), which refuses what is not tensors."""
+    bad = make_bad_folder("adapter-malicious-pickle", saved_bellm, tiny_model_dir, tmp_path)
+    with pytest.raises(ValueError, match=r"could not load .*: a pickle weights file holds more than tensors, so "
+                                         r"torch\.load\(weights_only=True\) refused it") as refused:
+        bellm_st.load(str(bad.path), device="cpu", trust_remote_code=True)
+    assert "\n" not in str(refused.value) and not bad.marker.exists()
+    pickle.loads((bad.path / "adapter" / "adapter_model.bin").read_bytes()).close()  # what a plain unpickler does
+    assert bad.marker.exists()

@@ -12,6 +12,7 @@ from sentence_transformers import SentenceTransformer
 
 import bellm_st
 from bellm_st import onnx_backbone
+from bellm_st.config import EncoderSettings, read_settings
 from bellm_st.onnx_backbone import GRAPH_FILE, OnnxBackbone, usable_cpus
 
 TEXTS = [
@@ -132,6 +133,17 @@ def test_settings_that_disagree_with_the_graph_are_refused(tiny_onnx_dir, tmp_pa
     (folder / "bellm_config.json").write_text(json.dumps({**settings, "bidirectional_layers": 1}))
     with pytest.raises(ValueError, match=r"exported with bi-directional layers \[2, 3\].*names \[3\].*export the graph"):
         bellm_st.load(str(folder), backend="onnx")
+
+
+def test_the_folder_settings_are_read_with_the_schema_as_for_torch(tiny_onnx_dir, tmp_path):
+    folder = shutil.copytree(tiny_onnx_dir, tmp_path / "bad-settings")
+    settings = json.loads((folder / "bellm_config.json").read_text())
+    (folder / "bellm_config.json").write_text(json.dumps({**settings, "normalize": "false"}))
+    with pytest.raises(ValueError, match=r'json has "normalize": "false", which is not true or false') as bad:
+        bellm_st.load(str(folder), backend="onnx")
+    assert "\n" not in str(bad.value)
+    bellm_st.load(tiny_onnx_dir, backend="onnx").save(str(tmp_path / "resaved"))
+    assert read_settings(tmp_path / "resaved" / "bellm_config.json", EncoderSettings).model_dump() == settings
 
 
 def test_another_graph_of_the_folder_loads_by_file_name(tiny_onnx_dir, tmp_path, torch_model):

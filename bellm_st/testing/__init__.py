@@ -5,7 +5,7 @@ They need no download and run in seconds on a CPU, so the core tests, the speed 
 framework integration's tests (which must run with only bellm-st installed) use the same models
 from here instead of reaching into another package's test folder. Importing this needs no pytest
 (not a dependency of bellm-st); the pytest fixtures on these models are in
-:mod:`bellm_st.testing.fixtures`.
+:mod:`bellm_st.testing.fixtures`, and model folders that must not load in :mod:`bellm_st.testing.bad_folders`.
 """
 
 from __future__ import annotations

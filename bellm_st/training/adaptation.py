@@ -6,6 +6,12 @@ the ordinary trainer as two tasks of one recipe: weak pairs with the in-batch co
 query prompt on the query and the document prompt on the passage, at the documents' token budget;
 general data with the model's own objective and template. Each batch comes from one task.
 
+With a teacher (``teacher=``, ``--teacher``; e.g. all-MiniLM-L6-v2), each weak pair also gets a hard
+negative: a document of the corpus the teacher ranks high for the query (not the query's own), and
+the student learns the teacher's margin between positive and negative (margin-MSE, as GPL does)
+beside the contrastive loss. The teacher's vectors of queries and documents are computed once and
+cached (:mod:`bellm_st.training.teacher`).
+
 A BeLLM model gets a fresh LoRA adapter on top of its (merged) weights; any other
 sentence-transformers model (e.g. all-MiniLM-L6-v2) is fine-tuned in full, so the two can be
 compared on the same pairs. The output folder holds the model, ``recipe.json`` (which
@@ -19,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +36,8 @@ from bellm_st.pruning import DEFAULT_KEEP_LAYERS
 from bellm_st.training.data import load_source
 from bellm_st.training.recipe import DataSource, Recipe
 from bellm_st.training.trainer import TrainingResult, train
-from bellm_st.training.weak_pairs import build_weak_pairs, read_corpus
+from bellm_st.training.teacher import TeacherVectors, load_teacher
+from bellm_st.training.weak_pairs import Document, build_weak_pairs, read_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,34 @@ DEFAULT_DOCUMENT_LENGTH = 256
 DEFAULT_KINDS = ("title", "ict")
 # LoRA on a BeLLM model trains at the recipe's rate; a full fine-tune needs a far smaller one.
 FULL_FINE_TUNE_LEARNING_RATE = 2e-5
+
+
+DEFAULT_TEACHER_WEIGHT = 1.0  # the margin part, in logit units like the contrastive part beside it
+NEGATIVE_DEPTH = 10  # a hard negative is drawn from the teacher's top documents below the query's own
+
+
+def mine_negatives(
+    rows: Sequence[tuple[str, str]], documents: Sequence[Document], vectors: TeacherVectors, seed: int,
+    depth: int = NEGATIVE_DEPTH,
+) -> list[str]:
+    """A hard negative passage per (query, positive): one of the ``depth`` documents the teacher ranks highest
+    for the query, leaving out documents that contain the query (its own: the title or sentence it came from)."""
+    import torch
+
+    passages = [document.passage for document in documents]
+    corpus = torch.nn.functional.normalize(vectors.lookup(passages), dim=-1)
+    rng = random.Random(seed)
+    negatives = []
+    for start in range(0, len(rows), 1024):
+        chunk = rows[start : start + 1024]
+        queries = torch.nn.functional.normalize(vectors.lookup([query for query, _ in chunk]), dim=-1)
+        ranked = (queries @ corpus.T).topk(min(depth + 3, len(passages)), dim=-1).indices.tolist()
+        for (query, positive), candidates in zip(chunk, ranked):
+            usable = [i for i in candidates if query not in passages[i] and passages[i] != positive][:depth]
+            if not usable:  # the query is in every top document (a stock phrase): any document without it
+                usable = [i for i in range(len(passages)) if query not in passages[i]] or list(range(len(passages)))
+            negatives.append(passages[rng.choice(usable)])
+    return negatives
 
 
 # What a BeLLM model's own settings decide when it is trained further; the recipe records them so
@@ -114,6 +150,9 @@ def adapt(
     resume: bool = False,
     device: str | None = None,
     gradient_checkpointing: bool | None = None,
+    teacher: str | None = None,
+    teacher_weight: float = DEFAULT_TEACHER_WEIGHT,
+    teacher_cache: str | os.PathLike | None = None,
 ) -> TrainingResult:
     """Train ``model`` (default: the shipped default model) on weak pairs from ``corpus`` plus general data.
 
@@ -131,6 +170,9 @@ def adapt(
     recomputes a BeLLM model's activations in the backward pass: slower steps, far less
     memory. ``None`` turns it on unless training runs on a CUDA GPU: on a laptop or CPU server,
     passages of a few hundred tokens through a decoder's every layer are what runs out of memory.
+    ``teacher`` (a model name or folder, e.g. ``minilm``) mines a hard negative per pair and adds its
+    margins with weight ``teacher_weight``; its vectors are cached in ``teacher_cache`` (default: beside
+    the converted bases).
     """
     from bellm_st.api import default_device, default_model_name
     from bellm_st.prompts import DEFAULT_QUERY_TEMPLATE, DEFAULT_TEMPLATE
@@ -148,6 +190,8 @@ def adapt(
         raise ValueError(f"keep_layers={keep_layers} prunes BeLLM models, and {model} is not one; drop keep_layers")
     if lora_r is not None and template is None:
         raise ValueError(f"lora_r={lora_r} sizes a BeLLM model's adapter, and {model} is fine-tuned in full; drop lora_r")
+    if teacher_weight <= 0:
+        raise ValueError(f"teacher_weight={teacher_weight} must be > 0 (the weight of the teacher's margins)")
     if lora_r is not None and lora_r < 1:
         raise ValueError(f"lora_r={lora_r} must be at least 1 (the adapter's rank, e.g. 16 or 64)")
     if template is not None:
@@ -164,7 +208,14 @@ def adapt(
             f"batch_size={batch_size}; lower --batch-size to at most {max(len(rows), 2)} or give a larger corpus "
             "(title pairs need a title, inverse cloze pairs a text of two sentences or more)"
         )
-    weak = Dataset.from_dict({"anchor": [q for q, _ in rows], "positive": [p for _, p in rows]})
+    columns = {"anchor": [q for q, _ in rows], "positive": [p for _, p in rows]}
+    if teacher is not None:  # loaded and run before anything is written; its vectors go to the cache
+        from bellm_st.api import default_device as pick_device
+
+        vectors = TeacherVectors(load_teacher(teacher, device or pick_device()), teacher, teacher_cache)
+        vectors.ensure([*columns["anchor"], *columns["positive"], *(document.passage for document in documents)])
+        columns["negative"] = mine_negatives(rows, documents, vectors, seed)
+    weak = Dataset.from_dict(columns)
 
     output_dir = Path(output_dir)
     weak_source = DataSource(
@@ -173,6 +224,7 @@ def adapt(
         prompts={
             **({"anchor": "query"} if query_template else {}),
             **({"positive": "document"} if document_template else {}),
+            **({"negative": "document"} if document_template and teacher is not None else {}),
         },
         loss="contrastive",
         max_seq_length=max_seq_length,
@@ -215,6 +267,8 @@ def adapt(
         ),
         eval_retrieval=str(Path(eval_retrieval).resolve()) if eval_retrieval is not None else None,
         eval_retrieval_split=eval_split,
+        **({"distill_teacher": model_reference(teacher), "distill_weight": teacher_weight, "distill_loss": "margin",
+            "distill_cache": str(Path(teacher_cache).resolve()) if teacher_cache else None} if teacher is not None else {}),
         **({"eval_steps": eval_steps} if eval_steps else {}),
         **({"save_steps": save_steps} if save_steps else {}),
     )
@@ -226,6 +280,8 @@ def adapt(
         f"passages up to {max_seq_length} tokens"
         + (f"; mixed with {general_rows} rows of `{general_data}` so sentence similarity is kept." if general_rows else ".")
         + (f" Query prompt `{query_template}`, document prompt `{document_template}`." if query_template or document_template else "")
+        + (f" Teacher `{teacher}`: a hard negative per pair from its top {NEGATIVE_DEPTH} documents, its margins learned "
+           f"(margin-MSE, weight {teacher_weight})." if teacher is not None else "")
     )
     with quiet_truncation():
         result = train(
@@ -233,7 +289,10 @@ def adapt(
             in_memory={weak_source.path: weak},
         )
     with open(output_dir / WEAK_PAIRS_FILE, "w", encoding="utf-8") as handle:
+        row = 0
         for kind, found in pairs.items():
             for query, passage in found:
-                handle.write(json.dumps({"anchor": query, "positive": passage, "kind": kind}, ensure_ascii=False) + "\n")
+                record = {"anchor": query, "positive": passage, **({"negative": columns["negative"][row]} if teacher else {}), "kind": kind}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                row += 1
     return result

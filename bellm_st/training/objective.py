@@ -12,7 +12,8 @@ loss costs no extra forward pass:
   positives, where a ranking loss has nothing to rank, so it is skipped.
 
 The loss returns its weighted parts as a dict; the trainer sums them and logs each one. With a
-teacher (:mod:`bellm_st.training.distillation`) a ``distill`` part joins them.
+teacher (:mod:`bellm_st.training.distillation`) a ``distill`` part joins them; a task that learns
+from the teacher alone (the distillation pool) has every other weight at 0.
 
 Matryoshka training (``matryoshka_dims``) computes every part again on the first d dimensions of
 the same embeddings, re-normalised (sentence-transformers' ``shrink``), and sums over the sizes, as
@@ -76,6 +77,8 @@ class BeLLMLoss(nn.Module):
         super().__init__()
         if min(contrastive_weight, angle_weight, cosent_weight) < 0:
             raise ValueError("loss weights must be >= 0; use 0 to turn a part off")
+        if max(contrastive_weight, angle_weight, cosent_weight) == 0 and distillation is None:
+            raise ValueError("every loss weight is 0 and there is no teacher: the loss would have nothing to learn from")
         if matryoshka_dims:
             size = model.get_embedding_dimension()
             if max(matryoshka_dims) > size or min(matryoshka_dims) < 1:
@@ -135,7 +138,7 @@ class BeLLMLoss(nn.Module):
             for name, loss in (("angle", self.angle), ("cosent", self.cosent)):
                 if self.weights[name] > 0:
                     parts[name] = self.weights[name] * loss.compute_loss_from_embeddings(pairs, pair_labels)
-        if not parts:
+        if not parts and self.distillation is None:
             raise ValueError(
                 "no loss part applies to this batch: graded pairs need angle_weight or cosent_weight > 0, "
                 "pairs without a hard negative need contrastive_weight > 0"
@@ -150,7 +153,8 @@ class BeLLMLoss(nn.Module):
             "cosent_scale": self.cosent.scale,
             "gather_across_devices": self.contrastive.gather_across_devices,
             "matryoshka_dims": self.matryoshka_dims,
-            **({"distill_weight": self.distillation.weight, "distill_loss": self.distillation.loss}
+            **({"distill_weight": self.distillation.weight, "distill_loss": self.distillation.loss,
+                "distill_scale": self.distillation.scale}
                if self.distillation is not None else {}),
         }
 

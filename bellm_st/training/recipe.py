@@ -21,18 +21,18 @@ from bellm_st.module import DEFAULT_MAX_SEQ_LENGTH
 from bellm_st.pooling import check_pooling
 from bellm_st.prompts import DEFAULT_TEMPLATE, TEXT_SLOT, Template
 from bellm_st.pruning import DEFAULT_KEEP_LAYERS, check_bidirectional_fits, check_keep_layers
+from bellm_st.training.distillation import DEFAULT_DISTILL_SCALE, DISTILL_LOSSES
 
 RECIPE_FILE = "recipe.json"
 DATA_FORMATS = ("auto", "triplets", "nli-triplets", "nli-pairs", "paraphrase-pairs", "scored-pairs")
 MIXTURES = ("proportional", "round_robin")
 # "bellm": the recipe's weighted contrastive + angle (+ CoSENT) objective; "contrastive": its
-# in-batch contrastive part alone (MultipleNegativesRankingLoss), for query -> passage pairs.
-TASK_LOSSES = ("bellm", "contrastive")
+# in-batch contrastive part alone (MultipleNegativesRankingLoss), for query -> passage pairs;
+# "distill": the teacher's part alone (the distillation pool and its query -> passage pairs).
+TASK_LOSSES = ("bellm", "contrastive", "distill")
 PROMPT_NAMES = ("query", "document")
 BATCH_SAMPLERS = ("no_duplicates", "batch_sampler")
-# How the teacher supervises the student (bellm_st.training.distillation): "cosine"/"mse" compare each
-# text's two embeddings (same size needed), "similarity" compares the batch's cosine similarity matrices.
-DISTILL_LOSSES = ("cosine", "mse", "similarity")
+
 
 
 @dataclass
@@ -157,12 +157,25 @@ class Recipe:
     matryoshka_dims: list[int] | None = None
     angle_scale: float = 20.0
     cosent_scale: float = 20.0
-    # Self-distillation beside the objective: a teacher sentence-transformers model (None: the shipped
-    # default model) embeds every training text under no_grad; the student is pulled towards it with
-    # weight distill_weight (0: no teacher).
+    # Teacher distillation (bellm_st.training.distillation, docs/DISTILLATION.md): a frozen teacher
+    # (a sentence-transformers or BeLLM model; None: the shipped default model) encodes every text of
+    # the run once into a cache (distill_cache; None: beside the converted bases). distill_weight adds
+    # its part to the labelled tasks' batches; distill_pool (a list, [] for the training files' texts
+    # alone; None: no pool) and distill_pairs (paraphrase files made into query -> passage pairs, read
+    # with the query/document prompts) are tasks of their own that learn from the teacher alone, with
+    # weight distill_pool_weight. distill_loss is one of DISTILL_LOSSES; distill_scale the kl loss's
+    # inverse temperature.
     distill_teacher: str | None = None
     distill_weight: float = 0.0
-    distill_loss: str = "cosine"
+    distill_loss: str = "kl"
+    distill_scale: float = DEFAULT_DISTILL_SCALE
+    distill_pool: list[str] | None = None
+    distill_pool_max_rows: int | None = None
+    distill_pool_weight: float = 1.0
+    distill_pairs: list[str] = field(default_factory=list)
+    distill_pair_sentences: int = 4
+    distill_pairs_max_seq_length: int = 192
+    distill_cache: str | None = None
     # With several GPUs (torchrun), each GPU's contrastive loss also ranks the other GPUs' texts
     # as negatives, so N GPUs train like one GPU with an N times larger batch.
     gather_across_devices: bool = False
@@ -225,17 +238,35 @@ class Recipe:
             raise ValueError(f"distill_loss={self.distill_loss!r}; use one of {', '.join(DISTILL_LOSSES)}")
         if self.distill_weight < 0:
             raise ValueError(f"distill_weight={self.distill_weight} must be >= 0 (0: no distillation)")
-        if self.distill_teacher is not None and self.distill_weight == 0:
+        if self.distill_teacher is not None and not self.uses_teacher:
             raise ValueError(
-                f"distill_teacher={self.distill_teacher!r} is set but distill_weight=0, so it would be ignored; "
-                "give a distill_weight > 0, e.g. 1.0"
+                f"distill_teacher={self.distill_teacher!r} is set but distill_weight=0 and there is no distill_pool or "
+                "distill_pairs, so it would be ignored; give a distill_weight > 0 (e.g. 1.0) or a distill_pool (e.g. [])"
             )
+        if self.distill_pool_weight <= 0 and (self.distill_pool is not None or self.distill_pairs):
+            raise ValueError(f"distill_pool_weight={self.distill_pool_weight} must be > 0 when there is a distill_pool or distill_pairs")
+        if self.distill_pool is not None and not all(isinstance(spec, str) and spec for spec in self.distill_pool):
+            raise ValueError(f"distill_pool={self.distill_pool!r} must be a list of files (PATH or PATH:COLUMN); [] for the training files alone")
+        if self.distill_pool_max_rows is not None and self.distill_pool_max_rows < 1:
+            raise ValueError(f"distill_pool_max_rows={self.distill_pool_max_rows} must be at least 1 (or left out for the whole pool)")
+        if self.distill_pair_sentences < 1 or self.distill_pairs_max_seq_length < 2:
+            raise ValueError(
+                f"distill_pair_sentences={self.distill_pair_sentences} must be >= 1 and "
+                f"distill_pairs_max_seq_length={self.distill_pairs_max_seq_length} >= 2"
+            )
+        if self.distill_scale <= 0:
+            raise ValueError(f"distill_scale={self.distill_scale} must be positive, e.g. {DEFAULT_DISTILL_SCALE}")
         weights = (self.contrastive_weight, self.angle_weight, self.cosent_weight)
         if min(weights) < 0 or max(weights) == 0:
             raise ValueError(
                 f"loss weights contrastive={weights[0]}, angle={weights[1]}, cosent={weights[2]} must be >= 0 "
                 "with at least one positive"
             )
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether a teacher takes part: a weight on the labelled tasks, a pool or query -> passage pairs."""
+        return self.distill_weight > 0 or self.distill_pool is not None or bool(self.distill_pairs)
 
     def with_changes(self, **changes: Any) -> Recipe:
         """A copy with some fields replaced (``None`` values are ignored: "not given on the command line")."""

@@ -66,12 +66,15 @@ def task_prompts(
 
 
 def task_loss(
-    model: SentenceTransformer, recipe: Recipe, source: DataSource, teacher: SentenceTransformer | None = None
+    model: SentenceTransformer, recipe: Recipe, source: DataSource, teacher_dimension: int | None = None
 ) -> BeLLMLoss:
-    """The loss of one task: the recipe's BeLLM objective, or its in-batch contrastive part alone, plus
-    the teacher's distillation part when a teacher is given."""
+    """The loss of one task: the recipe's BeLLM objective, its in-batch contrastive part alone, or (``distill``
+    tasks) the teacher's part alone; labelled tasks add the teacher's part when ``distill_weight`` > 0."""
     angle, cosent = (recipe.angle_weight, recipe.cosent_weight) if source.loss == "bellm" else (0.0, 0.0)
-    contrastive = recipe.contrastive_weight if source.loss == "bellm" else 1.0
+    contrastive = {"bellm": recipe.contrastive_weight, "contrastive": 1.0, "distill": 0.0}[source.loss]
+    weight = recipe.distill_pool_weight if source.loss == "distill" else recipe.distill_weight
+    if source.loss == "distill" and teacher_dimension is None:
+        raise ValueError(f"{source.path}: loss 'distill' learns from a teacher; set distill_teacher (e.g. 'minilm')")
     return BeLLMLoss(
         model,
         contrastive_weight=contrastive,
@@ -82,8 +85,8 @@ def task_loss(
         cosent_scale=recipe.cosent_scale,
         gather_across_devices=recipe.gather_across_devices,
         matryoshka_dims=recipe.matryoshka_dims,
-        distillation=None if teacher is None else TeacherDistillation(
-            model, teacher, recipe.distill_weight, recipe.distill_loss
+        distillation=None if teacher_dimension is None or weight == 0 else TeacherDistillation(
+            model, teacher_dimension, weight, recipe.distill_loss, recipe.distill_scale
         ),
     )
 

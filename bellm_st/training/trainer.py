@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +32,9 @@ from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs, sts_e
 from bellm_st.fast import PackedRows, attention_without_cudnn, compile_decoder_layers, uncompile_decoder_layers
 from bellm_st.model import bellm_encoder, encoder_of
 from bellm_st.training.data import dataset_name, load_source
-from bellm_st.training.distillation import WithTeacherInputs, load_teacher
+from bellm_st.training.distillation import WithTeacherVectors
+from bellm_st.training.pool import dataset_texts, distillation_tasks
+from bellm_st.training.teacher import TeacherVectors, load_teacher
 from bellm_st.training.lora import add_lora
 from bellm_st.training.tasks import TaskLengthCollator, check_task_columns, model_prompts, task_loss, task_prompts
 from bellm_st.training.model_card import add_card_section, render_card_section
@@ -321,6 +323,20 @@ def build_trainable_model(recipe: Recipe, device: str) -> SentenceTransformer:
     return model
 
 
+def teacher_vectors(recipe: Recipe, datasets: Iterable[Dataset], device: str) -> TeacherVectors:
+    """The recipe's teacher with a vector for every text of every task: computed once (progress bar), then read
+    from its cache folder by every later step and run. The teacher is let go once the vectors exist."""
+    from bellm_st.api import default_model_name
+
+    name = recipe.distill_teacher or default_model_name()
+    vectors = TeacherVectors(load_teacher(recipe.distill_teacher, device), name, recipe.distill_cache)
+    texts = [text for dataset in datasets for text in dataset_texts(dataset)]
+    computed = vectors.ensure(texts)
+    logger.info("teacher %s: %d text(s), %d newly encoded, cache %s", name, len(set(texts)), computed, vectors.folder)
+    vectors.teacher = None
+    return vectors
+
+
 def train(
     recipe: Recipe,
     output_dir: str | os.PathLike,
@@ -353,30 +369,33 @@ def train(
         logger.warning("no checkpoint in %s; starting from scratch", checkpoint_dir)
 
     datasets = training_datasets(recipe, data_dir, in_memory)
+    sources = list(recipe.train_data)
+    for source, name, dataset in distillation_tasks(recipe, data_dir, list(datasets.values())):
+        sources.append(source)
+        datasets[name] = dataset
     names = list(datasets)
-    for source, name in zip(recipe.train_data, names):
+    for source, name in zip(sources, names):
         check_task_columns(source, name, datasets[name].column_names)
     has_evaluator = bool(recipe.dev_data) or recipe.eval_retrieval is not None
     args = training_arguments(recipe, checkpoint_dir, has_evaluator, use_cpu=device == "cpu")
+    vectors = teacher_vectors(recipe, datasets.values(), device or str(args.device)) if recipe.uses_teacher else None
     model = build_trainable_model(recipe, device or str(args.device))
-    teacher = None
-    if recipe.distill_weight > 0:
-        teacher = load_teacher(recipe.distill_teacher, str(model.device), next(model.parameters()).dtype)
     model.prompts = model_prompts(recipe, model)
-    args.prompts = task_prompts(recipe.train_data, names, model.prompts, model) or None
+    args.prompts = task_prompts(sources, names, model.prompts, model) or None
     evaluator = dev_evaluator(recipe, data_dir, model)
     multi_task = len(datasets) > 1 or any(
-        source.prompts or source.max_seq_length or source.loss != "bellm" for source in recipe.train_data
+        source.prompts or source.max_seq_length or source.loss != "bellm" for source in sources
     )
+    teacher_dimension = vectors.dimension if vectors is not None else None
     if multi_task:  # one loss per dataset: the trainer then tags each batch with its dataset's name
         train_dataset = DatasetDict(datasets)
-        loss = {name: task_loss(model, recipe, source, teacher) for source, name in zip(recipe.train_data, names)}
+        loss = {name: task_loss(model, recipe, source, teacher_dimension) for source, name in zip(sources, names)}
     else:
-        train_dataset, loss = datasets[names[0]], task_loss(model, recipe, recipe.train_data[0], teacher)
+        train_dataset, loss = datasets[names[0]], task_loss(model, recipe, sources[0], teacher_dimension)
     collator = TaskLengthCollator(
-        preprocess_fn=model.preprocess if teacher is None else WithTeacherInputs(model.preprocess, teacher),
+        preprocess_fn=model.preprocess if vectors is None else WithTeacherVectors(model.preprocess, vectors),
         prompts=args.prompts,
-        task_max_length={name: s.max_seq_length for s, name in zip(recipe.train_data, names) if s.max_seq_length},
+        task_max_length={name: s.max_seq_length for s, name in zip(sources, names) if s.max_seq_length},
         default_max_length=recipe.train_max_seq_length,
     )
     if overwrite:  # only now that the new run's data and settings have been checked
@@ -410,7 +429,7 @@ def train(
                 encoder.max_seq_length = recipe.max_seq_length
             encoder.batch_layout = None
             uncompile_decoder_layers(encoder.decoder)
-    data_rows = {source.path: len(dataset) for source, dataset in zip(recipe.train_data, datasets.values())}
+    data_rows = {source.path: len(dataset) for source, dataset in zip(sources, datasets.values())}
     dev_scores: dict[str, float] = {}
     if trainer.is_world_process_zero():
         dev_paths = [recipe.resolve(path, data_dir) for path in recipe.dev_data]

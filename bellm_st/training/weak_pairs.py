@@ -138,11 +138,11 @@ def generate_queries(
     from bellm_st.tokenization import ensure_pad_token
 
     checkpoint = base_checkpoint(generator)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=False)
     tokenizer.padding_side = "left"
     ensure_pad_token(tokenizer)
     device = device or default_device()
-    model = AutoModelForCausalLM.from_pretrained(checkpoint).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=False).to(device).eval()
 
     def prompt_for(passage: str) -> str:
         ids = tokenizer(passage, add_special_tokens=False)["input_ids"][:max_passage_tokens]

@@ -1,13 +1,19 @@
-"""``bellm-st serve`` flags reach the server settings; no model argument means the default model."""
+"""``bellm-st serve`` flags reach the server settings; no model argument means the default model; a model
+folder that cannot load stops it with one line."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from typer.testing import CliRunner
 
+import bellm_st.serving
 from bellm_st.api import default_model_name
 from bellm_st.cli import app
 from bellm_st.serving import ServerSettings
+from bellm_st.testing.bad_folders import BAD_FOLDER_KINDS, make_bad_folder
+from bellm_st.testing.fixtures import tiny_bellm, tiny_bellm_dir  # noqa: F401 (pytest fixtures)
 
 runner = CliRunner()
 
@@ -67,3 +73,18 @@ def test_bad_flags_exit_2_before_loading_a_model(captured, flags, message):
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
     assert "model_argument" not in captured, "settings are checked before the model loads"
+
+
+@pytest.mark.parametrize("kind", BAD_FOLDER_KINDS)
+def test_a_model_folder_that_cannot_load_exits_2_with_one_line(kind, tiny_bellm_dir, tiny_model_dir, tmp_path,
+                                                               monkeypatch):
+    def serve(*args, **kwargs):
+        raise AssertionError("the server must not start on a folder that cannot load")
+
+    monkeypatch.setattr(bellm_st.serving, "serve", serve)
+    bad = make_bad_folder(kind, tiny_bellm_dir, tiny_model_dir, tmp_path)
+    result = runner.invoke(app, ["serve", str(bad.path), "--device", "cpu"])
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and re.search(bad.message, lines[0]), result.stderr
+    assert not bad.marker.exists()

@@ -164,6 +164,8 @@ def test_a_full_template_on_a_plain_model_is_refused(tiny_plain_dir, corpus, dat
         (corpus_rows(), {"kinds": ("title", "cloze")}, "cloze unknown"),
         (corpus_rows(), {"ict_per_document": 0}, "ict_per_document=0 must be at least 1"),
         (corpus_rows(), {"lora_r": 0}, "lora_r=0 must be at least 1"),
+        (corpus_rows(), {"teacher": "no-such-teacher"}, "distill_teacher='no-such-teacher' cannot be loaded"),
+        (corpus_rows(), {"teacher": "minilm", "teacher_weight": 0}, "teacher_weight=0 must be > 0"),
     ],
 )
 def test_bad_input_fails_before_anything_is_written(tiny_bellm_dir, data_dir, tmp_path, rows, options, message):
@@ -231,3 +233,29 @@ def test_adapt_sizes_the_new_adapter_and_refuses_a_rank_for_a_plain_model(
     with pytest.raises(ValueError, match="lora_r=4 sizes a BeLLM model's adapter"):
         adapt(corpus, tmp_path / "plain", model=tiny_plain_dir, data_dir=data_dir, lora_r=4, **SMALL)
     assert not (tmp_path / "plain").exists()
+
+
+def model_of(folder):
+    return SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
+
+
+def test_adapt_with_a_teacher_mines_negatives_and_learns_its_margins(tiny_bellm_dir, tiny_plain_dir, corpus, data_dir, tmp_path):
+    """The teacher (here a tiny BERT of another kind) ranks the corpus for each query: the negative is never the
+    query's own document, the margin part is logged, and the recipe records the teacher."""
+    out = tmp_path / "adapted"
+    result = adapt(corpus, out, model=tiny_bellm_dir, data_dir=data_dir, teacher=tiny_plain_dir,
+                   teacher_cache=tmp_path / "cache", **{**SMALL, "max_steps": 4})
+    assert result.global_step == 4
+    pairs = [json.loads(line) for line in (out / "weak_pairs.jsonl").read_text().splitlines()]
+    everywhere = {pair["anchor"] for pair in pairs if all(pair["anchor"] in row["text"] for row in corpus_rows())}
+    assert len(pairs) == 16 and all(pair["anchor"] not in pair["negative"] for pair in pairs if pair["anchor"] not in everywhere)
+    assert all(pair["negative"] != pair["positive"] for pair in pairs)
+    recipe = Recipe.load(out)
+    assert (recipe.distill_teacher, recipe.distill_loss, recipe.distill_weight) == (str(tmp_path / "tiny-bert"), "margin", 1.0)
+    assert recipe.train_data[0].prompts == {"anchor": "query", "positive": "document", "negative": "document"}
+    from bellm_st.training.tasks import task_loss
+
+    weak_loss = task_loss(model_of(out), recipe, recipe.train_data[0], teacher_dimension=32)
+    assert weak_loss.distillation.loss == "margin" and weak_loss.weights["contrastive"] == 1.0
+    assert "Teacher `" in (out / "README.md").read_text()
+    assert list((tmp_path / "cache").glob("vectors-*.safetensors"))  # computed once, kept for the next run

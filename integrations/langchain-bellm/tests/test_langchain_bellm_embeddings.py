@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import threading
 import time
 
 import numpy as np
 import pytest
 from langchain_core.vectorstores import InMemoryVectorStore
+from pydantic import ValidationError
 from sentence_transformers import SentenceTransformer
 
 import bellm_st.api
 from bellm_st.integration import clear_shared_models
+from bellm_st.testing.bad_folders import BAD_FOLDER_KINDS, make_bad_folder
 from langchain_bellm import BeLLMEmbeddings
 
 DOCUMENTS = [
@@ -299,3 +302,15 @@ def test_the_onnx_backend_gives_the_torch_vectors(tiny_onnx_dir):
     with pytest.raises(ValueError, match="a given model runs as it was loaded"):
         BeLLMEmbeddings(model=torch_embeddings._model, backend="onnx")
     clear_shared_models()
+
+
+@pytest.mark.parametrize("kind", BAD_FOLDER_KINDS)
+def test_a_model_folder_that_cannot_load_is_refused_with_its_one_line(kind, tiny_bellm_dir, tiny_model_dir, tmp_path):
+    """pydantic wraps what a LangChain class's validator raises; the one error it carries is bellm-st's line."""
+    bad = make_bad_folder(kind, tiny_bellm_dir, tiny_model_dir, tmp_path)
+    clear_shared_models()
+    with pytest.raises(ValidationError) as refused:
+        BeLLMEmbeddings(model_name=str(bad.path), device="cpu")
+    [error] = refused.value.errors()
+    assert re.search(bad.message, error["msg"]) and "\n" not in error["msg"]
+    assert not bad.marker.exists()

@@ -17,6 +17,7 @@ from sentence_transformers import SentenceTransformer
 
 from bellm_st.api import default_model_name
 from bellm_st.integration import clear_shared_models
+from bellm_st.testing.bad_folders import BAD_FOLDER_KINDS, make_bad_folder
 from llama_index.embeddings.bellm import BeLLMEmbedding
 
 TEXTS = [
@@ -311,3 +312,12 @@ def test_the_onnx_backend_gives_the_torch_vectors(tiny_onnx_dir):
     with pytest.raises(ValueError, match="backend='nonsense' is not one of torch, onnx"):
         BeLLMEmbedding(tiny_onnx_dir, backend="nonsense")
     clear_shared_models()
+
+
+@pytest.mark.parametrize("kind", BAD_FOLDER_KINDS)
+def test_a_model_folder_that_cannot_load_is_refused_in_one_line(kind, tiny_bellm_dir, tiny_model_dir, tmp_path):
+    bad = make_bad_folder(kind, tiny_bellm_dir, tiny_model_dir, tmp_path)
+    clear_shared_models()
+    with pytest.raises(ValueError, match=bad.message) as refused:
+        BeLLMEmbedding(model_name=str(bad.path), device="cpu")
+    assert "\n" not in str(refused.value) and not bad.marker.exists()
