@@ -11,7 +11,7 @@ from sentence_transformers import SentenceTransformer
 from bellm_st.bases import base_checkpoint
 from bellm_st.bidirectional import BidirectionalLayers
 from bellm_st.model import BeLLMSentenceTransformer
-from bellm_st.module import DEFAULT_MAX_SEQ_LENGTH, BeLLMEncoder
+from bellm_st.module import DEFAULT_MAX_SEQ_LENGTH, BeLLMEncoder, check_backend
 from bellm_st.pooling import PoolingMode
 from bellm_st.prompts import DEFAULT_TEMPLATE, Template
 from bellm_st.pruning import DEFAULT_KEEP_LAYERS
@@ -114,6 +114,8 @@ def load(
     device: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
+    backend: str = "torch",
+    model_kwargs: dict[str, Any] | None = None,
 ) -> SentenceTransformer:
     """Load any model bellm-st can name; every command, integration and trainer loads through here.
 
@@ -124,14 +126,36 @@ def load(
     load, and weights only from safetensors, unless ``trust_remote_code=True`` says the folder is
     trusted (see :mod:`bellm_st.loading`). A folder that cannot load (a damaged weights file, a bad
     ``bellm_config.json``, a tensor of the wrong shape ...) raises a one-line ``ValueError`` naming it.
+
+    ``backend="onnx"`` runs the backbone's ONNX graph in ONNX Runtime on the CPU, as
+    sentence-transformers' ``backend`` does: a folder's ``onnx/model.onnx`` (``model_kwargs={"file_name":
+    ...}`` picks another), or for a shipped name an export made on first use and cached.
+    ``model_kwargs`` go to the folder's modules as in ``SentenceTransformer(model_kwargs=...)``.
     """
     from bellm_st.bases import SHIPPED_BASES
     from bellm_st.loading import load_saved, one_line_load_errors
     from bellm_st.shipped import BASELINE_SHORTCUTS, SHIPPED_MODELS, baseline_path, is_adapter_folder, load_shipped
 
+    check_backend(backend)
     if name_or_path is None:
         name_or_path = default_model_name()
+    if backend == "onnx":
+        if device not in (None, "cpu"):
+            raise ValueError(f"device={device!r}: backend='onnx' runs ONNX Runtime on the CPU; drop device or use "
+                             "backend='torch'")
+        if is_adapter_folder(name_or_path):
+            raise ValueError(f"{name_or_path} holds an adapter, not a graph; export it first with "
+                             f"`bellm-st export --onnx {name_or_path} FOLDER` and load FOLDER with backend='onnx'")
+        if name_or_path in SHIPPED_BASES or name_or_path in SHIPPED_MODELS:
+            from bellm_st.fast.onnx_export import shipped_onnx_folder
+
+            name_or_path = str(shipped_onnx_folder(name_or_path, cache_dir))
+        device = "cpu"
     device = device or default_device()
+    built = name_or_path in SHIPPED_BASES or name_or_path in SHIPPED_MODELS or is_adapter_folder(name_or_path)
+    if built and model_kwargs is not None:
+        raise ValueError(f"model_kwargs={model_kwargs!r} apply to saved folders, not to {name_or_path!r}, which is "
+                         "built from a shipped base; leave them out")
     with one_line_load_errors(name_or_path):
         if name_or_path in SHIPPED_BASES:
             return build(name_or_path, device=device, cache_dir=cache_dir)
@@ -141,7 +165,8 @@ def load(
             )
         if name_or_path in BASELINE_SHORTCUTS:
             name_or_path = str(baseline_path(name_or_path))
-        return load_saved(name_or_path, device=device, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
+        return load_saved(name_or_path, device=device, trust_remote_code=trust_remote_code, cache_dir=cache_dir,
+                          backend=backend, model_kwargs=model_kwargs)
 
 
 def default_model_name() -> str:

@@ -4,7 +4,8 @@ transformers can read GGUF and dequantise it, but reading the metadata takes ten
 and a GGUF-loaded model refuses ``save_pretrained``. So the first use converts the file once into
 a normal checkpoint (safetensors + tokenizer) in a cache folder and every later use loads that.
 The conversion writes into a temporary folder and renames it into place, so an interrupted run
-leaves nothing half-written; a file lock keeps two processes from converting at once.
+leaves nothing half-written; a file lock keeps two processes from converting at once
+(:func:`cached_folder`, which the ONNX exports of shipped models use too).
 """
 
 from __future__ import annotations
@@ -109,6 +110,28 @@ def convert_gguf(gguf_path: Path, output_dir: Path, max_length: int = CONVERTED_
     tokenizer.save_pretrained(output_dir)
 
 
+def cached_folder(target: Path, build: Callable[[Path], Path]) -> Path:
+    """``target``, made on first use by ``build(work_dir)``, which returns the folder it wrote inside ``work_dir``.
+
+    The folder is renamed into place only when complete, so an interrupted run leaves nothing
+    half-written; a file lock keeps two processes from building it at once.
+    """
+    if target.is_dir():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.is_dir():
+            return target
+        work_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            os.replace(build(work_dir), target)
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    return target
+
+
 def base_checkpoint(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
     """A path (or hub id) transformers can load for ``name_or_path``.
 
@@ -118,19 +141,9 @@ def base_checkpoint(name_or_path: str, cache_dir: str | os.PathLike | None = Non
     spec = SHIPPED_BASES.get(name_or_path)
     if spec is None:
         return name_or_path
-    target = cache_root(cache_dir) / spec.name
-    if (target / "config.json").exists():
-        return str(target)
-    from filelock import FileLock
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / "config.json").exists():
-            return str(target)
-        staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
-        try:
-            convert_gguf(spec.locate_gguf(staging), staging / "checkpoint")
-            os.replace(staging / "checkpoint", target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return str(target)
+    def convert(work_dir: Path) -> Path:
+        convert_gguf(spec.locate_gguf(work_dir), work_dir / "checkpoint")
+        return work_dir / "checkpoint"
+
+    return str(cached_folder(cache_root(cache_dir) / spec.name, convert))

@@ -44,7 +44,7 @@ def _read_texts(texts: list[str], file: Path | None) -> list[str]:
     return collected
 
 
-def _load_model(model: str | None, device: str | None, trust_remote_code: bool):
+def _load_model(model: str | None, device: str | None, trust_remote_code: bool, backend: str = "torch"):
     """The model a command names, or exit 2 with one line (a missing folder, an untrusted or damaged one ...).
 
     transformers' progress bar stays off while loading: it would stand above such a line."""
@@ -55,8 +55,8 @@ def _load_model(model: str | None, device: str | None, trust_remote_code: bool):
     bar_was_on = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:
-        return load(model, device=device, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
+        return load(model, device=device, trust_remote_code=trust_remote_code, backend=backend)
+    except (OSError, ValueError, ImportError) as error:
         _fail(error)
     finally:
         if bar_was_on:
@@ -585,7 +585,14 @@ def sweep(
 def export(
     model: str = typer.Argument(..., help="A shipped model, base name or trained model folder."),
     output_dir: Path = typer.Argument(..., help="Where to write the merged sentence-transformers folder."),
-    onnx: bool = typer.Option(False, "--onnx", help="Write an ONNX graph for fast CPU inference instead."),
+    onnx: bool = typer.Option(
+        False, "--onnx", help="Also write the backbone's ONNX graph (onnx/model.onnx) for backend='onnx' on a CPU."
+    ),
+    int8: Path = typer.Option(
+        None, "--int8", exists=True, dir_okay=False, readable=True,
+        help="With --onnx: also write an int8 graph (onnx/model_int8.onnx), calibrated on this UTF-8 file's texts "
+             "(one per line; a few hundred like yours, not your test set).",
+    ),
     adapter_only: bool = typer.Option(
         False, "--adapter-only",
         help="Write only a trained folder's LoRA adapter and BeLLM settings (~10 MB for SmolLM2) instead: "
@@ -599,13 +606,18 @@ def export(
     """Write a hub-ready sentence-transformers folder: LoRA adapter merged, the encoder's code inside (loads without bellm-st)."""
     if adapter_only and onnx:
         _fail(ValueError("--adapter-only and --onnx write different things; pick one"))
+    if int8 is not None and not onnx:
+        _fail(ValueError("--int8 quantises the ONNX graph; add --onnx"))
     if base is not None and not adapter_only:
         _fail(ValueError("--base only applies with --adapter-only (a merged export carries its weights)"))
     from bellm_st.export import require_new_folder
 
     try:
         require_new_folder(output_dir)  # before any model loads
-    except FileExistsError as error:
+        calibration_texts = None if int8 is None else _read_texts([], int8)
+        if calibration_texts is not None and not calibration_texts:
+            raise ValueError(f"--int8 {int8} holds no texts; give a few hundred, one per line")
+    except (FileExistsError, ValueError) as error:
         _fail(error)
     if adapter_only:
         from bellm_st.export import package_shipped
@@ -616,30 +628,32 @@ def export(
             _fail(error)
         console.print(f"wrote {output_dir}; load it with bellm_st.load({str(output_dir)!r})")
         return
-    if onnx:
-        try:
-            from bellm_st.fast.onnx_export import export_merged_onnx
-
-            export_merged_onnx(model, output_dir, trust_remote_code=trust_remote_code)
-        except (TypeError, ValueError, OSError, ImportError) as error:
-            _fail(error)
-        console.print(f"wrote {output_dir}; load it with bellm_st.fast.OnnxEncoder({str(output_dir)!r})")
-        return
     from bellm_st.export import export_merged
 
     try:
-        export_merged(model, output_dir, trust_remote_code=trust_remote_code)
-    except (TypeError, ValueError, OSError) as error:
+        export_merged(model, output_dir, trust_remote_code=trust_remote_code, onnx=onnx)
+        if calibration_texts is not None:
+            from bellm_st.fast.quantization import quantize_onnx
+
+            quantize_onnx(output_dir, calibration_texts)
+    except (TypeError, ValueError, OSError, ImportError) as error:
         _fail(error)
-    console.print(f"wrote {output_dir}; load it with SentenceTransformer({str(output_dir)!r}, trust_remote_code=True), "
-                  f"or bellm_st.load({str(output_dir)!r}) where bellm-st is installed")
+    folder = str(output_dir)
+    if onnx:
+        console.print(f"wrote {folder}; on a CPU load it with bellm_st.load({folder!r}, backend='onnx'), or without "
+                      f"bellm-st SentenceTransformer({folder!r}, backend='onnx', trust_remote_code=True)"
+                      + ("; the int8 graph with model_kwargs={'file_name': 'onnx/model_int8.onnx'}" if int8 else ""))
+        return
+    console.print(f"wrote {folder}; load it with SentenceTransformer({folder!r}, trust_remote_code=True), "
+                  f"or bellm_st.load({folder!r}) where bellm-st is installed")
 
 
 @app.command()
 def serve(
     model: str = typer.Argument(None, help=MODEL_HELP),
-    onnx: Path = typer.Option(
-        None, "--onnx", help="Serve an ONNX export (from `bellm-st export --onnx`) with ONNX Runtime on CPU instead."
+    backend: str = typer.Option(
+        "torch", help="torch, or onnx: ONNX Runtime on the CPU runs the folder's graph (from `bellm-st export --onnx`; "
+        "a shipped model is exported once, on first use)."
     ),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on; 0.0.0.0 for every interface."),
     port: int = typer.Option(8000, min=0, max=65535),
@@ -684,15 +698,16 @@ def serve(
 ) -> None:
     """Serve the model as an OpenAI-compatible embeddings API (POST /v1/embeddings)."""
     from bellm_st.api import default_model_name, inference_dtype
+    from bellm_st.module import check_backend
 
-    if onnx is not None and model is not None:
-        _fail(ValueError(f"got both MODEL={model!r} and --onnx {str(onnx)!r}; serve one: drop MODEL or --onnx"))
-    if onnx is not None and device is not None:
-        _fail(ValueError(f"--device {device} does not apply to --onnx (ONNX Runtime runs on CPU); drop --device"))
-    if onnx is not None and dtype != "auto":
-        _fail(ValueError(f"--dtype {dtype} does not apply to --onnx (the graph keeps its own precision); drop --dtype"))
+    try:
+        check_backend(backend)
+    except ValueError as error:
+        _fail(error)
+    if backend == "onnx" and dtype != "auto":
+        _fail(ValueError(f"--dtype {dtype} does not apply to --backend onnx (the graph keeps its own precision); "
+                         "drop --dtype"))
     _check_dtype(dtype)
-    model_source = str(onnx) if onnx is not None else model
 
     try:
         from bellm_st.serving import serve as run_server
@@ -701,8 +716,7 @@ def serve(
 
     try:
         settings = ServerSettings(
-            model_id=served_model_name
-            or (Path(model_source).name if model_source and Path(model_source).is_dir() else model_source)
+            model_id=served_model_name or (Path(model).name if model and Path(model).is_dir() else model)
             or default_model_name(),
             api_key=api_key,
             max_batch_size=max_batch_size,
@@ -719,16 +733,8 @@ def serve(
         )
     except ValueError as error:
         _fail(error)
-    if onnx is None:
-        served = _load_model(model, device, trust_remote_code)
-        served.to(inference_dtype(dtype, served.device))
-    else:
-        try:
-            from bellm_st.fast import OnnxEncoder
-
-            served = OnnxEncoder(onnx)
-        except (FileNotFoundError, ImportError) as error:
-            _fail(error)
+    served = _load_model(model, device, trust_remote_code, backend)
+    served.to(inference_dtype(dtype, served.device))
     run_server(served, settings, host=host, port=port, log_level=log_level)
 
 

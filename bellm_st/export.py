@@ -3,7 +3,8 @@
 - :func:`export_merged` writes a sentence-transformers folder with the LoRA adapter folded into
   the weights (no peft needed, no adapter overhead) that carries the method's own code, so it
   loads with ``SentenceTransformer(folder, trust_remote_code=True)`` where bellm-st is not
-  installed, as custom models on the Hugging Face hub do.
+  installed, as custom models on the Hugging Face hub do; with ``onnx=True`` it also holds the
+  backbone's ONNX graph (``onnx/model.onnx``), which ``backend="onnx"`` runs in ONNX Runtime.
 - :func:`package_shipped` copies just the adapter and the BeLLM settings into
   ``bellm_st/models/<name>/`` (the layout :func:`bellm_st.load` reads for a shipped name), so the
   package ships megabytes instead of a full checkpoint.
@@ -96,9 +97,17 @@ def write_method_code(folder: str | os.PathLike) -> list[Path]:
     return written
 
 
-def usage_section(name: str) -> str:
-    """The model card's usage text for a folder or hub repository called ``name``."""
+def usage_section(name: str, onnx: bool = False) -> str:
+    """The model card's usage text for a folder or hub repository called ``name`` (``onnx``: it holds the graph)."""
     files = ", ".join(f"`{path.name}`" for path in method_files())
+    onnx_lines = [
+        "",
+        "On a CPU, ONNX Runtime runs the graph in `onnx/` (`pip install onnxruntime`), giving the same vectors faster:",
+        "",
+        "```python",
+        f'model = SentenceTransformer("{name}", backend="onnx", trust_remote_code=True)',
+        "```",
+    ]
     return "\n".join([
         USAGE_TITLE,
         "",
@@ -108,6 +117,7 @@ def usage_section(name: str) -> str:
         f'model = SentenceTransformer("{name}", trust_remote_code=True)',
         'embeddings = model.encode(["A man is playing a guitar.", "Someone plays an instrument."])',
         "```",
+        *(onnx_lines if onnx else []),
         "",
         "Needs sentence-transformers, transformers and torch, not bellm-st: the encoder's code travels in",
         f"this folder, copied from bellm-st {bellm_st.__version__} ({files}),",
@@ -117,7 +127,7 @@ def usage_section(name: str) -> str:
     ])
 
 
-def add_usage_section(folder: str | os.PathLike, name: str) -> Path:
+def add_usage_section(folder: str | os.PathLike, name: str, onnx: bool = False) -> Path:
     """Put the usage section before the usage part of the card sentence-transformers wrote (or start a card).
 
     That card's own example calls ``SentenceTransformer(model_id)``, which cannot load this
@@ -129,7 +139,7 @@ def add_usage_section(folder: str | os.PathLike, name: str) -> Path:
         card = _CARD_CONSTRUCTOR.sub(r'SentenceTransformer("\1", trust_remote_code=True)', card)
         place = card.find(_CARD_USAGE_HEADING)
         before, after = (card, "") if place < 0 else (card[:place], card[place:])
-        card = before.rstrip() + "\n\n" + usage_section(name) + after
+        card = before.rstrip() + "\n\n" + usage_section(name, onnx) + after
         path.write_text(card.lstrip(), encoding="utf-8")
     return path
 
@@ -147,23 +157,37 @@ def require_new_folder(output_dir: str | os.PathLike) -> Path:
 
 
 def export_merged(
-    name_or_path: str, output_dir: str | os.PathLike, device: str = "cpu", trust_remote_code: bool = False
+    name_or_path: str,
+    output_dir: str | os.PathLike,
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    onnx: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Path:
     """Save a shipped model, base or trained folder as a standalone folder with the adapter merged.
 
     The folder loads with ``SentenceTransformer(output_dir, trust_remote_code=True)`` without
     bellm-st (the method's code is in it; see the model card's usage section) and with
-    ``bellm_st.load(output_dir)`` where bellm-st is installed; it needs no peft.
-    ``trust_remote_code`` is :func:`bellm_st.load`'s. ``output_dir`` must be new or empty.
+    ``bellm_st.load(output_dir)`` where bellm-st is installed; it needs no peft. ``onnx=True``
+    adds the ONNX graph (fp32, exported on CPU) for ``backend="onnx"``.
+    ``trust_remote_code`` and ``cache_dir`` are :func:`bellm_st.load`'s. ``output_dir`` must be new or empty.
     """
     from bellm_st.api import load
 
     output_dir = require_new_folder(output_dir)
-    model = load(name_or_path, device=device, trust_remote_code=trust_remote_code)
+    if onnx:
+        from bellm_st.fast.onnx_export import export_onnx, require_extra
+
+        require_extra("onnxscript")  # before minutes of loading
+        if device != "cpu":
+            raise ValueError(f"device={device!r}: the ONNX graph is exported from the fp32 model on CPU; use 'cpu'")
+    model = load(name_or_path, device=device, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     encoder_of(model).merge_adapter()
     model.save(str(output_dir))
+    if onnx:
+        export_onnx(model, output_dir)
     write_method_code(output_dir)
-    add_usage_section(output_dir, output_dir.name)
+    add_usage_section(output_dir, output_dir.name, onnx)
     return output_dir
 
 

@@ -2,7 +2,7 @@
 
 Each framework creates embedding objects freely (one per index, per chain, per request), so the
 model behind them is loaded once per process and shared: :func:`shared_model` keeps one model per
-``(model_name, device, trust_remote_code)``. A tokenizer and a module in eval mode are not safe to drive from two
+``(model_name, device, trust_remote_code, backend)``. A tokenizer and a module in eval mode are not safe to drive from two
 threads at once (fast tokenizers raise "Already borrowed"), so :func:`embed` holds one lock per
 model while it encodes; the frameworks' async methods run it in a worker thread.
 """
@@ -19,29 +19,33 @@ from sentence_transformers import SentenceTransformer
 from bellm_st import api
 from bellm_st.inputs import validate_texts
 from bellm_st.model import bellm_encoder
+from bellm_st.module import check_backend
 from bellm_st.prompts import TEXT_SLOT, Template
 
 Role = Literal["query", "document"]
 
-_models: dict[tuple[str, str, bool], SentenceTransformer] = {}
+_models: dict[tuple[str, str, bool, str], SentenceTransformer] = {}
 _models_lock = threading.Lock()
 _encode_locks: weakref.WeakKeyDictionary[SentenceTransformer, threading.Lock] = weakref.WeakKeyDictionary()
 _encode_locks_lock = threading.Lock()
 
 
 def shared_model(
-    model_name: str | None = None, device: str | None = None, trust_remote_code: bool = False
+    model_name: str | None = None, device: str | None = None, trust_remote_code: bool = False, backend: str = "torch"
 ) -> SentenceTransformer:
-    """The model for ``(model_name, device, trust_remote_code)``, loaded on first use and reused by every later caller.
+    """The model for ``(model_name, device, trust_remote_code, backend)``, loaded on first use and reused after.
 
     ``model_name`` is anything :func:`bellm_st.load` accepts (a shipped model or base name, a
     saved folder); ``None`` means the shipped default. ``trust_remote_code`` is part
-    of the key, so a folder refused without it is never served from a trusted load.
+    of the key, so a folder refused without it is never served from a trusted load. ``backend="onnx"``
+    runs the exported graph in ONNX Runtime on the CPU (see :func:`bellm_st.load`).
     """
-    key = (model_name or api.default_model_name(), device or api.default_device(), trust_remote_code)
+    check_backend(backend)
+    default_device = "cpu" if backend == "onnx" else api.default_device()
+    key = (model_name or api.default_model_name(), device or default_device, trust_remote_code, backend)
     with _models_lock:
         if key not in _models:
-            _models[key] = api.load(key[0], device=key[1], trust_remote_code=trust_remote_code)
+            _models[key] = api.load(key[0], device=key[1], trust_remote_code=trust_remote_code, backend=backend)
         return _models[key]
 
 
@@ -52,7 +56,11 @@ def clear_shared_models() -> None:
 
 
 def resolve_model(
-    model_name: str | None, model: SentenceTransformer | None, device: str | None, trust_remote_code: bool = False
+    model_name: str | None,
+    model: SentenceTransformer | None,
+    device: str | None,
+    trust_remote_code: bool = False,
+    backend: str = "torch",
 ) -> tuple[str | None, SentenceTransformer]:
     """The model an integration was asked for, and its name: the given object, else the shared one.
 
@@ -61,9 +69,12 @@ def resolve_model(
     """
     if model is None:
         model_name = model_name or api.default_model_name()
-        return model_name, shared_model(model_name, device, trust_remote_code)
+        return model_name, shared_model(model_name, device, trust_remote_code, backend)
     if not isinstance(model, SentenceTransformer):
         raise TypeError(f"model must be a SentenceTransformer, got {type(model).__name__}; or pass model_name=")
+    if backend != "torch":
+        raise ValueError(f"backend={backend!r} applies to model_name; a given model runs as it was loaded "
+                         f"(bellm_st.load(name, backend={backend!r})); drop backend or model")
     if device is not None:
         wanted = torch.device(device)
         if wanted.type != model.device.type or (wanted.index is not None and wanted.index != model.device.index):

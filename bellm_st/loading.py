@@ -219,8 +219,12 @@ def load_saved(
     device: str,
     trust_remote_code: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    backend: str = "torch",
+    model_kwargs: dict[str, Any] | None = None,
 ) -> SentenceTransformer:
-    """Load a saved sentence-transformers / BeLLM folder or hub repository, running no code from it unless trusted."""
+    """Load a saved sentence-transformers / BeLLM folder or hub repository, running no code from it unless trusted.
+
+    ``backend`` and ``model_kwargs`` are sentence-transformers' own, handed to the folder's modules."""
     cache_folder = None if cache_dir is None else str(cache_dir)
     if not os.path.exists(name_or_path):
         try:
@@ -240,7 +244,7 @@ def load_saved(
         for ref in class_refs
         if not trust_remote_code or ref.startswith("bellm_st.") or ref == EXPORTED_CLASS_REF
     }
-    model_kwargs: dict[str, Any] = {} if trust_remote_code else {"use_safetensors": True}
+    model_kwargs = {**(model_kwargs or {}), **({} if trust_remote_code else {"use_safetensors": True})}
     bellm_folder = any(ref.startswith("bellm_st.") or ref == EXPORTED_CLASS_REF for ref in class_refs)
     model_class = BeLLMSentenceTransformer if bellm_folder else SentenceTransformer
     # The only way sentence-transformers offers to hand over classes instead of importing them by name (its
@@ -252,4 +256,5 @@ def load_saved(
         trust_remote_code=trust_remote_code,
         cache_folder=cache_folder,
         model_kwargs=model_kwargs,
+        backend=backend,
     )

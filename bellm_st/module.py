@@ -3,6 +3,10 @@
 One module holds everything BeLLM adds to a backbone — which layers are bi-directional, the
 prompt template, the pooling and the EOS policy — and saves it next to the backbone's weights,
 so ``model.save(dir)`` followed by ``bellm_st.load(dir)`` gives the same embeddings.
+
+The backbone runs in torch, or with ``backend="onnx"`` as the folder's exported graph in ONNX
+Runtime (:mod:`bellm_st.onnx_backbone`, imported only then); everything else is this module's
+code for both.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ import torch
 from sentence_transformers.base.modules.input_module import InputModule
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from bellm_st.bidirectional import BidirectionalLayers, find_decoder_layers, make_bidirectional
+from bellm_st.bidirectional import (
+    BidirectionalLayers,
+    find_decoder_layers,
+    make_bidirectional,
+    resolve_layer_indices,
+    text_config,
+)
 from bellm_st.config import EncoderSettings, read_settings
 from bellm_st.inputs import validate_texts
 from bellm_st.pooling import PoolingMode, check_pooling, pool
@@ -28,6 +38,7 @@ CONFIG_FILE = "bellm_config.json"
 ADAPTER_FOLDER = "adapter"
 DEFAULT_MAX_SEQ_LENGTH = 512
 BATCH_LAYOUT = "batch_layout"  # the feature that carries a batch's layout when it is not padded
+BACKENDS = ("torch", "onnx")
 
 
 class BatchLayout(Protocol):
@@ -49,6 +60,16 @@ class BatchLayout(Protocol):
 
 class IdentityConfigurationWarning(UserWarning):
     """Only the last layer is bi-directional and pooling is last-token: the causal model's vector."""
+
+
+def check_backend(backend: str) -> str:
+    """The backend, or an error naming the ones there are (sentence-transformers' ``openvino`` is not one)."""
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"backend={backend!r} is not one of {', '.join(BACKENDS)}; use 'onnx' for ONNX Runtime on a CPU "
+            "(the graph of `bellm-st export --onnx`) or 'torch'"
+        )
+    return backend
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, max_seq_length: int) -> PreTrainedTokenizerBase:
@@ -89,8 +110,10 @@ class BeLLMEncoder(InputModule):
         append_eos: append the tokenizer's EOS token after the template.
         normalize: L2-normalise the sentence embedding inside the model.
         max_seq_length: token budget; longer texts are truncated, the template never.
-        model_kwargs: passed to ``AutoModel.from_pretrained`` (``dtype``, ``attn_implementation``...);
-            ``trust_remote_code`` there (False unless given) also applies to the tokenizer.
+        model_kwargs: passed to ``AutoModel.from_pretrained`` (``dtype``, ``attn_implementation``...); with
+            ``backend="onnx"``, to :meth:`~bellm_st.onnx_backbone.OnnxBackbone.load` (``file_name``,
+            ``provider``, ``session_options``). ``trust_remote_code`` there (False unless given) also applies
+            to the tokenizer.
         backbone, tokenizer: already-loaded objects to use instead of loading from the path.
         batch_layout: how :meth:`preprocess` lays out a batch; ``None`` pads each text to the longest.
             A :class:`BatchLayout` from :mod:`bellm_st.fast` gives the same embeddings faster
@@ -99,6 +122,8 @@ class BeLLMEncoder(InputModule):
         keep_layers: keep only the first N decoder layers (see :mod:`bellm_st.pruning`); the
             bi-directional layers are counted among those kept. Not saved as a setting: the saved
             backbone config describes the pruned model. None keeps every layer.
+        backend: ``torch``, or ``onnx`` to run the graph of ``model_name_or_path``'s ``onnx/`` folder in
+            ONNX Runtime (on CPU; batches padded, layers as exported).
     """
 
     config_file_name = CONFIG_FILE
@@ -119,8 +144,10 @@ class BeLLMEncoder(InputModule):
         tokenizer: PreTrainedTokenizerBase | None = None,
         batch_layout: BatchLayout | None = None,
         keep_layers: int | None = DEFAULT_KEEP_LAYERS,
+        backend: str = "torch",
     ):
         super().__init__()
+        self.backend = check_backend(backend)
         Template.parse(template)
         if not isinstance(max_seq_length, int) or max_seq_length < 2:
             raise ValueError(f"max_seq_length={max_seq_length!r} must be an int of at least 2")
@@ -131,11 +158,22 @@ class BeLLMEncoder(InputModule):
         self.max_seq_length = max_seq_length
         # Never left unset: transformers would then ask on the terminal whether to run a folder's auto_map code.
         model_kwargs = {"trust_remote_code": False, **(model_kwargs or {})}
-        if backbone is None:
-            if model_name_or_path is None:
-                raise ValueError("give either model_name_or_path or an already-loaded backbone")
-            backbone = AutoModel.from_pretrained(model_name_or_path, **model_kwargs)
-        prune_layers(backbone, keep_layers)
+        if backend == "onnx":
+            given = (backbone, batch_layout, keep_layers)
+            if model_name_or_path is None or any(option is not None for option in given):
+                raise ValueError(
+                    "backend='onnx' loads the graph of model_name_or_path as exported: give the folder, "
+                    "and no backbone, batch_layout or keep_layers"
+                )
+            from bellm_st.onnx_backbone import OnnxBackbone
+
+            backbone = OnnxBackbone.load(model_name_or_path, **model_kwargs)
+        else:
+            if backbone is None:
+                if model_name_or_path is None:
+                    raise ValueError("give either model_name_or_path or an already-loaded backbone")
+                backbone = AutoModel.from_pretrained(model_name_or_path, **model_kwargs)
+            prune_layers(backbone, keep_layers)
         check_bidirectional_fits(bidirectional_layers, keep_layers)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(
@@ -155,11 +193,15 @@ class BeLLMEncoder(InputModule):
     def bidirectional_layers(self, value: BidirectionalLayers) -> None:
         if isinstance(value, Sequence) and not isinstance(value, str):
             value = list(value)
-        patch = make_bidirectional(self.decoder, value)
+        if self.backend == "onnx":
+            indices = self._exported_layer_indices(value)
+            num_layers = text_config(self.auto_model).num_hidden_layers
+        else:
+            indices = make_bidirectional(self.decoder, value).layer_indices
+            num_layers = len(find_decoder_layers(self.decoder))
         self._bidirectional_layers = value
-        self.bidirectional_layer_indices = patch.layer_indices
-        num_layers = len(find_decoder_layers(self.decoder))
-        if self.pooling == "last" and patch.layer_indices == (num_layers - 1,):
+        self.bidirectional_layer_indices = indices
+        if self.pooling == "last" and indices == (num_layers - 1,):
             warnings.warn(
                 "only the last layer is bi-directional and pooling is 'last': the last token already sees every "
                 "token, so this gives exactly the causal model's embedding; use bidirectional_layers>=2 or "
@@ -168,9 +210,31 @@ class BeLLMEncoder(InputModule):
                 stacklevel=3,
             )
 
+    def _exported_layer_indices(self, value: BidirectionalLayers) -> tuple[int, ...]:
+        """The layers the folder's settings name, which must be those the graph was exported with."""
+        if hasattr(self, "_bidirectional_layers"):
+            raise ValueError(
+                f"bidirectional_layers={value!r}: an ONNX graph keeps the layers it was exported with "
+                f"({self._bidirectional_layers!r}); load the folder with backend='torch' to change them"
+            )
+        indices = resolve_layer_indices(text_config(self.auto_model).num_hidden_layers, value)
+        exported = self.auto_model.bidirectional_layer_indices
+        if exported is not None and exported != indices:
+            raise ValueError(
+                f"{self.auto_model.graph} was exported with bi-directional layers {list(exported)}, but the folder's "
+                f"{CONFIG_FILE} names {list(indices)} (bidirectional_layers={value!r}); export the graph again "
+                "from this model"
+            )
+        return indices
+
     @property
     def decoder(self) -> PreTrainedModel:
         """The transformers model under any PEFT wrapper (where the layers live)."""
+        if self.backend == "onnx":
+            raise ValueError(
+                "this encoder runs its exported ONNX graph (backend='onnx') and has no torch decoder to change, "
+                "train or run on a GPU; load the folder with backend='torch' for that"
+            )
         model = self.auto_model
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -214,7 +278,7 @@ class BeLLMEncoder(InputModule):
         return features
 
     def get_embedding_dimension(self) -> int:
-        return self.decoder.config.get_text_config().hidden_size
+        return text_config(self.auto_model).hidden_size
 
     def get_config_dict(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self.config_keys}
@@ -246,10 +310,12 @@ class BeLLMEncoder(InputModule):
         local_files_only: bool = False,
         model_kwargs: dict[str, Any] | None = None,
         trust_remote_code: bool = False,
+        backend: str = "torch",
         **kwargs,
     ) -> BeLLMEncoder:
         """Load a saved encoder; transformers runs no code from the folder unless ``trust_remote_code``
-        (see :mod:`bellm_st.loading`)."""
+        (see :mod:`bellm_st.loading`). sentence-transformers passes its ``backend`` here."""
+        check_backend(backend)
         local_path = cls.load_dir_path(
             model_name_or_path,
             subfolder=subfolder,
@@ -260,6 +326,9 @@ class BeLLMEncoder(InputModule):
         )
         settings = read_settings(os.path.join(local_path, CONFIG_FILE), EncoderSettings).model_dump()
         model_kwargs = {**(model_kwargs or {}), "trust_remote_code": trust_remote_code}
+        tokenizer = AutoTokenizer.from_pretrained(local_path, trust_remote_code=trust_remote_code)
+        if backend == "onnx":
+            return cls(local_path, tokenizer=tokenizer, model_kwargs=model_kwargs, backend=backend, **settings)
         backbone = AutoModel.from_pretrained(local_path, **model_kwargs)
         adapter_path = os.path.join(local_path, ADAPTER_FOLDER)
         if os.path.isdir(adapter_path):
@@ -268,7 +337,6 @@ class BeLLMEncoder(InputModule):
             except ImportError as error:
                 raise ImportError(f"{adapter_path} holds a LoRA adapter, which needs peft: pip install peft") from error
             backbone = PeftModel.from_pretrained(backbone, adapter_path)
-        tokenizer = AutoTokenizer.from_pretrained(local_path, trust_remote_code=trust_remote_code)
         return cls(local_path, backbone=backbone, tokenizer=tokenizer, **settings)
 
     def keep_first_layers(self, keep_layers: int) -> None:
@@ -290,4 +358,5 @@ class BeLLMEncoder(InputModule):
             self.bidirectional_layers = layers
 
     def __repr__(self) -> str:
-        return f"BeLLMEncoder({self.get_config_dict()}, backbone={type(self.decoder).__name__})"
+        backbone = self.auto_model if self.backend == "onnx" else self.decoder
+        return f"BeLLMEncoder({self.get_config_dict()}, backbone={type(backbone).__name__})"

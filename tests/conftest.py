@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 from transformers import PreTrainedTokenizerFast
 
 from bellm_st.testing import build_tiny_tokenizer
-from bellm_st.testing.fixtures import tiny_model_dir  # noqa: F401 (a pytest fixture)
+from bellm_st.testing.fixtures import tiny_model_dir, tiny_onnx_dir  # noqa: F401 (pytest fixtures)
 
 
 @pytest.fixture(scope="session")

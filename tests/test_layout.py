@@ -18,7 +18,9 @@ from bellm_st.export import export_merged, method_files, package_imports
 from bellm_st.loading import EXPORTED_CLASS_REF
 
 TEXTS = ["A man is playing a guitar.", "The stock market fell sharply today.", "Hi"]
-METHOD = {"inputs", "prompts", "tokenization", "bidirectional", "pooling", "pruning", "config", "module"}
+METHOD = {
+    "inputs", "prompts", "tokenization", "bidirectional", "pooling", "pruning", "config", "module", "onnx_backbone"
+}
 
 
 def test_the_method_files_import_only_each_other():
@@ -38,7 +40,8 @@ def _run_on_this_checkout(code: str) -> str:
 
 
 def test_importing_the_package_loads_no_speed_code():
-    code = "import sys, bellm_st; print(sorted(name for name in sys.modules if name.startswith('bellm_st.fast')))"
+    code = ("import sys, bellm_st; print(sorted(name for name in sys.modules "
+            "if name.startswith(('bellm_st.fast', 'bellm_st.onnx_backbone', 'onnxruntime'))))")
     assert _run_on_this_checkout(code) == "[]"
 
 
@@ -65,11 +68,22 @@ STANDALONE = textwrap.dedent("""
     sys.meta_path.insert(0, NoBellm())
     from sentence_transformers import SentenceTransformer
 
-    folder, texts = sys.argv[1], json.loads(sys.argv[2])
-    model = SentenceTransformer(folder, trust_remote_code=True, device="cpu")
+    folder, texts, backend = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    model = SentenceTransformer(folder, trust_remote_code=True, device="cpu", backend=backend)
     assert not any(name.startswith("bellm_st") for name in sys.modules)
-    print(json.dumps({"class": type(model[0]).__module__, "vectors": model.encode(texts).tolist()}))
+    print(json.dumps({"class": type(model[0]).__module__, "backbone": type(model[0].auto_model).__name__,
+                      "vectors": model.encode(texts).tolist()}))
 """)
+
+
+def _run_without_bellm_st(folder: Path, backend: str, tmp_path: Path) -> dict:
+    """What STANDALONE prints for ``folder``: its encoder's module, its backbone's class and the vectors of TEXTS."""
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    result = subprocess.run([sys.executable, "-c", STANDALONE, str(folder), json.dumps(TEXTS), backend], cwd=tmp_path,
+                            env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_an_exported_folder_loads_where_bellm_st_cannot_be_imported(tiny_model, tmp_path):
@@ -82,18 +96,23 @@ def test_an_exported_folder_loads_where_bellm_st_cannot_be_imported(tiny_model, 
     assert {path.name for path in method_files()} <= {path.name for path in folder.glob("*.py")}
     card = (folder / "README.md").read_text()
     assert f'SentenceTransformer("{folder.name}", trust_remote_code=True)' in card
-    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    environment["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    result = subprocess.run([sys.executable, "-c", STANDALONE, str(folder), json.dumps(TEXTS)], cwd=tmp_path,
-                            env=environment, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded = _run_without_bellm_st(folder, "torch", tmp_path)
     assert loaded["class"].startswith("transformers_modules.")  # the folder's copy, not an installed package
     np.testing.assert_allclose(np.array(loaded["vectors"]), expected, atol=1e-5)
 
     with_bellm = bellm_st.load(str(folder), device="cpu")  # the installed class; nothing from the folder runs
     assert type(with_bellm[0]) is bellm_st.BeLLMEncoder
     np.testing.assert_allclose(with_bellm.encode(TEXTS), expected, atol=1e-5)
+
+
+def test_an_exported_onnx_folder_runs_its_graph_where_bellm_st_cannot_be_imported(tiny_onnx_dir, tmp_path):
+    folder = Path(tiny_onnx_dir)
+    assert (folder / "onnx_backbone.py").is_file()
+    assert 'backend="onnx", trust_remote_code=True' in (folder / "README.md").read_text()
+    loaded = _run_without_bellm_st(folder, "onnx", tmp_path)
+    assert loaded["class"].startswith("transformers_modules.") and loaded["backbone"] == "OnnxBackbone"
+    expected = bellm_st.load(tiny_onnx_dir, device="cpu").encode(TEXTS)
+    np.testing.assert_allclose(np.array(loaded["vectors"]), expected, atol=1e-5)
 
 
 def test_a_folder_saved_by_the_previous_layout_still_loads(tiny_model, tmp_path):

@@ -73,11 +73,13 @@ def test_save_and_load_round_trip(tiny_model_dir, tmp_path):
 
 def test_onnx_export_round_trip(tiny_model_dir, tmp_path):
     pytest.importorskip("onnxscript")
-    from bellm_st.fast.onnx_export import OnnxEncoder, export_onnx
+    from bellm_st.fast.onnx_export import export_onnx
 
     model = bellm_st.build(tiny_model_dir, keep_layers=3, bidirectional_layers=2, pooling="mean", device="cpu")
-    encoder = OnnxEncoder(export_onnx(model, tmp_path / "onnx"), threads=1)
-    np.testing.assert_allclose(encoder.encode(TEXTS), model.encode(TEXTS), atol=1e-5)
+    model.save(str(tmp_path))
+    export_onnx(model, tmp_path)
+    np.testing.assert_allclose(bellm_st.load(str(tmp_path), backend="onnx").encode(TEXTS), model.encode(TEXTS),
+                               atol=1e-5)
 
 
 def test_pruning_a_loaded_encoder_reapplies_the_layer_choice(tiny_model_dir):

@@ -13,13 +13,12 @@ from bellm_st.fast.kernels import (
     compile_model_layers,
     uncompile_decoder_layers,
 )
-from bellm_st.fast.onnx_export import OnnxEncoder, export_onnx
+from bellm_st.fast.onnx_export import export_onnx
 from bellm_st.fast.packing import PackedRows
 from bellm_st.fast.quantization import quantize_onnx
 
 __all__ = [
     "FLAT_ROW",
-    "OnnxEncoder",
     "PackedRows",
     "attention_without_cudnn",
     "compile_decoder_layers",

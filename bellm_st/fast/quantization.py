@@ -1,8 +1,9 @@
 """int8 for the ONNX CPU path: per-token activations, fp32 outlier channels, a few layers kept fp32.
 
-:func:`quantize_onnx` rewrites a folder written by :func:`bellm_st.fast.export_onnx` so
-that its linear layers multiply in int8 on ONNX Runtime, and writes a folder that
-:class:`~bellm_st.fast.OnnxEncoder` loads as it is.
+:func:`quantize_onnx` rewrites the graph :func:`bellm_st.fast.export_onnx` put in a model
+folder so that its linear layers multiply in int8 on ONNX Runtime, and writes it beside the fp32
+one as ``onnx/model_int8.onnx``, which ``backend="onnx"`` loads with
+``model_kwargs={"file_name": "onnx/model_int8.onnx"}``.
 
 Why not ONNX Runtime's own ``quantize_dynamic``: it quantises each activation tensor with one
 scale, and a decoder's hidden states hold a few tokens and a few channels hundreds of times larger
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +39,16 @@ from typing import Any
 
 import numpy as np
 
+from bellm_st.fast.onnx_export import require_extra
 from bellm_st.inputs import validate_texts
-from bellm_st.fast.onnx_export import ONNX_FILE, OnnxEncoder, _require
+from bellm_st.module import BeLLMEncoder
+from bellm_st.onnx_backbone import GRAPH_FILE, GRAPH_FOLDER, GRAPH_INPUTS
 
 DEFAULT_OUTLIER_CHANNELS = 16
 DEFAULT_KEEP_FLOAT = ("*.layers.[012].mlp.down_proj",)
 MICROSOFT_DOMAIN = "com.microsoft"
 QUANTISED_PREFIX = "int8"
+INT8_GRAPH_FILE = f"{GRAPH_FOLDER}/model_int8.onnx"
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class LinearLayer:
     """A MatMul of the graph that is a linear layer: activations times a constant weight."""
 
     node: Any
-    module: str  # the torch module it was exported from, e.g. "stages.0.auto_model.layers.3.mlp.up_proj"
+    module: str  # the torch module it was exported from, e.g. "backbone.layers.3.mlp.up_proj"
 
 
 def module_path(node: Any) -> str:
@@ -76,15 +79,15 @@ def linear_layers(model: Any) -> list[LinearLayer]:
 
 
 def calibrate(
-    model: Any, encoder: OnnxEncoder, texts: Sequence[str], layers: Sequence[LinearLayer], batch_size: int = 16
+    model: Any, encoder: BeLLMEncoder, texts: Sequence[str], layers: Sequence[LinearLayer], batch_size: int = 16
 ) -> dict[str, np.ndarray]:
     """Largest magnitude of each input channel of each linear layer over the real tokens of ``texts``.
 
     The graph runs with the layers' inputs as extra outputs, so the statistics come from the
     graph and kernels that will run quantised; padding positions are left out.
     """
-    onnx = _require("onnx")
-    onnxruntime = _require("onnxruntime")
+    onnx = require_extra("onnx")
+    onnxruntime = require_extra("onnxruntime")
     inputs = sorted({layer.node.input[0] for layer in layers})
     outputs = len(model.graph.output)
     model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in inputs)
@@ -95,7 +98,7 @@ def calibrate(
     largest: dict[str, np.ndarray] = {}
     for start in range(0, len(texts), batch_size):
         features = encoder.preprocess(texts[start : start + batch_size])
-        feeds = {name: features[name].numpy() for name in encoder.input_names}
+        feeds = {name: features[name].numpy() for name in GRAPH_INPUTS}
         real_tokens = features["attention_mask"].numpy().astype(bool)
         for name, values in zip(inputs, session.run(inputs, feeds)):
             channel_max = np.abs(values[real_tokens]).max(axis=0)
@@ -189,35 +192,41 @@ def quantise_linear(
 
 def quantize_onnx(
     folder: str | os.PathLike,
-    output_dir: str | os.PathLike,
     calibration_texts: Sequence[str],
     *,
+    file_name: str = INT8_GRAPH_FILE,
     outlier_channels: int = DEFAULT_OUTLIER_CHANNELS,
     keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT,
 ) -> Path:
-    """Write an int8 copy of an exported ONNX folder, for faster CPU inference with nearly the same vectors.
+    """Add an int8 copy of a model folder's ONNX graph, for faster CPU inference with nearly the same vectors.
 
     Args:
-        folder: a folder written by :func:`bellm_st.fast.export_onnx`.
-        output_dir: where the quantised folder goes (loaded by :class:`OnnxEncoder` like the original).
+        folder: a model folder holding ``onnx/model.onnx`` (from :func:`bellm_st.fast.export_onnx` or
+            ``bellm-st export --onnx``).
         calibration_texts: a few hundred texts like the ones to be encoded, not the evaluation
             texts; they choose each layer's outlier channels.
+        file_name: where the int8 graph goes, a new file of the ``onnx/`` folder; load it with
+            ``backend="onnx", model_kwargs={"file_name": file_name}``.
         outlier_channels: input channels per layer kept in fp32 (0 quantises every channel).
-        keep_float: ``fnmatch`` patterns of torch module names (``stages.0.auto_model.layers.0.mlp.down_proj``)
+        keep_float: ``fnmatch`` patterns of torch module names (``backbone.layers.0.mlp.down_proj``)
             whose layers stay fp32.
 
-    Returns the output folder. The vectors differ from fp32; ``docs/BENCHMARKS.md`` measures how much.
+    Returns the int8 graph's path. The vectors differ from fp32; ``docs/BENCHMARKS.md`` measures how much.
     """
-    onnx = _require("onnx")
-    folder, output_dir = Path(folder), Path(output_dir)
-    if not (folder / ONNX_FILE).is_file():
+    onnx = require_extra("onnx")
+    folder = Path(folder)
+    source = folder / GRAPH_FILE
+    if not source.is_file():
         raise FileNotFoundError(
-            f"{folder} holds no {ONNX_FILE}; export one first with bellm_st.fast.export_onnx"
+            f"{folder} holds no {GRAPH_FILE}; export one first with `bellm-st export --onnx` or bellm_st.fast.export_onnx"
         )
-    if output_dir.resolve() == folder.resolve():
-        raise ValueError(
-            f"output_dir={str(output_dir)!r} is the source folder; write the int8 copy to another folder"
-        )
+    name = file_name.removeprefix(f"{GRAPH_FOLDER}/")
+    target = folder / GRAPH_FOLDER / name
+    if Path(name).name != name or not name.endswith(".onnx"):
+        raise ValueError(f"file_name={file_name!r} must name an .onnx file of {GRAPH_FOLDER}/, e.g. {INT8_GRAPH_FILE!r}")
+    if target.exists():
+        raise FileExistsError(f"{target} exists already (the fp32 graph or an earlier int8 one); "
+                              "pass another file_name or delete it (nothing was written)")
     if isinstance(outlier_channels, bool) or not isinstance(outlier_channels, int) or outlier_channels < 0:
         raise ValueError(f"outlier_channels={outlier_channels!r} must be an int >= 0")
     if isinstance(keep_float, str):
@@ -226,12 +235,12 @@ def quantize_onnx(
     if not texts:
         raise ValueError("calibration_texts is empty; pass a few hundred texts like the ones you will encode")
 
-    model = onnx.load(str(folder / ONNX_FILE))
+    model = onnx.load(str(source))
     layers = [layer for layer in linear_layers(model)
               if not any(fnmatch.fnmatchcase(layer.module, pattern) for pattern in keep_float)]
     if not layers:
         raise ValueError(f"no linear layer of {folder} is left to quantise (keep_float={list(keep_float)!r})")
-    largest = calibrate(model, OnnxEncoder(folder), texts, layers)
+    largest = calibrate(model, BeLLMEncoder.load(str(folder), backend="onnx"), texts, layers)
     weights = {initializer.name: initializer for initializer in model.graph.initializer}
     builder = GraphBuilder(onnx)
     activations: dict[str, SplitActivations] = {}
@@ -261,8 +270,7 @@ def quantize_onnx(
     if not any(opset.domain == MICROSOFT_DOMAIN for opset in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
 
-    shutil.copytree(folder, output_dir, ignore=shutil.ignore_patterns(ONNX_FILE + "*"), dirs_exist_ok=True)
-    for stale in (ONNX_FILE, ONNX_FILE + ".data"):  # onnx appends to an existing weights file
-        (output_dir / stale).unlink(missing_ok=True)
-    onnx.save_model(model, str(output_dir / ONNX_FILE), save_as_external_data=True, location=ONNX_FILE + ".data")
-    return output_dir
+    data_file = target.with_name(target.name + ".data")
+    data_file.unlink(missing_ok=True)  # a leftover without its graph: onnx would append to it
+    onnx.save_model(model, str(target), save_as_external_data=True, location=data_file.name)
+    return target

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Response
+from sentence_transformers import SentenceTransformer
 
 import bellm_st
 from bellm_st.serving.batcher import DynamicBatcher, QueueFullError, ShuttingDownError
-from bellm_st.serving.embedder import Embedder, ServedModel
+from bellm_st.serving.embedder import Embedder
 from bellm_st.serving.errors import APIError, install_error_handlers
 from bellm_st.serving.guards import RequestGuard
 from bellm_st.serving.lifetime import RequestLifetime, Shutdown
@@ -51,8 +52,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(model: ServedModel | Embedder, settings: ServerSettings | None = None) -> FastAPI:
-    """An app serving ``model`` (a SentenceTransformer or an ``OnnxEncoder``); run it with any ASGI
+def create_app(model: SentenceTransformer | Embedder, settings: ServerSettings | None = None) -> FastAPI:
+    """An app serving ``model`` (a SentenceTransformer); run it with any ASGI
     server (``bellm-st serve`` uses uvicorn)."""
     settings = settings or ServerSettings()
     embedder = model if isinstance(model, Embedder) else Embedder(model)

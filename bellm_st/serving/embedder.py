@@ -1,46 +1,32 @@
 """The served model as the server sees it: encode a batch, count tokens, know its prompts.
 
 Kept apart from the HTTP layer so the batcher can be driven (and tested) with any object that
-has the same two methods. Two backends sit behind it: a SentenceTransformer (torch, any device)
-or an :class:`~bellm_st.fast.OnnxEncoder` (ONNX Runtime, the CPU fast path); both tokenise
-with the model's own tokenizer, so token counts and vectors agree.
+has the same two methods. The model is a SentenceTransformer whatever runs its backbone (torch on
+any device, or ONNX Runtime on a CPU with ``backend="onnx"``), so token counts and vectors agree.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from sentence_transformers import SentenceTransformer
 from transformers import PreTrainedTokenizerBase
-
-if TYPE_CHECKING:
-    from bellm_st.fast import OnnxEncoder
-
-ServedModel = Union[SentenceTransformer, "OnnxEncoder"]
 
 # Named prompts clients may always ask for: models without them encode the text as it is,
 # the same fallback as ``SentenceTransformer.encode_query``/``encode_document``.
 STANDARD_PROMPTS = ("query", "document")
 
 
-def _tokenizer(model: ServedModel) -> PreTrainedTokenizerBase:
-    if not isinstance(model, SentenceTransformer):
-        return model.tokenizer
+def _tokenizer(model: SentenceTransformer) -> PreTrainedTokenizerBase:
     return getattr(model[0], "tokenizer", None) or model.tokenizer
 
 
 class Embedder:
-    """Normalised embeddings and token counts from one SentenceTransformer (a BeLLM one or any other)
-    or one ONNX export of a BeLLM model."""
+    """Normalised embeddings and token counts from one SentenceTransformer (a BeLLM one or any other)."""
 
-    def __init__(self, model: ServedModel):
+    def __init__(self, model: SentenceTransformer):
         self.model = model
-        # OnnxEncoder.encode takes only the arguments that change its result.
-        self.encode_options = (
-            {"convert_to_numpy": True, "show_progress_bar": False} if isinstance(model, SentenceTransformer) else {}
-        )
         # A copy of its own: a fast tokenizer shared between threads fails ("Already borrowed") when
         # one call changes its truncation/padding while another runs, and the model's calls do that.
         self.tokenizer = copy.deepcopy(_tokenizer(model))
@@ -61,7 +47,8 @@ class Embedder:
             prompt_name=prompt_name,
             batch_size=len(texts),
             normalize_embeddings=True,
-            **self.encode_options,
+            convert_to_numpy=True,
+            show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
 

@@ -9,9 +9,10 @@ import threading
 from collections.abc import Callable
 
 import uvicorn
+from sentence_transformers import SentenceTransformer
 
 from bellm_st.serving.app import create_app
-from bellm_st.serving.embedder import Embedder, ServedModel
+from bellm_st.serving.embedder import Embedder
 from bellm_st.serving.settings import ServerSettings
 
 
@@ -33,7 +34,7 @@ class _GracefulServer(uvicorn.Server):
 
 
 def uvicorn_server(
-    model: ServedModel | Embedder,
+    model: SentenceTransformer | Embedder,
     settings: ServerSettings,
     *,
     host: str = "127.0.0.1",
@@ -55,7 +56,7 @@ def uvicorn_server(
 
 
 def serve(
-    model: ServedModel | Embedder,
+    model: SentenceTransformer | Embedder,
     settings: ServerSettings,
     *,
     host: str = "127.0.0.1",

@@ -31,3 +31,19 @@ def tiny_bellm_dir(tiny_bellm, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tiny-bellm")
     tiny_bellm.save(str(path))
     return str(path)
+
+
+ONNX_QUERY_TEMPLATE = 'Find documents about {text} now, in one word:"'
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """A tiny BeLLM model (k=2, mean pooling, a ``query`` prompt) as ``bellm-st export --onnx`` writes it:
+    weights, the method's code and ``onnx/model.onnx``. Exported once per session (tens of seconds); do not
+    modify it."""
+    from bellm_st.export import export_merged
+
+    saved = tmp_path_factory.mktemp("tiny-bellm-torch")
+    build(tiny_model_dir, bidirectional_layers=2, pooling="mean", query_template=ONNX_QUERY_TEMPLATE,
+          device="cpu").save(str(saved))
+    return str(export_merged(str(saved), tmp_path_factory.mktemp("tiny-bellm-onnx") / "tiny-bellm-onnx", onnx=True))

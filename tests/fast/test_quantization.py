@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
 
 import bellm_st
-from bellm_st.fast.onnx_export import ONNX_FILE, OnnxEncoder, export_onnx
 from bellm_st.fast.quantization import (
+    INT8_GRAPH_FILE,
     MICROSOFT_DOMAIN,
     GraphBuilder,
     linear_layers,
@@ -17,6 +19,7 @@ from bellm_st.fast.quantization import (
     quantise_weight,
     quantize_onnx,
 )
+from bellm_st.onnx_backbone import GRAPH_FILE
 from bellm_st.testing import CORPUS
 
 TEXTS = [
@@ -28,18 +31,18 @@ TEXTS = [
 HIDDEN_SIZE = 32  # bellm_st.testing.tiny_config
 
 
-@pytest.fixture(scope="module")
-def tiny_k2(tiny_model_dir):
-    return bellm_st.build(tiny_model_dir, bidirectional_layers=2, pooling="mean", device="cpu")
+@pytest.fixture()
+def exported_folder(tiny_onnx_dir, tmp_path):
+    """A copy of the tiny exported model (k=2, mean pooling) to add int8 graphs to."""
+    return shutil.copytree(tiny_onnx_dir, tmp_path / "model")
 
 
-@pytest.fixture(scope="module")
-def exported_folder(tiny_k2, tmp_path_factory):
-    return export_onnx(tiny_k2, tmp_path_factory.mktemp("onnx") / "tiny-k2")
+def op_types(graph) -> list[str]:
+    return [node.op_type for node in onnx.load(str(graph), load_external_data=False).graph.node]
 
 
-def op_types(folder) -> list[str]:
-    return [node.op_type for node in onnx.load(str(folder / ONNX_FILE), load_external_data=False).graph.node]
+def encode(folder, file_name: str = GRAPH_FILE) -> np.ndarray:
+    return bellm_st.load(str(folder), backend="onnx", model_kwargs={"file_name": file_name}).encode(TEXTS)
 
 
 def cosine(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -88,18 +91,21 @@ def test_one_layer_matches_per_token_int8_arithmetic():
     np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_all_channels_as_outliers_is_the_fp32_graph(exported_folder, tmp_path):
+def test_all_channels_as_outliers_is_the_fp32_graph(exported_folder):
     """With every channel on the fp32 side the int8 side multiplies zeros: the rewrite itself is exact."""
-    folder = quantize_onnx(exported_folder, tmp_path / "int8", CORPUS, outlier_channels=10 * HIDDEN_SIZE, keep_float=())
-    assert "MatMulIntegerToFloat" in op_types(folder)
-    np.testing.assert_allclose(OnnxEncoder(folder).encode(TEXTS), OnnxEncoder(exported_folder).encode(TEXTS), atol=1e-5)
+    graph = quantize_onnx(exported_folder, CORPUS, outlier_channels=10 * HIDDEN_SIZE, keep_float=())
+    assert graph == exported_folder / INT8_GRAPH_FILE
+    assert "MatMulIntegerToFloat" in op_types(graph)
+    np.testing.assert_allclose(encode(exported_folder, INT8_GRAPH_FILE), encode(exported_folder), atol=1e-5)
 
 
-def test_int8_vectors_stay_close_and_keep_the_bidirectional_effect(tiny_model_dir, exported_folder, tmp_path):
-    folder = quantize_onnx(exported_folder, tmp_path / "int8", CORPUS, outlier_channels=2)
-    int8_vectors = OnnxEncoder(folder).encode(TEXTS)
-    fp32_vectors = OnnxEncoder(exported_folder).encode(TEXTS)
-    causal = bellm_st.build(tiny_model_dir, bidirectional_layers=0, pooling="mean", device="cpu").encode(TEXTS)
+def test_int8_vectors_stay_close_and_keep_the_bidirectional_effect(exported_folder):
+    quantize_onnx(exported_folder, CORPUS, outlier_channels=2)
+    int8_vectors = encode(exported_folder, INT8_GRAPH_FILE)
+    fp32_vectors = encode(exported_folder)
+    causal_model = bellm_st.load(str(exported_folder), device="cpu")
+    causal_model[0].bidirectional_layers = 0
+    causal = causal_model.encode(TEXTS)
     assert not np.allclose(int8_vectors, fp32_vectors, atol=1e-6), "nothing was quantised"
     assert cosine(int8_vectors, fp32_vectors).min() > 0.999
     error = np.linalg.norm(int8_vectors - fp32_vectors, axis=1)
@@ -107,12 +113,12 @@ def test_int8_vectors_stay_close_and_keep_the_bidirectional_effect(tiny_model_di
     assert (error < 0.2 * effect).all(), "int8 error is comparable to the bi-directional layers' effect"
 
 
-def test_keep_float_leaves_matching_layers_alone(exported_folder, tmp_path):
-    layers = linear_layers(onnx.load(str(exported_folder / ONNX_FILE), load_external_data=False))
+def test_keep_float_leaves_matching_layers_alone(exported_folder):
+    layers = linear_layers(onnx.load(str(exported_folder / GRAPH_FILE), load_external_data=False))
     down = [layer for layer in layers if layer.module.endswith("mlp.down_proj")]
     assert len(down) == 4, [layer.module for layer in layers]
-    everything = op_types(quantize_onnx(exported_folder, tmp_path / "all", CORPUS, keep_float=()))
-    default = op_types(quantize_onnx(exported_folder, tmp_path / "default", CORPUS))
+    everything = op_types(quantize_onnx(exported_folder, CORPUS, keep_float=(), file_name="model_all.onnx"))
+    default = op_types(quantize_onnx(exported_folder, CORPUS))
     assert everything.count("MatMulIntegerToFloat") == len(layers)
     assert default.count("MatMulIntegerToFloat") == len(layers) - 3  # down_proj of blocks 0, 1 and 2
 
@@ -126,12 +132,25 @@ def test_keep_float_leaves_matching_layers_alone(exported_folder, tmp_path):
         ({"calibration_texts": []}, ValueError),
     ],
 )
-def test_bad_arguments_are_refused(exported_folder, tmp_path, kwargs, error):
+def test_bad_arguments_are_refused(exported_folder, kwargs, error):
     arguments = {"calibration_texts": CORPUS, **kwargs}
     with pytest.raises(error):
-        quantize_onnx(exported_folder, tmp_path / "int8", **arguments)
+        quantize_onnx(exported_folder, **arguments)
+    assert not (exported_folder / INT8_GRAPH_FILE).exists()
 
 
-def test_refuses_to_overwrite_its_source(exported_folder):
-    with pytest.raises(ValueError, match="source folder"):
-        quantize_onnx(exported_folder, exported_folder, CORPUS)
+@pytest.mark.parametrize(("file_name", "error", "message"), [
+    (GRAPH_FILE, FileExistsError, "exists already"),
+    ("elsewhere/model_int8.onnx", ValueError, "must name an .onnx file of onnx/"),
+])
+def test_refuses_to_write_over_a_graph_or_outside_the_folder(exported_folder, file_name, error, message):
+    before = sorted(path.name for path in (exported_folder / "onnx").iterdir())
+    with pytest.raises(error, match=message):
+        quantize_onnx(exported_folder, CORPUS, file_name=file_name)
+    assert sorted(path.name for path in (exported_folder / "onnx").iterdir()) == before
+
+
+def test_a_folder_without_a_graph_names_the_export(tiny_model, tmp_path):
+    tiny_model.save(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="bellm-st export --onnx"):
+        quantize_onnx(tmp_path, CORPUS)

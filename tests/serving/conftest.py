@@ -32,8 +32,9 @@ def captured(monkeypatch, served_model):
     """Record what ``serve`` would load and run, instead of loading a model and listening."""
     calls = {}
 
-    def load_model(model, device, trust_remote_code):
+    def load_model(model, device, trust_remote_code, backend="torch"):
         calls["model_argument"], calls["device"], calls["trust_remote_code"] = model, device, trust_remote_code
+        calls["backend"] = backend
         return served_model
 
     def serve(model, settings, *, host, port, log_level):

@@ -22,6 +22,7 @@ def test_no_model_serves_the_shipped_default(captured, served_model):
     result = runner.invoke(app, ["serve"])
     assert result.exit_code == 0, result.output
     assert captured["model_argument"] is None
+    assert captured["backend"] == "torch"
     assert captured["model"] is served_model
     assert captured["settings"].model_id == default_model_name()
     assert (captured["host"], captured["port"]) == ("127.0.0.1", 8000)
@@ -63,7 +64,8 @@ def test_flags_reach_the_settings(captured, tmp_path, monkeypatch):
         (["--api-key", "  "], "api_key is blank"),
         (["--request-body-timeout-seconds", "0"], "must be above 0"),
         (["--dtype", "int4"], "is not one of auto, fp32, bf16, fp16"),
-        (["--onnx", "somewhere", "--dtype", "bf16"], "does not apply to --onnx"),
+        (["--backend", "onnx", "--dtype", "bf16"], "does not apply to --backend onnx"),
+        (["--backend", "nonsense"], "backend='nonsense' is not one of torch, onnx"),
     ],
 )
 def test_bad_flags_exit_2_before_loading_a_model(captured, flags, message):

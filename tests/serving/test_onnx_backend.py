@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend: the same endpoints, vectors (within 1e-5), usage and errors as torch."""
+"""The ONNX Runtime backend (``--backend onnx``): the endpoints, vectors (within 1e-5), usage and errors of torch."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 import bellm_st
+import bellm_st.serving
 from bellm_st.cli import app
-from bellm_st.fast.onnx_export import OnnxEncoder, export_onnx
+from bellm_st.fast.onnx_export import export_onnx
 from bellm_st.serving import ServerSettings
 
 from .serving_support import MODEL_ID, QUERY_TEMPLATE, LiveServer, live_server
@@ -29,15 +30,28 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def onnx_folder(tiny_model_dir, tmp_path_factory) -> str:
-    """The served tiny model exported once (~15 s); a model of its own, so the export touches no shared one."""
+    """The served tiny model saved with its graph, exported once (~15 s); a model of its own, so the export
+    touches no shared one."""
     model = bellm_st.build(tiny_model_dir, bidirectional_layers=2, query_template=QUERY_TEMPLATE, device="cpu")
-    return str(export_onnx(model, tmp_path_factory.mktemp("onnx") / "tiny-bellm-onnx"))
+    folder = tmp_path_factory.mktemp("onnx") / "tiny-bellm-onnx"
+    model.save(str(folder))
+    export_onnx(model, folder)
+    return str(folder)
 
 
 @pytest.fixture(scope="module")
 def onnx_server(onnx_folder) -> Iterator[LiveServer]:
-    with live_server(OnnxEncoder(onnx_folder, threads=1), ServerSettings(model_id=MODEL_ID)) as running:
+    with live_server(bellm_st.load(onnx_folder, backend="onnx"), ServerSettings(model_id=MODEL_ID)) as running:
         yield running
+
+
+@pytest.fixture()
+def served(monkeypatch) -> dict:
+    """What ``serve`` would run, recorded instead of listening; the model loads for real."""
+    calls = {}
+    monkeypatch.setattr(bellm_st.serving, "serve", lambda model, settings, **options: calls.update(model=model,
+                                                                                                  settings=settings))
+    return calls
 
 
 def _both(server, onnx_server, path: str, body: dict) -> tuple[httpx.Response, httpx.Response]:
@@ -113,27 +127,27 @@ def test_models_and_health(onnx_server):
     assert health.json() == {"status": "ok", "model": MODEL_ID, "queued_items": 0, "max_queue_items": 4096}
 
 
-def test_cli_serves_the_onnx_folder_under_its_name(captured, onnx_folder):
-    result = runner.invoke(app, ["serve", "--onnx", onnx_folder, "--max-batch-size", "8"])
+def test_cli_serves_the_onnx_folder_under_its_name(served, onnx_folder):
+    result = runner.invoke(app, ["serve", onnx_folder, "--backend", "onnx", "--max-batch-size", "8"])
     assert result.exit_code == 0, result.output
-    assert isinstance(captured["model"], OnnxEncoder)
-    assert captured["settings"].model_id == "tiny-bellm-onnx"
-    assert captured["settings"].max_batch_size == 8
-    assert "model_argument" not in captured, "no torch model is loaded"
+    assert served["model"][0].backend == "onnx"
+    assert list(served["model"].parameters()) == [], "no torch weights are loaded"
+    assert served["settings"].model_id == "tiny-bellm-onnx"
+    assert served["settings"].max_batch_size == 8
 
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["some-model", "--onnx", "{onnx}"], "drop MODEL or --onnx"),
-        (["--onnx", "{onnx}", "--device", "cpu"], "does not apply to --onnx"),
-        (["--onnx", "{empty}"], "is not an exported bellm-st ONNX folder"),
-        (["--onnx", "{missing}"], "is not an exported bellm-st ONNX folder"),
+        (["{onnx}", "--backend", "onnx", "--device", "cuda"], "runs ONNX Runtime on the CPU"),
+        (["{plain}", "--backend", "onnx"], "bellm-st export --onnx"),
+        (["{missing}", "--backend", "onnx"], "no model folder at"),
     ],
 )
-def test_bad_onnx_arguments_exit_2(captured, onnx_folder, tmp_path, arguments, message):
-    places = {"onnx": onnx_folder, "empty": str(tmp_path), "missing": str(tmp_path / "nowhere")}
+def test_bad_onnx_arguments_exit_2(served, onnx_folder, tiny_model, tmp_path, arguments, message):
+    tiny_model.save(str(tmp_path / "plain"))
+    places = {"onnx": onnx_folder, "plain": str(tmp_path / "plain"), "missing": str(tmp_path / "nowhere")}
     result = runner.invoke(app, ["serve", *(argument.format(**places) for argument in arguments)])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
-    assert "model" not in captured, "nothing is served"
+    assert "model" not in served, "nothing is served"

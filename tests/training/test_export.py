@@ -47,6 +47,28 @@ def test_export_merges_the_adapter_and_keeps_the_embeddings(trained, tmp_path):
     )
 
 
+def test_cli_export_onnx_int8_writes_both_graphs_into_the_merged_folder(trained, tmp_path):
+    import numpy as np
+
+    import bellm_st
+    from bellm_st.testing import CORPUS
+
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("\n".join(CORPUS) + "\n")
+    target = tmp_path / "out"
+    result = CliRunner().invoke(app, ["export", str(trained), str(target), "--onnx", "--int8", str(calibration)])
+    assert result.exit_code == 0, result.output
+    assert "backend='onnx'" in result.output and "onnx/model_int8.onnx" in result.output
+    assert {"model.onnx", "model_int8.onnx"} <= {path.name for path in (target / "onnx").iterdir()}
+    assert (target / "model.safetensors").is_file() and (target / "module.py").is_file()
+    with_adapter = SentenceTransformer(str(trained), trust_remote_code=True, device="cpu")
+    expected = with_adapter.encode(SENTENCES, normalize_embeddings=True)
+    fp32 = bellm_st.load(str(target), backend="onnx").encode(SENTENCES, normalize_embeddings=True)
+    np.testing.assert_allclose(fp32, expected, atol=1e-5)
+    int8 = bellm_st.load(str(target), backend="onnx", model_kwargs={"file_name": "onnx/model_int8.onnx"})
+    assert ((int8.encode(SENTENCES, normalize_embeddings=True) * expected).sum(1) > 0.99).all()
+
+
 def test_package_shipped_writes_the_layout_load_shipped_reads(trained, tiny_model_dir, tmp_path):
     target = package_shipped(trained, "bellm-tiny", base="smollm2-135m", models_root=tmp_path)
 
@@ -124,6 +146,7 @@ def test_cli_export_adapter_only_writes_the_shipped_layout(trained, tiny_model_d
         (["--adapter-only"], "is not a shipped base"),  # the recipe's base is a local folder
         (["--adapter-only", "--onnx"], "pick one"),
         (["--base", "smollm2-135m"], "only applies with --adapter-only"),
+        (["--int8", __file__], "add --onnx"),
     ],
 )
 def test_cli_export_adapter_only_refuses_bad_options_before_writing(trained, tmp_path, extra, message):

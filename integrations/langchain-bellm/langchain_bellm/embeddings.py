@@ -29,6 +29,8 @@ class BeLLMEmbeddings(BaseModel, Embeddings):
             for queries / documents; default: the model's own ``query``/``document`` prompts.
         batch_size: texts per forward pass. normalize: L2-normalise vectors (default True).
         device: ``cpu``, ``cuda``...; default: CUDA when available.
+        backend: ``torch``, or ``onnx`` for ONNX Runtime on a CPU (a folder's ``onnx/model.onnx``; a
+            shipped model is exported once, on first use), the same vectors faster.
         trust_remote_code: load a ``model_name`` folder that names module classes outside
             sentence-transformers and bellm-st, or holds only pickle weights (runs its code).
         show_progress: show a progress bar while embedding documents.
@@ -39,6 +41,7 @@ class BeLLMEmbeddings(BaseModel, Embeddings):
             from langchain_bellm import BeLLMEmbeddings
 
             embeddings = BeLLMEmbeddings(query_template='This claim: "{text}" is supported by the word:"')
+            embeddings = BeLLMEmbeddings(backend="onnx")  # on a CPU
 
     Embed:
         .. code-block:: python
@@ -61,6 +64,7 @@ class BeLLMEmbeddings(BaseModel, Embeddings):
     batch_size: int = Field(default=ENCODE_BATCH_SIZE, gt=0)
     normalize: bool = True
     device: str | None = None
+    backend: str = "torch"
     trust_remote_code: bool = False
     show_progress: bool = False
 
@@ -68,7 +72,9 @@ class BeLLMEmbeddings(BaseModel, Embeddings):
 
     @model_validator(mode="after")
     def _load_model(self) -> Self:
-        self.model_name, self._model = resolve_model(self.model_name, self.model, self.device, self.trust_remote_code)
+        self.model_name, self._model = resolve_model(
+            self.model_name, self.model, self.device, self.trust_remote_code, self.backend
+        )
         check_template(self._model, self.query_template, "query")
         check_template(self._model, self.document_template, "document")
         return self

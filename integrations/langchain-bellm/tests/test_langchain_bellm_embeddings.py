@@ -148,9 +148,9 @@ def test_a_named_model_loads_once_per_process_and_device(tiny_bellm_dir, monkeyp
     loads = []
     original = bellm_st.api.load
 
-    def counting_load(name, device=None, trust_remote_code=False):
+    def counting_load(name, device=None, **options):
         loads.append((name, device))
-        return original(name, device=device, trust_remote_code=trust_remote_code)
+        return original(name, device=device, **options)
 
     monkeypatch.setattr(bellm_st.api, "load", counting_load)
     threads = [
@@ -284,6 +284,24 @@ def test_a_lone_surrogate_is_named_with_its_position(tiny_bellm):
     """Was the tokenizer's `TextEncodeInput must be Union[...]` with no position."""
     with pytest.raises(ValueError, match=r"texts\[1\] holds '\\ud800' at character 0, an unpaired UTF-16 surrogate"):
         BeLLMEmbeddings(model=tiny_bellm).embed_documents(["fine", "\ud800"])
+
+
+def test_the_onnx_backend_gives_the_torch_vectors(tiny_onnx_dir):
+    clear_shared_models()
+    onnx_embeddings = BeLLMEmbeddings(model_name=tiny_onnx_dir, backend="onnx")
+    torch_embeddings = BeLLMEmbeddings(model_name=tiny_onnx_dir, device="cpu")
+    assert onnx_embeddings._model is not torch_embeddings._model
+    assert onnx_embeddings._model[0].backend == "onnx"
+    np.testing.assert_allclose(onnx_embeddings.embed_documents(DOCUMENTS), torch_embeddings.embed_documents(DOCUMENTS),
+                               atol=1e-5)
+    np.testing.assert_allclose(onnx_embeddings.embed_query(DOCUMENTS[0]), torch_embeddings.embed_query(DOCUMENTS[0]),
+                               atol=1e-5)
+    assert BeLLMEmbeddings(model_name=tiny_onnx_dir, backend="onnx")._model is onnx_embeddings._model
+    with pytest.raises(ValueError, match="backend='nonsense' is not one of torch, onnx"):
+        BeLLMEmbeddings(model_name=tiny_onnx_dir, backend="nonsense")
+    with pytest.raises(ValueError, match="a given model runs as it was loaded"):
+        BeLLMEmbeddings(model=torch_embeddings._model, backend="onnx")
+    clear_shared_models()
 
 
 @pytest.mark.parametrize("kind", BAD_FOLDER_KINDS)

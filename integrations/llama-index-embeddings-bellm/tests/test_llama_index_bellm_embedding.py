@@ -300,6 +300,20 @@ def test_a_lone_surrogate_is_named_with_its_position(tiny_bellm):
         BeLLMEmbedding(model=tiny_bellm).get_text_embedding_batch(["fine", "\ud800"])
 
 
+def test_the_onnx_backend_gives_the_torch_vectors(tiny_onnx_dir):
+    clear_shared_models()
+    onnx_embedding = BeLLMEmbedding(tiny_onnx_dir, backend="onnx")
+    torch_embedding = BeLLMEmbedding(tiny_onnx_dir, device="cpu")
+    assert onnx_embedding._model[0].backend == "onnx" and onnx_embedding.backend == "onnx"
+    np.testing.assert_allclose(onnx_embedding.get_text_embedding_batch(TEXTS),
+                               torch_embedding.get_text_embedding_batch(TEXTS), atol=1e-5)
+    np.testing.assert_allclose(onnx_embedding.get_query_embedding(TEXTS[0]),
+                               torch_embedding.get_query_embedding(TEXTS[0]), atol=1e-5)
+    with pytest.raises(ValueError, match="backend='nonsense' is not one of torch, onnx"):
+        BeLLMEmbedding(tiny_onnx_dir, backend="nonsense")
+    clear_shared_models()
+
+
 @pytest.mark.parametrize("kind", BAD_FOLDER_KINDS)
 def test_a_model_folder_that_cannot_load_is_refused_in_one_line(kind, tiny_bellm_dir, tiny_model_dir, tmp_path):
     bad = make_bad_folder(kind, tiny_bellm_dir, tiny_model_dir, tmp_path)

@@ -23,7 +23,8 @@ class BeLLMEmbedding(BaseEmbedding):
     ``model_name`` is a shipped model or base name (``smollm2-135m``) or a saved model folder
     (default: the shipped default model), loaded once per process and ``device``; ``model`` is an already-built ``SentenceTransformer``
     to use instead; ``trust_remote_code=True`` loads a folder whose own code or pickle weights
-    would run (see bellm_st.loading). ``query_template``/``document_template`` are a full template with ``{text}``
+    would run (see bellm_st.loading); ``backend="onnx"`` runs the exported graph in ONNX Runtime on a CPU
+    (a folder's ``onnx/model.onnx``; a shipped model is exported once, on first use). ``query_template``/``document_template`` are a full template with ``{text}``
     or a plain prefix (default: the model's own ``query``/``document`` prompts). Texts go to the
     model in batches of ``embed_batch_size``; callbacks and instrumentation events fire as for any
     LlamaIndex embedding.
@@ -39,6 +40,7 @@ class BeLLMEmbedding(BaseEmbedding):
             from llama_index.embeddings.bellm import BeLLMEmbedding
 
             Settings.embed_model = BeLLMEmbedding(device="cpu")
+            Settings.embed_model = BeLLMEmbedding(backend="onnx")  # the CPU fast path
     """
 
     model_name: str | None = Field(default=None, description="Shipped model or base name, or a saved model folder.")
@@ -46,6 +48,7 @@ class BeLLMEmbedding(BaseEmbedding):
     document_template: str | None = Field(default=None, description="Template ({text}) or prefix for documents.")
     normalize: bool = Field(default=True, description="L2-normalise the embeddings.")
     device: str | None = Field(default=None, description="Device to load the model on; default CUDA when available.")
+    backend: str = Field(default="torch", description="torch, or onnx: ONNX Runtime on a CPU runs the exported graph.")
     trust_remote_code: bool = Field(
         default=False, description="Load a model_name folder whose own code or pickle weights would run."
     )
@@ -62,11 +65,12 @@ class BeLLMEmbedding(BaseEmbedding):
         embed_batch_size: int = DEFAULT_EMBED_BATCH_SIZE,
         normalize: bool = True,
         device: str | None = None,
+        backend: str = "torch",
         trust_remote_code: bool = False,
         callback_manager: CallbackManager | None = None,
         **kwargs: Any,
     ) -> None:
-        model_name, resolved_model = resolve_model(model_name, model, device, trust_remote_code)
+        model_name, resolved_model = resolve_model(model_name, model, device, trust_remote_code, backend)
         super().__init__(
             model_name=model_name,
             query_template=query_template,
@@ -74,6 +78,7 @@ class BeLLMEmbedding(BaseEmbedding):
             embed_batch_size=embed_batch_size,
             normalize=normalize,
             device=device,
+            backend=backend,
             trust_remote_code=trust_remote_code,
             callback_manager=callback_manager,
             **kwargs,
