@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="cut texts to this many tokens (default: the model's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="write every figure here as JSON")
+    parser.add_argument("--cache", type=Path, default=None, help="keep each model's dense rankings here, for reruns")
     args = parser.parse_args()
 
     full = read_beir_folder(args.data, args.split)
@@ -74,9 +75,16 @@ def main() -> None:
         lexical = bm25_rankings(data)
         for name, model in models.items():
             evaluator = retrieval_evaluator(data, model, show_progress_bar=True)
+            cached = args.cache and args.cache / f"{name}-seed{seed}-{args.queries}x{args.documents}-{args.max_tokens}.json"
             start = time.perf_counter()
-            dense = dense_rankings(evaluator, model)
-            seconds = time.perf_counter() - start
+            if cached and cached.exists():
+                dense, seconds = json.loads(cached.read_text())
+            else:
+                dense = dense_rankings(evaluator, model)
+                seconds = time.perf_counter() - start
+                if cached:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    cached.write_text(json.dumps([dense, seconds]))
             grid = [
                 {"dense_weight": weight, "rrf_k": rrf_k,
                  **score_rankings(evaluator, fuse_rankings(lexical, dense, resolve_weights({"dense": weight}), rrf_k))}
