@@ -1,4 +1,4 @@
-"""The LlamaIndex SciFact example's hybrid retrieval (``--hybrid``) on a tiny corpus and model."""
+"""The LlamaIndex SciFact example's hybrid retrieval (on by default) on a tiny corpus and model."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def subset(example):
     return Subset(queries, corpus, {"q-frogs": {"d0"}, "q-malaria": {"d11"}}, "tiny")
 
 
-ARGS = argparse.Namespace(batch_size=4)
+ARGS = argparse.Namespace(batch_size=4, weights={"bm25": 1.0, "dense": 0.2}, rrf_k=5)
 
 
 def test_bm25_alone_ranks_the_document_sharing_the_query_words_first(example, subset):
@@ -59,10 +59,34 @@ def test_a_model_fused_with_bm25_gives_the_top_ten_distinct_documents(example, s
     assert "d0" in fused["q-frogs"] and "d11" in fused["q-malaria"]
 
 
-def test_only_a_framework_with_hybrid_retrieval_offers_the_option(example, monkeypatch):
+def test_weights_of_one_and_zero_give_the_model_alone(example, subset, tiny_bellm):
+    dense_only = argparse.Namespace(batch_size=4, weights={"bm25": 0.0, "dense": 1.0}, rrf_k=60)
+    assert example.fuse_with_bm25(tiny_bellm, subset, dense_only) == example.index_and_retrieve(tiny_bellm, subset, ARGS)
+
+
+def test_hybrid_is_the_default_and_bad_fusion_options_stop_the_parser(monkeypatch):
     import scifact_rag
 
-    monkeypatch.setattr("sys.argv", ["example", "--hybrid"])
-    assert scifact_rag.parse_args("LlamaIndex", hybrid=True).hybrid
-    with pytest.raises(SystemExit):
-        scifact_rag.parse_args("LangChain")
+    monkeypatch.setattr("sys.argv", ["example"])
+    args = scifact_rag.parse_args("LlamaIndex")
+    assert not args.dense_only and args.weights == scifact_rag.resolve_weights(None)
+    monkeypatch.setattr("sys.argv", ["example", "--dense-only", "--dense-weight", "0.5", "--rrf-k", "10"])
+    args = scifact_rag.parse_args("LlamaIndex")
+    assert args.dense_only and args.weights["dense"] == 0.5 and args.rrf_k == 10
+    for bad in (["--rrf-k", "0"], ["--dense-weight", "-1"], ["--dense-weight", "0", "--bm25-weight", "0"]):
+        monkeypatch.setattr("sys.argv", ["example", *bad])
+        with pytest.raises(SystemExit):
+            scifact_rag.parse_args("LlamaIndex")
+
+
+def test_the_report_shows_bm25_and_each_models_dense_and_fused_rows(example, subset, tiny_bellm, monkeypatch, capsys):
+    import scifact_rag
+
+    monkeypatch.setattr(scifact_rag, "load_subset", lambda *args: subset)
+    monkeypatch.setattr(scifact_rag, "models", lambda *args: {"BeLLM tiny": tiny_bellm})
+    monkeypatch.setattr("sys.argv", ["example", "--batch-size", "4"])
+    scifact_rag.run_comparison("LlamaIndex", example.index_and_retrieve, example.fuse_with_bm25)
+    report = capsys.readouterr().out.split("nDCG@10 on SciFact train qrels")[-1]
+    labels = [line.split("nDCG@10 =")[0].strip() for line in report.splitlines() if "nDCG@10 =" in line]
+    assert labels == ["BM25 alone", "BeLLM tiny, dense", "BeLLM tiny + BM25, fused"]
+    assert "weighted reciprocal rank fusion (bm25 1, dense" in report
