@@ -1,13 +1,13 @@
-"""The LangChain SciFact example's hybrid retrieval (on by default) on a tiny corpus and model."""
+"""Both SciFact RAG examples (LangChain + Chroma, LlamaIndex + FAISS) on a tiny corpus and model:
+hybrid retrieval on by default, BM25 alone, each model dense and fused."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import importlib
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 DOCUMENTS = [
     "Frogs breed in ponds every spring and lay their eggs in shallow water.",
     "The stock market fell sharply after the central bank raised interest rates.",
@@ -24,12 +24,9 @@ DOCUMENTS = [
 ]
 
 
-@pytest.fixture()
-def example(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    import langchain_scifact_rag
-
-    return langchain_scifact_rag
+@pytest.fixture(params=["langchain_scifact_rag", "llama_index_scifact_rag"])
+def example(request):
+    return importlib.import_module(request.param)
 
 
 @pytest.fixture()
@@ -68,15 +65,15 @@ def test_hybrid_is_the_default_and_bad_fusion_options_stop_the_parser(monkeypatc
     import scifact_rag
 
     monkeypatch.setattr("sys.argv", ["example"])
-    args = scifact_rag.parse_args("LangChain")
+    args = scifact_rag.parse_args("RAG")
     assert not args.dense_only and args.weights == scifact_rag.resolve_weights(None)
     monkeypatch.setattr("sys.argv", ["example", "--dense-only", "--dense-weight", "0.5", "--rrf-k", "10"])
-    args = scifact_rag.parse_args("LangChain")
+    args = scifact_rag.parse_args("RAG")
     assert args.dense_only and args.weights["dense"] == 0.5 and args.rrf_k == 10
     for bad in (["--rrf-k", "0"], ["--dense-weight", "-1"], ["--dense-weight", "0", "--bm25-weight", "0"]):
         monkeypatch.setattr("sys.argv", ["example", *bad])
         with pytest.raises(SystemExit):
-            scifact_rag.parse_args("LangChain")
+            scifact_rag.parse_args("RAG")
 
 
 def test_the_report_shows_bm25_and_each_models_dense_and_fused_rows(example, subset, tiny_bellm, monkeypatch, capsys):
@@ -85,7 +82,7 @@ def test_the_report_shows_bm25_and_each_models_dense_and_fused_rows(example, sub
     monkeypatch.setattr(scifact_rag, "load_subset", lambda *args: subset)
     monkeypatch.setattr(scifact_rag, "models", lambda *args: {"BeLLM tiny": tiny_bellm})
     monkeypatch.setattr("sys.argv", ["example", "--batch-size", "4"])
-    scifact_rag.run_comparison("LangChain", example.index_and_retrieve, example.fuse_with_bm25)
+    scifact_rag.run_comparison("RAG", example.index_and_retrieve, example.fuse_with_bm25)
     report = capsys.readouterr().out.split("nDCG@10 on SciFact train qrels")[-1]
     labels = [line.split("nDCG@10 =")[0].strip() for line in report.splitlines() if "nDCG@10 =" in line]
     assert labels == ["BM25 alone", "BeLLM tiny, dense", "BeLLM tiny + BM25, fused"]
