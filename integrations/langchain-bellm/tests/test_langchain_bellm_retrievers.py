@@ -13,7 +13,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import InMemoryVectorStore
 
-from bellm_st.fusion import reciprocal_rank_fusion
+from bellm_st.fusion import DEFAULT_RRF_K, DEFAULT_WEIGHTS, reciprocal_rank_fusion
 from langchain_bellm import BeLLMEmbeddings, BeLLMHybridRetriever, BM25SRetriever
 
 LEXICAL = Document(id="lexical", page_content="Frogs lay their eggs in ponds.")
@@ -125,7 +125,7 @@ def test_bellm_embeddings_index_the_documents_when_no_store_is_given(tiny_bellm)
     retriever = BeLLMHybridRetriever.from_documents(DOCUMENTS, embeddings=BeLLMEmbeddings(model=tiny_bellm), k=5)
     found = retriever.invoke(QUERY)
     assert found[0].id == "lexical" and sorted(ids(found)) == sorted(ids(DOCUMENTS))
-    assert retriever.weights == {"bm25": 1.0, "dense": 0.3} and retriever.rrf_k == 60  # bellm_st.fusion's defaults
+    assert retriever.weights == dict(DEFAULT_WEIGHTS) and retriever.rrf_k == DEFAULT_RRF_K
 
 
 def test_async_gives_the_sync_result_and_invoke_k_overrides():

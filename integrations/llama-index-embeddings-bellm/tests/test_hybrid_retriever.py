@@ -13,7 +13,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.schema import NodeWithScore, TextNode
 from llama_index.retrievers.bm25 import BM25Retriever
 
-from bellm_st.fusion import reciprocal_rank_fusion
+from bellm_st.fusion import DEFAULT_RRF_K, DEFAULT_WEIGHTS, reciprocal_rank_fusion
 from llama_index.embeddings.bellm import BeLLMEmbedding, WeightedReciprocalRankRetriever, hybrid_retriever
 
 NODES = [
@@ -131,7 +131,7 @@ def test_nodes_alone_are_indexed_with_the_given_model(tiny_bellm):
     retriever = hybrid_retriever(nodes=NODES, embed_model=BeLLMEmbedding(model=tiny_bellm), similarity_top_k=5)
     assert ids(retriever.retrieve(QUERY))[0] == "lexical" and sorted(ids(retriever.retrieve(QUERY))) == sorted(
         node.node_id for node in NODES)
-    assert retriever.weights == [1.0, 0.3] and retriever.rrf_k == 60  # bellm_st.fusion's defaults
+    assert retriever.weights == [DEFAULT_WEIGHTS["bm25"], DEFAULT_WEIGHTS["dense"]] and retriever.rrf_k == DEFAULT_RRF_K
 
 
 @pytest.mark.parametrize(
