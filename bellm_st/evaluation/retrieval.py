@@ -164,7 +164,8 @@ def score_rankings(evaluator: InformationRetrievalEvaluator, rankings: Rankings)
 
 
 def fuse_rankings(bm25: Rankings, dense: Rankings, weights: dict[str, float], rrf_k: int) -> Rankings:
-    """Each query's BM25 and dense rankings fused (:func:`bellm_st.fusion.reciprocal_rank_fusion`), cut to the candidates."""
+    """Each query's BM25 and dense rankings fused (:func:`bellm_st.fusion.reciprocal_rank_fusion`), cut to
+    the candidates."""
     fused = {}
     for query_id in dense:
         pairs = reciprocal_rank_fusion({"bm25": bm25[query_id], "dense": dense[query_id]}, weights, rrf_k)

@@ -28,7 +28,9 @@ from bellm_st.inputs import validate_text
 try:
     from langchain_classic.retrievers import EnsembleRetriever
 except ImportError as error:  # the hybrid extra is not installed
-    raise ImportError(f"hybrid retrieval needs langchain-classic: pip install 'langchain-bellm[hybrid]' ({error})") from error
+    raise ImportError(
+        f"hybrid retrieval needs langchain-classic: pip install 'langchain-bellm[hybrid]' ({error})"
+    ) from error
 
 DEFAULT_K = 4  # LangChain's own default number of results (vector store retrievers)
 
@@ -61,7 +63,8 @@ class BM25SRetriever(BaseRetriever):
     @model_validator(mode="after")
     def _build_index(self) -> Self:
         _check_k(self.k)
-        self._index = BM25Index([document.page_content for document in self.documents], where="page_content of documents")
+        texts = [document.page_content for document in self.documents]
+        self._index = BM25Index(texts, where="page_content of documents")
         return self
 
     @classmethod
@@ -130,7 +133,8 @@ class BeLLMHybridRetriever(BaseRetriever):
         _check_k(candidates, "candidates")
         if embeddings is not None and vector_store is not None:
             raise ValueError(
-                "pass embeddings (to index the documents in memory) or vector_store (which holds them already), not both"
+                "pass embeddings (to index the documents in memory) or vector_store (which holds them already), "
+                "not both"
             )
         documents = list(documents)
         if not documents and (resolved["bm25"] > 0 or vector_store is None):

@@ -121,7 +121,9 @@ def hybrid_retriever(
     if nodes is None:
         nodes = list(index.docstore.docs.values())
         if not nodes:
-            raise ValueError("the index's docstore holds no nodes (its vector store keeps the text); pass nodes= for BM25")
+            raise ValueError(
+                "the index's docstore holds no nodes (its vector store keeps the text); pass nodes= for BM25"
+            )
     nodes = list(nodes)
     if not nodes:
         raise ValueError("nodes is empty; give at least one node to retrieve from")
