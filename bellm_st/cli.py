@@ -17,6 +17,7 @@ from rich.table import Table
 from bellm_st.serving.settings import ServerSettings
 from bellm_st.api import ENCODE_BATCH_SIZE, GPU_BATCH_TEXTS, GPU_BATCH_TOKENS, INFERENCE_DTYPES
 from bellm_st.evaluation.sts import EVAL_BATCH_SIZE
+from bellm_st.fusion import DEFAULT_RRF_K, DEFAULT_WEIGHTS
 from bellm_st.training.adaptation import FULL_FINE_TUNE_LEARNING_RATE
 from bellm_st.training.adaptation import adapt as adapt_model
 from bellm_st.training.recipe import DATA_FORMATS, DISTILL_LOSSES, MIXTURES, Recipe
@@ -512,6 +513,18 @@ def evaluate(
     sts: list[Path] = typer.Option(None, "--sts", help="STS file [subset] score sentence1 sentence2 (repeatable)."),
     retrieval: Path = typer.Option(None, help="A BEIR folder (corpus.jsonl, queries.jsonl, qrels/)."),
     split: str = typer.Option("test", help="Which qrels/<split>.tsv to use."),
+    hybrid: bool = typer.Option(
+        False, "--hybrid", help="Also score BM25 and BM25 fused with the model (reciprocal rank fusion) on --retrieval."
+    ),
+    bm25_weight: float = typer.Option(
+        None, help=_with_default("With --hybrid: BM25's weight in the fusion.", DEFAULT_WEIGHTS["bm25"])
+    ),
+    dense_weight: float = typer.Option(
+        None, help=_with_default("With --hybrid: the model's weight in the fusion.", DEFAULT_WEIGHTS["dense"])
+    ),
+    rrf_k: int = typer.Option(
+        None, help=_with_default("With --hybrid: the constant added to each rank.", DEFAULT_RRF_K)
+    ),
     output: Path = typer.Option(None, "--output", "-o", help="Write the scores as JSON here."),
     batch_size: int = typer.Option(EVAL_BATCH_SIZE, min=1, help="Texts per encode batch."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
@@ -519,28 +532,49 @@ def evaluate(
 ) -> None:
     """Score a model: Spearman x100 on STS files (and their average), nDCG@10/Recall@100/MRR@10 on a BEIR folder."""
     from bellm_st.evaluation.report import scores_table, write_json
-    from bellm_st.evaluation.retrieval import evaluate_retrieval, read_beir_folder
+    from bellm_st.evaluation.retrieval import evaluate_hybrid_retrieval, evaluate_retrieval, read_beir_folder
     from bellm_st.evaluation.sts import evaluate_sts_files, read_scored_pairs
+    from bellm_st.fusion import check_rrf_k, resolve_weights
 
     if not sts and retrieval is None:
         _fail(ValueError("nothing to evaluate; pass --sts FILE (repeatable) and/or --retrieval FOLDER"))
+    fusion_options = _given(bm25_weight=bm25_weight, dense_weight=dense_weight, rrf_k=rrf_k)
+    if fusion_options and not (hybrid and retrieval is not None):
+        named = ", ".join(f"--{name.replace('_', '-')}" for name in fusion_options)
+        _fail(ValueError(f"{named} set the fusion of --hybrid; add --hybrid and --retrieval FOLDER, or drop them"))
+    if hybrid and retrieval is None:
+        _fail(ValueError("--hybrid fuses BM25 with the model on a BEIR folder; add --retrieval FOLDER"))
+    weights = {name: value for name, value in (("bm25", bm25_weight), ("dense", dense_weight)) if value is not None}
+    rrf_k = DEFAULT_RRF_K if rrf_k is None else rrf_k
     try:
+        if hybrid:
+            resolve_weights(weights)
+            check_rrf_k(rrf_k)
         for path in sts or []:
             read_scored_pairs(path)  # fail on bad data before loading a model
         if retrieval is not None:
             read_beir_folder(retrieval, split)
         encoder = _load_model(model, device, trust_remote_code)
-        results: dict[str, dict[str, float]] = {}
+        results: dict[str, dict] = {}
         if sts:
             results["sts"] = evaluate_sts_files(encoder, sts, batch_size=batch_size)
-        if retrieval is not None:
+        if retrieval is not None and hybrid:
+            results["retrieval"] = evaluate_hybrid_retrieval(encoder, retrieval, split, batch_size=batch_size,
+                                                             show_progress_bar=True, weights=weights, rrf_k=rrf_k)
+        elif retrieval is not None:
             results["retrieval"] = evaluate_retrieval(encoder, retrieval, split, batch_size=batch_size,
                                                       show_progress_bar=True)
-    except (TypeError, ValueError, OSError) as error:
+    except (TypeError, ValueError, OSError, ImportError) as error:
         _fail(error)
     if "sts" in results:
         console.print(scores_table("STS: Spearman x100 (cosine)", {n: {"spearman": s} for n, s in results["sts"].items()}))
-    if "retrieval" in results:
+    if "retrieval" in results and hybrid:
+        fusion = results["retrieval"]["fusion"]
+        weights_text = ", ".join(f"{name} {weight:g}" for name, weight in fusion["weights"].items())
+        rows = {"dense (the model)": results["retrieval"]["dense"], "BM25": results["retrieval"]["bm25"],
+                f"fused (RRF: {weights_text}; rrf_k {fusion['rrf_k']})": results["retrieval"]["fused"]}
+        console.print(scores_table(f"retrieval (x100), {retrieval.name} ({split})", rows))
+    elif "retrieval" in results:
         console.print(scores_table("retrieval (x100)", {f"{retrieval.name} ({split})": results["retrieval"]}))
     if output is not None:
         write_json(output, {"model": model or "default", **results})

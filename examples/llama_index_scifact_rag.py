@@ -2,13 +2,13 @@
 
     python examples/llama_index_scifact_rag.py                # default subset, a few minutes on CPU
     python examples/llama_index_scifact_rag.py --limit-queries 0 --limit-corpus 0  # everything
-    python examples/llama_index_scifact_rag.py --hybrid       # also BM25 and each model fused with it
+    python examples/llama_index_scifact_rag.py --dense-only   # without the BM25 and fused rows
 
 Builds a ``VectorStoreIndex`` over the abstracts (one node each, no re-chunking) in FAISS through
 ``BeLLMEmbedding``, retrieves the top 10 for each claim, and prints nDCG@10 beside
-all-MiniLM-L6-v2 through the same pipeline. With ``--hybrid`` each model's vector retriever is
-also fused with LlamaIndex's BM25 retriever by reciprocal rank fusion (``QueryFusionRetriever``
-with the original query only: no LLM writes queries), and BM25 alone is scored too.
+all-MiniLM-L6-v2 through the same pipeline. Each model's index is also fused with LlamaIndex's
+BM25 retriever by weighted reciprocal rank fusion (``hybrid_retriever``: ``QueryFusionRetriever``
+with the original query only, no LLM writes queries), and BM25 alone is scored too.
 """
 
 from __future__ import annotations
@@ -17,22 +17,13 @@ import argparse
 
 import faiss
 from llama_index.core import StorageContext, VectorStoreIndex
-from llama_index.core.llms import MockLLM
-from llama_index.core.retrievers import QueryFusionRetriever
-from llama_index.core.retrievers.fusion_retriever import FUSION_MODES
 from llama_index.core.schema import TextNode
-from llama_index.retrievers.bm25 import BM25Retriever
 from llama_index.vector_stores.faiss import FaissVectorStore
 from scifact_rag import TOP_K, Rankings, Subset, run_comparison
 from sentence_transformers import SentenceTransformer
 from tqdm import tqdm
 
-from llama_index.embeddings.bellm import BeLLMEmbedding
-
-
-# Candidates each retriever hands to the fusion, from which the top 10 are kept.
-FUSION_CANDIDATES = 50
-
+from llama_index.embeddings.bellm import BeLLMEmbedding, hybrid_retriever
 
 _indexes: dict[tuple[int, int], VectorStoreIndex] = {}  # (model, subset) -> index
 
@@ -68,16 +59,13 @@ def index_and_retrieve(model: SentenceTransformer, subset: Subset, args: argpars
 
 
 def fuse_with_bm25(model: SentenceTransformer | None, subset: Subset, args: argparse.Namespace) -> Rankings:
-    """BM25 alone (``model`` None), or BM25 and the model's vector retriever fused by reciprocal rank."""
-    bm25 = BM25Retriever.from_defaults(nodes=nodes(subset), similarity_top_k=FUSION_CANDIDATES if model else TOP_K)
+    """BM25 alone (``model`` None), or BM25 and the model's index fused by weighted reciprocal rank."""
     if model is None:
-        return retrieve_all(bm25, subset)
-    dense = build_index(model, subset, args).as_retriever(similarity_top_k=FUSION_CANDIDATES)
-    fused = QueryFusionRetriever(
-        [dense, bm25], llm=MockLLM(), mode=FUSION_MODES.RECIPROCAL_RANK, similarity_top_k=TOP_K,
-        num_queries=1, use_async=False,
-    )
-    return retrieve_all(fused, subset)
+        retriever = hybrid_retriever(nodes=nodes(subset), weights={"dense": 0}, similarity_top_k=TOP_K)
+    else:
+        retriever = hybrid_retriever(build_index(model, subset, args), weights=args.weights, rrf_k=args.rrf_k,
+                                     similarity_top_k=TOP_K)
+    return retrieve_all(retriever, subset)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 Both examples index the same documents in a real vector store through their framework's
 adapter, retrieve the top 10 for each claim, and score the ranking with nDCG@10 against the train
 qrels. Each runs the BeLLM model and the all-MiniLM-L6-v2 baseline through the same pipeline.
-With ``--adapt`` both are first adapted to the subset's abstracts without labels
-(:func:`bellm_st.training.adapt`: weak title/sentence -> passage pairs plus NLI triplets) and the
-adapted models run through the same pipeline beside the originals.
+By default each model is also scored fused with BM25 (the framework's hybrid retriever from the
+integration, bellm_st.fusion's weights unless --dense-weight/--bm25-weight/--rrf-k say
+otherwise), and BM25 alone once; ``--dense-only`` leaves the hybrid rows out. With ``--adapt``
+both are first adapted to the subset's abstracts without labels (:func:`bellm_st.training.adapt`:
+weak title/sentence -> passage pairs plus NLI triplets) and the adapted models run through the
+same pipeline beside the originals.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformer
 
 from bellm_st.api import default_model_name, load
+from bellm_st.fusion import DEFAULT_RRF_K, DEFAULT_WEIGHTS, check_rrf_k, resolve_weights
 from bellm_st.shipped import baseline_path
 from bellm_st.evaluation.retrieval import RetrievalSet, read_beir_folder
 
@@ -41,7 +45,7 @@ class Subset:
     description: str
 
 
-def parse_args(framework: str, hybrid: bool = False) -> argparse.Namespace:
+def parse_args(framework: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=f"RAG retrieval on SciFact with {framework}: BeLLM vs all-MiniLM-L6-v2, nDCG@10 on the train qrels."
     )
@@ -64,10 +68,19 @@ def parse_args(framework: str, hybrid: bool = False) -> argparse.Namespace:
     parser.add_argument("--adapt-steps", type=int, default=30, help="training steps per adapted model (default: %(default)s)")
     parser.add_argument("--adapt-batch-size", type=int, default=16, help="(default: %(default)s)")
     parser.add_argument("--adapt-dir", type=Path, default=None, help="keep the adapted models here (default: a temporary folder)")
-    if hybrid:
-        parser.add_argument("--hybrid", action="store_true",
-                            help="also fuse each model's ranking with BM25 (reciprocal rank fusion) and score BM25 alone")
-    return parser.parse_args()
+    parser.add_argument("--dense-only", action="store_true",
+                        help="leave out BM25 alone and each model fused with BM25 (reciprocal rank fusion)")
+    parser.add_argument("--bm25-weight", type=float, default=DEFAULT_WEIGHTS["bm25"], help="(default: %(default)s)")
+    parser.add_argument("--dense-weight", type=float, default=DEFAULT_WEIGHTS["dense"], help="(default: %(default)s)")
+    parser.add_argument("--rrf-k", type=int, default=DEFAULT_RRF_K,
+                        help="the constant added to each rank (default: %(default)s)")
+    args = parser.parse_args()
+    try:
+        args.weights = resolve_weights({"bm25": args.bm25_weight, "dense": args.dense_weight})
+        check_rrf_k(args.rrf_k)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def load_subset(folder: Path, limit_queries: int, limit_corpus: int, seed: int) -> Subset:
@@ -143,13 +156,10 @@ Retrieve = Callable[[SentenceTransformer, Subset, argparse.Namespace], Rankings]
 Fuse = Callable[[SentenceTransformer | None, Subset, argparse.Namespace], Rankings]  # None: BM25 alone
 
 
-def run_comparison(framework: str, evaluate: Retrieve, hybrid: Fuse | None = None) -> None:
-    """Parse the options, run ``evaluate`` (index + retrieve) for each model, print nDCG@10.
-
-    A framework that offers ``hybrid`` (BM25 alone for ``None``, else BM25 fused with the model)
-    gets a ``--hybrid`` option that adds those rows.
-    """
-    args = parse_args(framework, hybrid=hybrid is not None)
+def run_comparison(framework: str, evaluate: Retrieve, hybrid: Fuse) -> None:
+    """Parse the options, run ``evaluate`` (index + retrieve) for each model and ``hybrid`` (BM25 alone
+    for ``None``, else BM25 fused with the model) unless --dense-only, and print nDCG@10."""
+    args = parse_args(framework)
     subset = load_subset(args.data, args.limit_queries, args.limit_corpus, args.seed)
     print(f"SciFact train qrels, {framework}: {subset.description}; texts cut to {args.max_tokens} tokens")
     compared = models(args.model, args.max_tokens, args.device)
@@ -160,13 +170,17 @@ def run_comparison(framework: str, evaluate: Retrieve, hybrid: Fuse | None = Non
             originals = {f"BeLLM {args.model or default_model_name()}": args.model or default_model_name(),
                          "all-MiniLM-L6-v2": "minilm"}
             compared.update(adapted_models(originals, subset, args, work_dir))
-        rows = evaluate_all(evaluate, compared, subset, args)
-        if getattr(args, "hybrid", False):
-            rows += evaluate_all(hybrid, {f"{label} + BM25 (RRF)": model for label, model in compared.items()}, subset, args)
-            rows += evaluate_all(hybrid, {"BM25 alone": None}, subset, args)
+        rows = [] if args.dense_only else evaluate_all(hybrid, {"BM25 alone": None}, subset, args)
+        for label, model in compared.items():
+            rows += evaluate_all(evaluate, {f"{label}, dense": model}, subset, args)
+            if not args.dense_only:
+                rows += evaluate_all(hybrid, {f"{label} + BM25, fused": model}, subset, args)
     print(f"\nnDCG@10 on SciFact train qrels ({framework}; {subset.description}; {args.max_tokens} tokens)")
+    if not args.dense_only:
+        weights = ", ".join(f"{name} {weight:g}" for name, weight in args.weights.items())
+        print(f"  fused: weighted reciprocal rank fusion ({weights}; rrf_k {args.rrf_k})")
     for label, score, seconds in rows:
-        print(f"  {label:<44} nDCG@10 = {score:5.1f}   (index + retrieve: {seconds:.0f} s)")
+        print(f"  {label:<48} nDCG@10 = {score:5.1f}   (index + retrieve: {seconds:.0f} s)")
 
 
 def evaluate_all(
